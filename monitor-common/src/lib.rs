@@ -1,0 +1,118 @@
+//! `#[repr(C)]` types that cross between the kernel programs and the agent.
+//!
+//! Every event starts with an [`EventHeader`] whose `kind` says which struct
+//! follows. Layouts are fixed-size so the kernel side can build them inside a
+//! ring-buffer reservation instead of on its 512-byte stack.
+#![no_std]
+
+/// Length of `task_struct.comm`, NUL included.
+pub const COMM_LEN: usize = 16;
+/// Bytes of an exec filename kept; longer names are truncated.
+pub const FILENAME_LEN: usize = 256;
+
+/// Discriminant in [`EventHeader::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A watched file was opened: [`OpenEvent`].
+    Open = 1,
+    /// A process image was replaced: [`ExecEvent`].
+    Exec = 2,
+    /// A process (thread-group leader) exited: [`EventHeader`] only.
+    Exit = 3,
+}
+
+impl EventKind {
+    pub fn from_u32(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Open),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// Who did it, and when. Filled from BPF helpers and `current`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread-group id (the user-visible pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread-group id of `current->real_parent`.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `bpf_ktime_get_boot_ns`: nanoseconds since boot, suspend included.
+    pub boot_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A successful open of a file whose (device, inode) is in the watch map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenEvent {
+    pub header: EventHeader,
+    pub key: FileKey,
+    /// `file->f_flags` of the opened file (access mode and status flags).
+    pub flags: u32,
+    /// The syscall's return value: the new fd.
+    pub ret: i32,
+}
+
+/// `sched_process_exec`: the new image's filename as the kernel resolved it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// The pid before exec (differs when a non-leader thread execs).
+    pub old_pid: u32,
+    /// Bytes of `filename` used, NUL excluded.
+    pub filename_len: u32,
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Key of the watch map: a file as the kernel sees it.
+///
+/// `dev` is the kernel's internal `dev_t` (`major << 20 | minor`), which is
+/// not the encoding `stat(2)` returns; see the agent's conversion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Byte offsets of the kernel struct fields the programs walk.
+///
+/// aya-ebpf cannot emit CO-RE relocations, so the agent reads these from
+/// `/sys/kernel/btf/vmlinux` at start and writes them into the object's
+/// read-only data before loading. A zero `valid` means "not set": the
+/// programs then do nothing rather than read garbage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub task_files: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_f_inode: u32,
+    pub file_f_flags: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)], made only of integers, and have no padding
+    // holes that could leak uninitialised bytes into a map.
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

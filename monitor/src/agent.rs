@@ -1,0 +1,153 @@
+//! `secretmon run`: attach the probes, then turn ring-buffer records into
+//! events until SIGINT or SIGTERM, and drain what is left before exiting.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    event::{Agent, AgentStatus, Event, Host},
+    offsets,
+    pipeline::Pipeline,
+    preflight,
+    probes::Probes,
+    sink::Sink,
+    watch::WatchList,
+};
+
+pub struct RunOptions {
+    pub watch: Vec<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub trust_domain: Option<String>,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    preflight::check()?;
+    let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_else(|e| {
+        tracing::warn!("cannot read /etc/passwd ({e}); the catalog covers no home");
+        String::new()
+    });
+    let watch = WatchList::build(&passwd, &opts.watch)?;
+    if watch.skipped > 0 {
+        tracing::warn!(
+            "{} catalog entries could not be read and are not watched",
+            watch.skipped
+        );
+    }
+    let sink = Sink::open(opts.output.as_deref()).with_context(|| {
+        format!(
+            "cannot open --output {}",
+            opts.output
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        )
+    })?;
+    let host = Host {
+        name: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    let trust_domain = opts.trust_domain.unwrap_or_else(|| host.name.clone());
+
+    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
+    for file in watch.files() {
+        probes.watch(file.key, file.id)?;
+    }
+    let mut ring = probes
+        .take_events()
+        .context("ring buffer already taken")?
+        .context("cannot poll the ring buffer")?;
+    let watched = watch.files().len();
+    let mut pipeline = Pipeline::new(watch, host, trust_domain, sink)?;
+    tracing::info!("watching {watched} files");
+    emit_agent(
+        &mut pipeline,
+        AgentStatus::Started,
+        format!(
+            "probes attached ({} tracepoints); watching {watched} files",
+            crate::probes::TRACEPOINTS.len()
+        ),
+        0,
+    )?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_reported = 0;
+    let reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(guard.get_inner_mut(), &mut pipeline)?;
+                guard.clear_ready();
+                pipeline.sink.flush()?;
+            }
+            _ = tick.tick() => {
+                lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+            }
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+        }
+    };
+
+    drain(ring.get_mut(), &mut pipeline)?;
+    lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    let stats = pipeline.stats;
+    emit_agent(
+        &mut pipeline,
+        AgentStatus::Stopped,
+        format!(
+            "stopped on {reason}: {} records, {} secret reads, {} malformed",
+            stats.records, stats.secret_reads, stats.malformed
+        ),
+        lost_reported,
+    )?;
+    pipeline.sink.flush()?;
+    Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+    while let Some(record) = ring.next() {
+        pipeline.handle(&record).context("writing events")?;
+    }
+    Ok(())
+}
+
+/// Emit an `agent` event with `lost` when the kernel dropped events since
+/// the last report. Returns the new total.
+fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyhow::Result<u64> {
+    let total = probes.lost()?;
+    if total > reported {
+        let delta = total - reported;
+        tracing::warn!("ring buffer full: {delta} events lost ({total} in all)");
+        emit_agent(
+            pipeline,
+            AgentStatus::Lost,
+            format!("ring buffer full: {delta} events lost since the last report"),
+            total,
+        )?;
+        pipeline.sink.flush()?;
+    }
+    Ok(total)
+}
+
+fn emit_agent(
+    pipeline: &mut Pipeline,
+    status: AgentStatus,
+    message: String,
+    lost: u64,
+) -> anyhow::Result<()> {
+    let body = Agent {
+        status,
+        message,
+        lost,
+    };
+    let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
+    pipeline.sink.emit(&ev).context("writing events")?;
+    pipeline.sink.flush().context("writing events")
+}

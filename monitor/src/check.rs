@@ -1,0 +1,309 @@
+//! `secretmon check`: what this kernel supports, what is missing, and how to
+//! fix each gap.
+
+use std::{io::Write, path::Path};
+
+use aya::{
+    maps::MapType,
+    programs::{LsmAttachType, ProgramType},
+    sys::{is_map_supported, is_program_supported},
+};
+
+use crate::{offsets, preflight};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Missing,
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub name: &'static str,
+    /// Without it the agent cannot run.
+    pub required: bool,
+    pub status: Status,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn item(name: &'static str, required: bool, status: Status, detail: impl Into<String>) -> Item {
+    Item {
+        name,
+        required,
+        status,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+impl Item {
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        if self.status != Status::Ok {
+            self.fix = Some(fix.into());
+        }
+        self
+    }
+}
+
+/// Probe everything. Probes that load programs need privileges; without
+/// them they say `unknown` rather than a misleading `missing`.
+pub fn probe() -> Vec<Item> {
+    let privileged = preflight::missing_caps().is_empty();
+    let mut items = Vec::new();
+
+    items.push(
+        if privileged {
+            item(
+                "privileges",
+                true,
+                Status::Ok,
+                "root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE",
+            )
+        } else {
+            let names: Vec<String> = preflight::missing_caps()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            item(
+                "privileges",
+                true,
+                Status::Missing,
+                format!("missing {}", names.join(", ")),
+            )
+        }
+        .fix("run secretmon as root (sudo)"),
+    );
+
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new_enough = kernel_at_least(&release, 5, 8);
+    items.push(
+        item(
+            "kernel",
+            true,
+            if new_enough {
+                Status::Ok
+            } else {
+                Status::Missing
+            },
+            format!("Linux {release}"),
+        )
+        .fix("upgrade to Linux >= 5.8 (ring buffer, BTF)"),
+    );
+
+    let btf = Path::new(offsets::VMLINUX_BTF);
+    items.push(match offsets::from_btf_file(btf) {
+        Ok(_) => item(
+            "BTF",
+            true,
+            Status::Ok,
+            format!("{} (all fields found)", btf.display()),
+        ),
+        Err(e) => item("BTF", true, Status::Missing, e.to_string())
+            .fix("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+    });
+
+    let tracefs = preflight::tracefs_dir();
+    items.push(
+        match &tracefs {
+            Some(d) => item(
+                "tracefs",
+                true,
+                Status::Ok,
+                format!("mounted at {}", d.display()),
+            ),
+            None => item("tracefs", true, Status::Missing, "not mounted"),
+        }
+        .fix(preflight::TRACEFS_FIX),
+    );
+
+    let ring = if privileged {
+        match is_map_supported(MapType::RingBuf) {
+            Ok(true) => item("ring buffer", true, Status::Ok, "BPF_MAP_TYPE_RINGBUF"),
+            Ok(false) => item(
+                "ring buffer",
+                true,
+                Status::Missing,
+                "BPF_MAP_TYPE_RINGBUF refused",
+            ),
+            Err(e) => item(
+                "ring buffer",
+                true,
+                Status::Unknown,
+                format!("probe failed: {}", crate::error_text(&e)),
+            ),
+        }
+    } else {
+        item("ring buffer", true, Status::Unknown, "probing needs root")
+    };
+    items.push(ring.fix("upgrade to Linux >= 5.8"));
+
+    let events = tracefs.map(|d| d.join("events"));
+    let has_tp = |cat: &str, name: &str| {
+        events
+            .as_ref()
+            .is_some_and(|e| e.join(cat).join(name).is_dir())
+    };
+    let tp_names = ["syscalls/sys_exit_openat", "sched/sched_process_exec"];
+    let tps_present =
+        has_tp("syscalls", "sys_exit_openat") && has_tp("sched", "sched_process_exec");
+    let tp = match (
+        privileged.then(|| is_program_supported(ProgramType::TracePoint)),
+        tps_present,
+    ) {
+        (Some(Ok(true)), true) => item("tracepoints", true, Status::Ok, tp_names.join(", ")),
+        (Some(Ok(true)), false) => item(
+            "tracepoints",
+            true,
+            Status::Missing,
+            "syscall tracepoints absent (CONFIG_FTRACE_SYSCALLS) or tracefs unmounted",
+        ),
+        (Some(Ok(false)), _) => item(
+            "tracepoints",
+            true,
+            Status::Missing,
+            "tracepoint programs refused",
+        ),
+        (Some(Err(e)), _) => item(
+            "tracepoints",
+            true,
+            Status::Unknown,
+            format!("probe failed: {}", crate::error_text(&e)),
+        ),
+        (None, _) => item("tracepoints", true, Status::Unknown, "probing needs root"),
+    };
+    items.push(tp.fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"));
+
+    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let lsm = match (privileged, lsm_list) {
+        (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root"),
+        (true, Some(list)) if !list.split(',').any(|l| l.trim() == "bpf") => item(
+            "BPF LSM",
+            false,
+            Status::Missing,
+            format!("`bpf` is not an active LSM ({})", list.trim()),
+        ),
+        (true, list) => match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
+            Ok(true) if list.is_some() => item("BPF LSM", false, Status::Ok, "active"),
+            Ok(true) => item(
+                "BPF LSM",
+                false,
+                Status::Unknown,
+                "program type loads; active LSMs unknown (securityfs not mounted)",
+            ),
+            Ok(false) => item("BPF LSM", false, Status::Missing, "program type refused"),
+            Err(e) => item(
+                "BPF LSM",
+                false,
+                Status::Missing,
+                format!("load refused: {}", crate::error_text(&e)),
+            ),
+        },
+    };
+    items.push(lsm.fix(
+        "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it",
+    ));
+
+    let fentry = if privileged {
+        match is_program_supported(ProgramType::Tracing) {
+            Ok(true) => item("fentry/fexit", false, Status::Ok, "BPF trampolines load"),
+            Ok(false) => item(
+                "fentry/fexit",
+                false,
+                Status::Missing,
+                "refused by this kernel",
+            ),
+            Err(e) => item(
+                "fentry/fexit",
+                false,
+                Status::Missing,
+                format!("load refused: {}", crate::error_text(&e)),
+            ),
+        }
+    } else {
+        item("fentry/fexit", false, Status::Unknown, "probing needs root")
+    };
+    items.push(fentry.fix(
+        "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; secretmon uses tracepoints without it",
+    ));
+    items
+}
+
+/// `major.minor` of a release string such as `6.18.44-fc-v669`.
+pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let ma = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let mi = parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((ma, mi), (Some(a), Some(b)) if (a, b) >= (major, minor))
+}
+
+/// Print the report; `true` when every required item is present.
+pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
+    let mut ready = true;
+    for it in items {
+        let status = match it.status {
+            Status::Ok => "ok",
+            Status::Missing if it.required => "MISSING",
+            Status::Missing => "absent",
+            Status::Unknown => "unknown",
+        };
+        if it.required && it.status != Status::Ok {
+            ready = false;
+        }
+        let kind = if it.required { "required" } else { "optional" };
+        writeln!(out, "{status:<8} {:<13} {kind:<9} {}", it.name, it.detail)?;
+        if let Some(fix) = &it.fix {
+            writeln!(out, "{:<8} {:<13} {:<9} fix: {fix}", "", "", "")?;
+        }
+    }
+    let path = if items
+        .iter()
+        .any(|i| i.name == "BPF LSM" && i.status == Status::Ok)
+    {
+        "tracepoints (BPF LSM available but not used yet)"
+    } else {
+        "tracepoints"
+    };
+    writeln!(out)?;
+    if ready {
+        writeln!(out, "ready: secretmon run will use {path}")?;
+    } else {
+        writeln!(out, "not ready: fix the MISSING items above")?;
+    }
+    Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert!(kernel_at_least("6.18.44-fc-v669", 5, 8));
+        assert!(kernel_at_least("5.8.0", 5, 8));
+        assert!(!kernel_at_least("5.4.0-150-generic", 5, 8));
+        assert!(!kernel_at_least("garbage", 5, 8));
+        assert!(kernel_at_least("10.0", 5, 8));
+    }
+
+    #[test]
+    fn report_says_ready_only_when_required_items_are_ok() {
+        let ok = vec![
+            item("BTF", true, Status::Ok, "x"),
+            item("BPF LSM", false, Status::Missing, "y"),
+        ];
+        let mut out = Vec::new();
+        assert!(print(&ok, &mut out).unwrap());
+        let bad = vec![item("tracefs", true, Status::Missing, "not mounted").fix("mount it")];
+        let mut out = Vec::new();
+        assert!(!print(&bad, &mut out).unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("MISSING") && text.contains("fix: mount it"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Which workload still uses which static secret, seen from the kernel.
+///
+/// secretmon watches credential files (cloud keys, SSH keys, kubeconfigs,
+/// registry auths, .netrc, .pgpass, service-account tokens, and any path you
+/// add) with eBPF tracepoints, and prints one JSON line per access naming the
+/// process and workload identity that made it. Follow it with jq:
+///
+///   sudo secretmon run | jq -c 'select(.kind=="secret_read") | {who: .identity.id, what: .secret.path}'
+#[derive(Debug, Parser)]
+#[command(name = "secretmon", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the probes and print events as JSON lines until SIGINT/SIGTERM.
+    ///
+    /// Watches the built-in catalog (~/.aws/credentials, ~/.ssh/id_*,
+    /// ~/.kube/config, ~/.docker/config.json, ~/.netrc, ~/.pgpass,
+    /// ~/.git-credentials for every home in /etc/passwd, and
+    /// /var/run/secrets/**/token) plus every --watch path. Prints an `agent`
+    /// event with status "started" once the probes are attached, and one with
+    /// "stopped" after draining the ring buffer on exit. Needs root.
+    Run(RunArgs),
+    /// Report what this kernel supports, what is missing, and how to fix it.
+    ///
+    /// Exits 0 when `secretmon run` can work here, 1 otherwise.
+    Check,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Also watch PATH: a file, or every file below a directory. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// Append events to FILE instead of stdout ("-" is stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
+
+    /// SPIFFE trust domain of identities [default: the host name].
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Size of the kernel ring buffer in bytes: a power of two, at least the
+    /// page size. Larger absorbs bigger bursts; losses are reported as
+    /// `agent` events with `lost`.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count"))?;
+    let page = 4096;
+    if n < page || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two >= {page}"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1024").is_err());
+        assert!(parse_ring_size("lots").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The native JSON-lines event contract (`secretmon/v1`).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::{identity::Identity, secret::SecretType};
+
+pub const SCHEMA: &str = "secretmon/v1";
+
+/// Every event: the common fields, then the kind's own, flattened.
+#[derive(Debug, Serialize)]
+pub struct Event<'a, B: Serialize> {
+    pub schema: &'static str,
+    pub kind: &'static str,
+    pub time: String,
+    pub host: &'a Host,
+    #[serde(flatten)]
+    pub body: B,
+}
+
+impl<'a, B: Serialize> Event<'a, B> {
+    pub fn new(kind: &'static str, time: DateTime<Utc>, host: &'a Host, body: B) -> Self {
+        Self {
+            schema: SCHEMA,
+            kind,
+            time: time.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            host,
+            body,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Started,
+    Lost,
+    Stopped,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Agent {
+    pub status: AgentStatus,
+    pub message: String,
+    pub lost: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretRead {
+    pub process: Process,
+    pub identity: Identity,
+    pub secret: Secret,
+    pub access: Access,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub comm: String,
+    pub exe: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Secret {
+    pub id: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub secret_type: SecretType,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Access {
+    pub op: &'static str,
+    pub flags: Vec<&'static str>,
+    pub result: &'static str,
+}
+
+/// Names of the flags in `file->f_flags` worth showing. `O_LARGEFILE` is set
+/// by the kernel on every 64-bit open and says nothing; `O_CREAT`, `O_EXCL`,
+/// `O_TRUNC` and `O_CLOEXEC` are not kept in `f_flags`.
+pub fn open_flags(f_flags: u32) -> Vec<&'static str> {
+    let f = f_flags as i32;
+    let mut names = vec![match f & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }];
+    for (bit, name) in [
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (libc::O_PATH, "O_PATH"),
+    ] {
+        // O_SYNC includes O_DSYNC's bit; require all of a flag's bits.
+        if f & bit == bit {
+            names.push(name);
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_names() {
+        assert_eq!(open_flags(0), ["O_RDONLY"]);
+        assert_eq!(open_flags(libc::O_LARGEFILE as u32), ["O_RDONLY"]);
+        assert_eq!(
+            open_flags((libc::O_WRONLY | libc::O_APPEND) as u32),
+            ["O_WRONLY", "O_APPEND"]
+        );
+        assert_eq!(
+            open_flags((libc::O_RDWR | libc::O_NOFOLLOW) as u32),
+            ["O_RDWR", "O_NOFOLLOW"]
+        );
+        assert_eq!(open_flags(libc::O_DSYNC as u32), ["O_RDONLY"]);
+    }
+
+    #[test]
+    fn event_shape() {
+        let host = Host {
+            name: "web-1".into(),
+        };
+        let time = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        let ev = Event::new(
+            "agent",
+            time,
+            &host,
+            Agent {
+                status: AgentStatus::Started,
+                message: "probes attached".into(),
+                lost: 0,
+            },
+        );
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["schema"], "secretmon/v1");
+        assert_eq!(v["kind"], "agent");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(v["host"]["name"], "web-1");
+        assert_eq!(v["status"], "started");
+        assert_eq!(v["lost"], 0);
+    }
+}

@@ -1,0 +1,118 @@
+//! secretmon: an eBPF monitor of static-secret use.
+//!
+//! Pipeline: `probes` (kernel) → `pipeline` (process table, watch list,
+//! identity) → `sink` (JSON lines). `agent` drives it; `check` reports what
+//! the kernel supports.
+
+mod agent;
+mod check;
+mod cli;
+mod event;
+mod identity;
+mod offsets;
+mod pipeline;
+mod preflight;
+mod probes;
+mod process;
+mod secret;
+mod sink;
+mod watch;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // A panic must not print a backtrace at an SRE; one line, exit 101.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("secretmon: internal error{at}; please report it");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_env("SECRETMON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("secretmon: {}", error_text(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its sources on one line, without the `(os error N)` noise
+/// that io errors append.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.dedup();
+    let text = parts.join(": ");
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+/// Help and version go out as clap prints them; a usage error becomes one
+/// line, as every other error does.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid usage");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("secretmon: {first} (see `secretmon --help`)");
+    ExitCode::from(2)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(agent::RunOptions {
+                watch: args.watch,
+                output: args.output,
+                ring_buffer_bytes: Some(args.ring_buffer_size),
+                trust_domain: args.trust_domain,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let items = check::probe();
+            let ready = check::print(&items, &mut std::io::stdout().lock())?;
+            Ok(if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Kernel struct field offsets, read from the running kernel's BTF.
+//!
+//! aya-ebpf cannot emit CO-RE relocations, so an offset compiled into the
+//! object would be right for one kernel build only. Instead the agent looks
+//! each field up in `/sys/kernel/btf/vmlinux` at start and hands the result
+//! to the programs as a read-only global.
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+use monitor_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error(
+        "this kernel exposes no BTF ({VMLINUX_BTF} is missing): secretmon needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error("cannot parse {path}")]
+    Parse { path: String, source: btf_rs::Error },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(&'static str),
+    #[error("kernel BTF has no field {1} in struct {0}")]
+    NoField(&'static str, &'static str),
+}
+
+/// Look every field the programs walk up in `path` (normally [`VMLINUX_BTF`]).
+pub fn from_btf_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
+    if !path.exists() {
+        return Err(OffsetsError::NoBtf);
+    }
+    let btf = Btf::from_file(path).map_err(|source| OffsetsError::Parse {
+        path: path.display().to_string(),
+        source,
+    })?;
+    from_btf(&btf)
+}
+
+pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
+    let field = |s, f| field_offset(btf, s, f);
+    Ok(KernelOffsets {
+        valid: 1,
+        task_files: field("task_struct", "files")?,
+        task_real_parent: field("task_struct", "real_parent")?,
+        task_tgid: field("task_struct", "tgid")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdtable_max_fds: field("fdtable", "max_fds")?,
+        fdtable_fd: field("fdtable", "fd")?,
+        file_f_inode: field("file", "f_inode")?,
+        file_f_flags: field("file", "f_flags")?,
+        inode_i_ino: field("inode", "i_ino")?,
+        inode_i_sb: field("inode", "i_sb")?,
+        sb_s_dev: field("super_block", "s_dev")?,
+    })
+}
+
+/// Byte offset of `field` in `struct name`, looking through anonymous
+/// structs and unions, where kernels often move fields between releases.
+fn field_offset(btf: &Btf, name: &'static str, field: &'static str) -> Result<u32, OffsetsError> {
+    let types = btf
+        .resolve_types_by_name(name)
+        .map_err(|_| OffsetsError::NoStruct(name))?;
+    let st = types
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or(OffsetsError::NoStruct(name))?;
+    find_member(btf, &st, field, 0).ok_or(OffsetsError::NoField(name, field))
+}
+
+fn find_member(btf: &Btf, st: &btf_rs::Struct, field: &str, base_bits: u32) -> Option<u32> {
+    // Named members first, so a direct hit wins over a nested one.
+    for m in &st.members {
+        if btf.resolve_name(m).ok().as_deref() == Some(field) {
+            return Some((base_bits + m.bit_offset()) / 8);
+        }
+    }
+    for m in &st.members {
+        let anonymous = btf.resolve_name(m).map(|n| n.is_empty()).unwrap_or(true);
+        if !anonymous {
+            continue;
+        }
+        if let Some(inner) = aggregate(btf, m)
+            && let Some(off) = find_member(btf, &inner, field, base_bits + m.bit_offset())
+        {
+            return Some(off);
+        }
+    }
+    None
+}
+
+/// The struct or union a member's type names, through typedefs and qualifiers.
+fn aggregate(btf: &Btf, member: &dyn BtfType) -> Option<btf_rs::Struct> {
+    let mut t = btf.resolve_chained_type(member).ok()?;
+    for _ in 0..8 {
+        t = match t {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(ref x) => btf.resolve_chained_type(x).ok()?,
+            Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
+                btf.resolve_chained_type(x).ok()?
+            }
+            _ => return None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Reads this machine's BTF: every kernel secretmon supports has it, and
+    // the values are checked against invariants that hold on all of them.
+    #[test]
+    fn offsets_from_running_kernel_are_plausible() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} not present on this machine");
+            return;
+        }
+        let off = from_btf_file(path).expect("BTF parses and has every field");
+        assert_eq!(off.valid, 1);
+        // `max_fds` is the first field of `struct fdtable` on every kernel.
+        assert_eq!(off.fdtable_max_fds, 0);
+        assert!(off.fdtable_fd >= 4 && off.fdtable_fd <= 16);
+        assert!(off.task_files > 0 && off.task_files < 16384);
+        assert_ne!(off.task_real_parent, off.task_tgid);
+        assert!(off.file_f_inode > 0 && off.inode_i_sb > 0);
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = from_btf_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+}

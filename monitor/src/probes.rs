@@ -1,0 +1,272 @@
+//! Everything that touches the kernel: loading the object, attaching the
+//! tracepoints, the watch map, the loss counter and decoding ring-buffer
+//! records. The only `unsafe` of the agent lives here.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use monitor_common::{
+    COMM_LEN, EventHeader, EventKind, ExecEvent, FileKey, KernelOffsets, OpenEvent,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// The kernel object, built by build.rs for the BPF target.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/secretmon"));
+
+/// The tracepoints of the object: (program name, category, tracepoint).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching {category}:{name} failed")]
+    Attach {
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// The loaded, attached kernel side.
+pub struct Probes {
+    // Keeps programs and their links alive: dropping it detaches everything.
+    _ebpf: Ebpf,
+    watched: HashMap<MapData, FileKey, u32>,
+    lost: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Probes {
+    /// Load the object with this kernel's field offsets and attach every
+    /// tracepoint. `ring_bytes` overrides the ring buffer size (a power of
+    /// two multiple of the page size).
+    pub fn attach(offsets: KernelOffsets, ring_bytes: Option<u32>) -> Result<Self, ProbeError> {
+        let mut loader = EbpfLoader::new();
+        loader.override_global("OFFSETS", &offsets, true);
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+        for &(prog, category, name) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::MissingProgram(prog))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach {
+                    category,
+                    name,
+                    source,
+                })?;
+            program
+                .load()
+                .and_then(|()| program.attach(category, name).map(drop))
+                .map_err(|source| ProbeError::Attach {
+                    category,
+                    name,
+                    source,
+                })?;
+        }
+        let watched = take_map(&mut ebpf, "WATCHED")?;
+        let lost = take_map(&mut ebpf, "LOST")?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            watched,
+            lost,
+            events: Some(events),
+        })
+    }
+
+    /// Report opens of `key` from now on, tagged with `id`.
+    pub fn watch(&mut self, key: FileKey, id: u32) -> Result<(), ProbeError> {
+        self.watched
+            .insert(&key, &id, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "WATCHED",
+                source,
+            })
+    }
+
+    /// The ring buffer, handed over once to the reader, registered with
+    /// the tokio reactor so the reader wakes when records arrive. Must be
+    /// called within a tokio runtime.
+    pub fn take_events(&mut self) -> Option<std::io::Result<AsyncFd<RingBuf<MapData>>>> {
+        let ring = self.events.take()?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same
+        // until the RingBuf, and so the AsyncFd that owns it, is dropped.
+        Some(
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| e.into()),
+        )
+    }
+
+    /// Events dropped so far because the ring buffer was full, all CPUs.
+    pub fn lost(&self) -> Result<u64, ProbeError> {
+        let per_cpu = self.lost.get(&0, 0).map_err(|source| ProbeError::Map {
+            name: "LOST",
+            source,
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// A decoded ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum KernelEvent {
+    Open(OpenEvent),
+    Exec {
+        header: EventHeader,
+        filename: Vec<u8>,
+    },
+    Exit(EventHeader),
+}
+
+/// Decode one record. `None` for a record too short for its kind or of an
+/// unknown kind: a mismatched object, never trusted blindly.
+pub fn decode(record: &[u8]) -> Option<KernelEvent> {
+    let header: EventHeader = read_record(record)?;
+    match EventKind::from_u32(header.kind)? {
+        EventKind::Open => read_record(record).map(KernelEvent::Open),
+        EventKind::Exec => {
+            let ev: ExecEvent = read_record(record)?;
+            let len = (ev.filename_len as usize).min(ev.filename.len());
+            let filename = ev.filename[..len].to_vec();
+            Some(KernelEvent::Exec {
+                header: ev.header,
+                filename,
+            })
+        }
+        EventKind::Exit => Some(KernelEvent::Exit(header)),
+    }
+}
+
+/// Copy a `T` out of a record that may be shorter than `T` or unaligned.
+fn read_record<T: Copy>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above, `read_unaligned` copes with any
+    // alignment, and every `T` used here is a #[repr(C)] struct of integers
+    // and byte arrays, for which any bit pattern is valid.
+    Some(unsafe { record.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// `comm` up to its first NUL, lossily as UTF-8.
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            pid: 42,
+            tid: 43,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            boot_ns: 5,
+            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value in a test.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_open() {
+        let ev = OpenEvent {
+            header: header(EventKind::Open),
+            key: FileKey {
+                dev: 0xfe00001,
+                ino: 77,
+            },
+            flags: 0,
+            ret: 3,
+        };
+        match decode(&bytes_of(&ev)) {
+            Some(KernelEvent::Open(o)) => {
+                assert_eq!(o.key, ev.key);
+                assert_eq!(o.header.pid, 42);
+                assert_eq!(comm_str(&o.header.comm), "cat");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_exec_and_bounds_filename() {
+        let mut ev = ExecEvent {
+            header: header(EventKind::Exec),
+            old_pid: 42,
+            filename_len: 9999,
+            filename: [b'a'; monitor_common::FILENAME_LEN],
+        };
+        ev.filename[..12].copy_from_slice(b"/usr/bin/cat");
+        let Some(KernelEvent::Exec { filename, .. }) = decode(&bytes_of(&ev)) else {
+            panic!("not an exec");
+        };
+        assert_eq!(filename.len(), monitor_common::FILENAME_LEN);
+        ev.filename_len = 12;
+        let Some(KernelEvent::Exec { filename, .. }) = decode(&bytes_of(&ev)) else {
+            panic!("not an exec");
+        };
+        assert_eq!(filename, b"/usr/bin/cat");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let ev = OpenEvent {
+            header: header(EventKind::Open),
+            key: FileKey { dev: 1, ino: 2 },
+            flags: 0,
+            ret: 3,
+        };
+        let bytes = bytes_of(&ev);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode(&[0u8; 3]).is_none());
+        let mut unknown = header(EventKind::Exit);
+        unknown.kind = 99;
+        assert!(decode(&bytes_of(&unknown)).is_none());
+    }
+
+    #[test]
+    fn comm_without_nul_is_whole() {
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

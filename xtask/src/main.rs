@@ -1,0 +1,223 @@
+//! `cargo xtask`: bootstrap, build, run, test and lint secretmon.
+//!
+//! xtask itself compiles with the machine's default stable toolchain; every
+//! cargo it spawns uses the pinned nightly (see `cargo.rs`).
+
+mod cargo;
+mod toolchain;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::toolchain::Scope;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for secretmon",
+    long_about = "Developer tasks for secretmon.\n\n\
+        Each subcommand first runs the idempotent setup, which installs the pinned \
+        toolchain nightly-2026-07-01 and bpf-linker 0.13.0 when missing and mounts \
+        tracefs when needed. Every cargo that xtask starts uses the pinned toolchain."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the pinned nightly toolchain and bpf-linker, and mount tracefs.
+    ///
+    /// Idempotent: each step checks first and only installs what is missing,
+    /// printing one status line per step. Installing LLVM 22 (apt) and mounting
+    /// tracefs need root.
+    Setup,
+    /// Set up, then build the monitor package (and with it the eBPF objects).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run target/<profile>/secretmon (needs root).
+    ///
+    /// ARGS are passed to secretmon and default to `run`, e.g.
+    /// `sudo -E cargo xtask run --release -- run --help`.
+    Run {
+        /// Build and run with the release profile.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for secretmon [default: run].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run `cargo test --workspace [ARGS...]`.
+    ///
+    /// ARGS are passed to `cargo test --workspace` as is, e.g.
+    /// `cargo xtask test --release -- --nocapture`. A leading `--` is eaten by
+    /// xtask, so flags for the test binaries alone need two:
+    /// `cargo xtask test -- -- --nocapture`.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then check formatting and run clippy with warnings denied.
+    ///
+    /// Runs `cargo fmt --all -- --check` and
+    /// `cargo clippy --workspace --all-targets -- -D warnings`.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` keeps the whole context chain on one line.
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => toolchain::setup(Scope::Full),
+        Cmd::Build { release } => {
+            toolchain::setup(Scope::Full)?;
+            build(release)
+        }
+        Cmd::Run { release, args } => run(release, args),
+        Cmd::Test { args } => test(&args),
+        Cmd::Lint => lint(),
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo::cargo()?;
+    cmd.args(["build", "--package", "monitor"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cargo::run(&mut cmd).context("build failed")
+}
+
+fn run(release: bool, mut args: Vec<String>) -> Result<()> {
+    // Check before spending minutes on setup and build.
+    if !cargo::is_root() {
+        bail!(
+            "secretmon needs root (or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE): \
+             run `sudo -E cargo xtask run`"
+        );
+    }
+    toolchain::setup(Scope::Full)?;
+    build(release)?;
+
+    if args.is_empty() {
+        args.push("run".to_owned());
+    }
+    let profile = if release { "release" } else { "debug" };
+    let bin = cargo::target_dir().join(profile).join("secretmon");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(&args);
+    eprintln!("xtask: running `{}`", cargo::display(&cmd));
+    // exec replaces xtask (cargo and rustup exec too), so secretmon receives
+    // Ctrl-C/SIGTERM directly and its exit status is ours. exec only returns
+    // on error.
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("could not execute {}", bin.display()))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    toolchain::setup(Scope::Full)?;
+    let start = Instant::now();
+    let mut cmd = cargo::cargo()?;
+    cmd.args(["test", "--workspace"]).args(args);
+    let result = cargo::run(&mut cmd);
+    let elapsed = secs(start.elapsed());
+    match result {
+        Ok(()) => {
+            eprintln!("xtask: test passed in {elapsed}");
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!("test failed after {elapsed}"))),
+    }
+}
+
+fn lint() -> Result<()> {
+    // clippy runs monitor/build.rs, which links the eBPF objects with
+    // bpf-linker; tracefs is not needed.
+    toolchain::setup(Scope::Build)?;
+    // Run both so one CI run reports every problem.
+    let fmt = cargo::run(cargo::cargo()?.args(["fmt", "--all", "--", "--check"]));
+    let clippy = cargo::run(cargo::cargo()?.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    match (fmt, clippy) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e.context("lint failed")),
+        (Err(fmt), Err(clippy)) => Err(fmt.context(format!("lint failed; also {clippy:#}"))),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(["xtask"].iter().chain(args))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_args_keep_hyphens() {
+        let Cmd::Run { release, args } = parse(&["run", "--release", "run", "--verbose"]) else {
+            panic!("not run");
+        };
+        assert!(release);
+        assert_eq!(args, ["run", "--verbose"]);
+
+        let Cmd::Run { release, args } = parse(&["run"]) else {
+            panic!("not run");
+        };
+        assert!(!release);
+        assert!(args.is_empty());
+    }
+
+    #[test]
+    fn test_args_reach_cargo_test() {
+        let Cmd::Test { args } = parse(&["test", "--release", "--", "--nocapture"]) else {
+            panic!("not test");
+        };
+        assert_eq!(args, ["--release", "--", "--nocapture"]);
+
+        let Cmd::Test { args } = parse(&["test", "--", "--", "--nocapture"]) else {
+            panic!("not test");
+        };
+        assert_eq!(args, ["--", "--nocapture"]);
+    }
+}
