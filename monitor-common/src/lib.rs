@@ -20,6 +20,8 @@ pub enum EventKind {
     Exec = 2,
     /// A process (thread-group leader) exited: [`EventHeader`] only.
     Exit = 3,
+    /// A new process (not a thread) was forked: [`ForkEvent`].
+    Fork = 4,
 }
 
 impl EventKind {
@@ -28,6 +30,7 @@ impl EventKind {
             1 => Some(Self::Open),
             2 => Some(Self::Exec),
             3 => Some(Self::Exit),
+            4 => Some(Self::Fork),
             _ => None,
         }
     }
@@ -46,9 +49,31 @@ pub struct EventHeader {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Audit login uid; [`UNSET_LOGINUID`] when unset or unknown.
+    pub loginuid: u32,
+    /// 1 when the process has a controlling terminal.
+    pub tty: u32,
     /// `bpf_ktime_get_boot_ns`: nanoseconds since boot, suspend included.
     pub boot_ns: u64,
+    /// Start of the process (thread-group leader), ns since boot.
+    pub start_ns: u64,
+    /// cgroup v2 id (the inode of its directory in cgroupfs).
+    pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// `AUDIT_UID_UNSET`: no login uid.
+pub const UNSET_LOGINUID: u32 = u32::MAX;
+/// An offset the running kernel lacks (e.g. `loginuid` without CONFIG_AUDIT).
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// `sched_process_fork` of a new process; the header describes the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
 }
 
 /// A successful open of a file whose (device, inode) is in the watch map.
@@ -99,6 +124,13 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    /// [`NO_OFFSET`] without CONFIG_AUDIT.
+    pub task_loginuid: u32,
+    pub task_signal: u32,
+    pub signal_tty: u32,
     pub files_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,

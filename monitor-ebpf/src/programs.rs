@@ -10,13 +10,16 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_task, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
-use monitor_common::{EventHeader, EventKind, ExecEvent, FileKey, KernelOffsets, OpenEvent};
+use monitor_common::{
+    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, NO_OFFSET, OpenEvent,
+    UNSET_LOGINUID,
+};
 
 /// Field offsets from the running kernel's BTF, written by the agent.
 #[unsafe(no_mangle)]
@@ -25,6 +28,12 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_files: 0,
     task_real_parent: 0,
     task_tgid: 0,
+    task_pid: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
+    task_loginuid: 0,
+    task_signal: 0,
+    signal_tty: 0,
     files_fdt: 0,
     fdtable_max_fds: 0,
     fdtable_fd: 0,
@@ -99,6 +108,40 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
+/// as a raw tracepoint: the task pointers tell a new process from a thread.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let off = OFFSETS.load();
+    if off.valid == 0 {
+        return Ok(());
+    }
+    let child: u64 = ctx.arg(1);
+    let pid: u32 = unsafe { read(child + off.task_pid as u64) }?;
+    let tgid: u32 = unsafe { read(child + off.task_tgid as u64) }?;
+    if pid != tgid {
+        return Ok(());
+    }
+    match EVENTS.reserve::<ForkEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            fill_header(ev.cast(), EventKind::Fork);
+            unsafe {
+                (*ev).child_pid = pid;
+                (*ev)._pad = 0;
+            }
+            entry.submit(0);
+        }
+        None => count_lost(),
+    }
+    Ok(())
+}
+
 fn on_open_exit(ctx: &TracePointContext) -> u32 {
     let _ = try_open_exit(ctx);
     0
@@ -165,17 +208,60 @@ fn fill_header(h: *mut EventHeader, kind: EventKind) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let off = OFFSETS.load();
-    let ppid = unsafe { parent_tgid(&off) }.unwrap_or(0);
+    let task = unsafe { bpf_get_current_task() };
+    let facts = unsafe { task_facts(&off, task) }.unwrap_or(TaskFacts {
+        ppid: 0,
+        loginuid: UNSET_LOGINUID,
+        tty: 0,
+        start_ns: 0,
+    });
+    // SAFETY: plain helper calls; `h` points into a live reservation.
     unsafe {
         (*h).kind = kind as u32;
         (*h).pid = (pid_tgid >> 32) as u32;
         (*h).tid = pid_tgid as u32;
-        (*h).ppid = ppid;
+        (*h).ppid = facts.ppid;
         (*h).uid = uid_gid as u32;
         (*h).gid = (uid_gid >> 32) as u32;
+        (*h).loginuid = facts.loginuid;
+        (*h).tty = facts.tty;
         (*h).boot_ns = bpf_ktime_get_boot_ns();
+        (*h).start_ns = facts.start_ns;
+        (*h).cgroup_id = bpf_get_current_cgroup_id();
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
+}
+
+struct TaskFacts {
+    ppid: u32,
+    loginuid: u32,
+    tty: u32,
+    start_ns: u64,
+}
+
+/// What identity needs from `task`, read here because the process may be
+/// gone by the time userspace could look in /proc.
+unsafe fn task_facts(off: &KernelOffsets, task: u64) -> Result<TaskFacts, i64> {
+    if off.valid == 0 {
+        return Err(0);
+    }
+    let parent: u64 = unsafe { read(task + off.task_real_parent as u64) }?;
+    let ppid: u32 = unsafe { read(parent + off.task_tgid as u64) }?;
+    let loginuid = if off.task_loginuid == NO_OFFSET {
+        UNSET_LOGINUID
+    } else {
+        unsafe { read(task + off.task_loginuid as u64) }?
+    };
+    let signal: u64 = unsafe { read(task + off.task_signal as u64) }?;
+    let tty: u64 = unsafe { read(signal + off.signal_tty as u64) }?;
+    let leader: u64 = unsafe { read(task + off.task_group_leader as u64) }?;
+    let start_ns: u64 = unsafe { read(leader + off.task_start_boottime as u64) }?;
+    Ok(TaskFacts {
+        ppid,
+        loginuid,
+        tty: u32::from(tty != 0),
+        start_ns,
+    })
 }
 
 fn count_lost() {
@@ -193,16 +279,6 @@ fn count_lost() {
 #[inline(always)]
 unsafe fn read<T>(addr: u64) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(i64::from)
-}
-
-/// `current->real_parent->tgid`.
-unsafe fn parent_tgid(off: &KernelOffsets) -> Result<u32, i64> {
-    if off.valid == 0 {
-        return Ok(0);
-    }
-    let task = unsafe { bpf_get_current_task() };
-    let parent: u64 = unsafe { read(task + off.task_real_parent as u64) }?;
-    unsafe { read(parent + off.task_tgid as u64) }
 }
 
 /// `current->files->fdt->fd[fd]`, or 0 when out of range.

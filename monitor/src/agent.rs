@@ -70,7 +70,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         AgentStatus::Started,
         format!(
             "probes attached ({} tracepoints); watching {watched} files",
-            crate::probes::TRACEPOINTS.len()
+            crate::probes::TRACEPOINTS.len() + crate::probes::RAW_TRACEPOINTS.len()
         ),
         0,
     )?;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::{identity::Identity, secret::SecretType};
+use crate::{identity::Identity, process::Ancestor, secret::SecretType};
 
 pub const SCHEMA: &str = "secretmon/v1";
 
@@ -67,6 +67,10 @@ pub struct Process {
     pub user: String,
     pub comm: String,
     pub exe: Option<String>,
+    pub tty: bool,
+    pub loginuid: Option<u32>,
+    pub start_time: String,
+    pub ancestors: Vec<Ancestor>,
 }
 
 #[derive(Debug, Serialize)]

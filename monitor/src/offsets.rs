@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use monitor_common::KernelOffsets;
+use monitor_common::{KernelOffsets, NO_OFFSET};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -45,6 +45,13 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         task_files: field("task_struct", "files")?,
         task_real_parent: field("task_struct", "real_parent")?,
         task_tgid: field("task_struct", "tgid")?,
+        task_pid: field("task_struct", "pid")?,
+        task_group_leader: field("task_struct", "group_leader")?,
+        task_start_boottime: field("task_struct", "start_boottime")?,
+        // Absent without CONFIG_AUDIT: events then carry no login uid.
+        task_loginuid: field("task_struct", "loginuid").unwrap_or(NO_OFFSET),
+        task_signal: field("task_struct", "signal")?,
+        signal_tty: field("signal_struct", "tty")?,
         files_fdt: field("files_struct", "fdt")?,
         fdtable_max_fds: field("fdtable", "max_fds")?,
         fdtable_fd: field("fdtable", "fd")?,
@@ -129,6 +136,8 @@ mod tests {
         assert!(off.fdtable_fd >= 4 && off.fdtable_fd <= 16);
         assert!(off.task_files > 0 && off.task_files < 16384);
         assert_ne!(off.task_real_parent, off.task_tgid);
+        assert_eq!(off.task_tgid, off.task_pid + 4, "pid and tgid are adjacent");
+        assert_ne!(off.task_loginuid, NO_OFFSET, "this kernel has CONFIG_AUDIT");
         assert!(off.file_f_inode > 0 && off.inode_i_sb > 0);
     }
 

@@ -9,11 +9,14 @@ use monitor_common::OpenEvent;
 use crate::{
     event::{self, Access, Event, Host, Process, Secret, SecretRead},
     identity::user_identity,
-    probes::{KernelEvent, comm_str},
+    probes::KernelEvent,
     process::ProcessTable,
     sink::Sink,
     watch::WatchList,
 };
+
+/// Ancestors listed on each event, parent first.
+const MAX_ANCESTORS: usize = 5;
 
 /// Converts the kernel's boot-time clock to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +85,11 @@ impl Pipeline {
         };
         match ev {
             KernelEvent::Exec { header, filename } => {
-                self.procs.on_exec(header.pid, &filename);
+                self.procs.on_exec(&header, &filename);
+                Ok(())
+            }
+            KernelEvent::Fork { header, child_pid } => {
+                self.procs.on_fork(&header, child_pid);
                 Ok(())
             }
             KernelEvent::Exit(header) => {
@@ -101,10 +108,10 @@ impl Pipeline {
             return Ok(());
         };
         let h = &open.header;
-        let info = self.procs.get(h.pid);
+        let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
-        let comm = comm_str(&h.comm);
-        let exe_for_id = info.exe.as_deref().unwrap_or(&comm);
+        let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
+        let exe_for_id = info.exe.as_deref().unwrap_or(&info.comm);
         let identity = user_identity(
             &self.trust_domain,
             &self.host.name,
@@ -112,15 +119,23 @@ impl Pipeline {
             h.uid,
             exe_for_id,
         );
+        let start_time = self
+            .clock
+            .wall(info.start_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let body = SecretRead {
             process: Process {
-                pid: h.pid,
-                ppid: h.ppid,
-                uid: h.uid,
-                gid: h.gid,
+                pid: info.pid,
+                ppid: info.ppid,
+                uid: info.uid,
+                gid: info.gid,
                 user,
-                comm,
+                comm: info.comm,
                 exe: info.exe,
+                tty: info.tty,
+                loginuid: info.loginuid,
+                start_time,
+                ancestors,
             },
             identity,
             secret: Secret {
@@ -177,7 +192,11 @@ mod tests {
             ppid: 1,
             uid: 0,
             gid: 0,
+            loginuid: monitor_common::UNSET_LOGINUID,
+            tty: 0,
             boot_ns: 1_000,
+            start_ns: 500,
+            cgroup_id: 1,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }

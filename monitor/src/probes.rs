@@ -5,15 +5,18 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use monitor_common::{
-    COMM_LEN, EventHeader, EventKind, ExecEvent, FileKey, KernelOffsets, OpenEvent,
+    COMM_LEN, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, OpenEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// The kernel object, built by build.rs for the BPF target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/secretmon"));
+
+/// The raw tracepoints of the object: (program name, tracepoint).
+pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
 
 /// The tracepoints of the object: (program name, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -87,6 +90,23 @@ impl Probes {
                     source,
                 })?;
         }
+        for &(prog, name) in RAW_TRACEPOINTS {
+            let category = "raw_tp";
+            let attach_err = |source| ProbeError::Attach {
+                category,
+                name,
+                source,
+            };
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::MissingProgram(prog))?
+                .try_into()
+                .map_err(attach_err)?;
+            program
+                .load()
+                .and_then(|()| program.attach(name).map(drop))
+                .map_err(attach_err)?;
+        }
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let lost = take_map(&mut ebpf, "LOST")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
@@ -148,6 +168,11 @@ pub enum KernelEvent {
         filename: Vec<u8>,
     },
     Exit(EventHeader),
+    /// `header` is the parent.
+    Fork {
+        header: EventHeader,
+        child_pid: u32,
+    },
 }
 
 /// Decode one record. `None` for a record too short for its kind or of an
@@ -166,6 +191,13 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
             })
         }
         EventKind::Exit => Some(KernelEvent::Exit(header)),
+        EventKind::Fork => {
+            let ev: ForkEvent = read_record(record)?;
+            Some(KernelEvent::Fork {
+                header: ev.header,
+                child_pid: ev.child_pid,
+            })
+        }
     }
 }
 
@@ -198,7 +230,11 @@ mod tests {
             ppid: 1,
             uid: 1000,
             gid: 1000,
+            loginuid: 1000,
+            tty: 1,
             boot_ns: 5,
+            start_ns: 1,
+            cgroup_id: 1,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }

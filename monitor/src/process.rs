@@ -1,6 +1,6 @@
-//! The process table: what the agent knows of each live process, fed by the
-//! kernel's exec and exit events so that a process that is gone by the time
-//! its event is read is still attributed to the right executable.
+//! The process table: what the agent knows of each process, fed by the
+//! kernel's fork, exec and exit events, so that a process that is gone by the
+//! time its event is read is still attributed, with its ancestry.
 
 use std::{
     collections::HashMap,
@@ -9,12 +9,56 @@ use std::{
 };
 
 use lru::LruCache;
+use monitor_common::{EventHeader, UNSET_LOGINUID};
+
+use crate::probes::comm_str;
 
 /// What the table keeps per process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
     /// Absolute path of the executable, symlinks resolved, like
     /// `/proc/<pid>/exe`; `None` when it could not be learned.
+    pub exe: Option<String>,
+    pub comm: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Audit login uid, `None` when unset.
+    pub loginuid: Option<u32>,
+    /// Has a controlling terminal.
+    pub tty: bool,
+    /// Process start, ns since boot.
+    pub start_ns: u64,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// The kernel reported its exit; kept a while for its children's ancestry.
+    pub exited: bool,
+}
+
+impl ProcessInfo {
+    /// The facts every kernel event carries about `current`.
+    fn from_header(h: &EventHeader) -> Self {
+        Self {
+            pid: h.pid,
+            ppid: h.ppid,
+            exe: None,
+            comm: comm_str(&h.comm),
+            uid: h.uid,
+            gid: h.gid,
+            loginuid: (h.loginuid != UNSET_LOGINUID).then_some(h.loginuid),
+            tty: h.tty != 0,
+            start_ns: h.start_ns,
+            cgroup_id: h.cgroup_id,
+            exited: false,
+        }
+    }
+}
+
+/// One step of a process's ancestry, parent first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
     pub exe: Option<String>,
 }
 
@@ -35,27 +79,73 @@ impl ProcessTable {
         }
     }
 
-    /// A process replaced its image with `filename` (as the kernel saw it).
-    pub fn on_exec(&mut self, pid: u32, filename: &[u8]) {
+    /// `parent` (the header's process) forked `child`: the child runs the
+    /// parent's image until it execs.
+    pub fn on_fork(&mut self, parent: &EventHeader, child: u32) {
+        let parent_info = self.observe(parent);
+        let info = ProcessInfo {
+            pid: child,
+            ppid: parent.pid,
+            exited: false,
+            ..parent_info
+        };
+        self.procs.put(child, info);
+    }
+
+    /// The header's process replaced its image with `filename`.
+    pub fn on_exec(&mut self, h: &EventHeader, filename: &[u8]) {
         let filename = String::from_utf8_lossy(filename);
-        let exe = resolve_exe(&filename, || self.read_exe(pid));
-        self.procs.put(pid, ProcessInfo { exe });
+        let exe = resolve_exe(&filename, || self.read_exe(h.pid));
+        let info = ProcessInfo {
+            exe,
+            ..ProcessInfo::from_header(h)
+        };
+        self.procs.put(h.pid, info);
     }
 
     pub fn on_exit(&mut self, pid: u32) {
-        self.procs.pop(&pid);
+        if let Some(p) = self.procs.peek_mut(&pid) {
+            p.exited = true;
+        }
     }
 
-    /// What is known of `pid`, learning it from /proc on first sight.
-    pub fn get(&mut self, pid: u32) -> ProcessInfo {
-        if let Some(info) = self.procs.get(&pid) {
-            return info.clone();
-        }
-        let info = ProcessInfo {
-            exe: self.read_exe(pid),
+    /// Record what `h` says of its process and return all that is known of
+    /// it, learning the executable from /proc on first sight.
+    pub fn observe(&mut self, h: &EventHeader) -> ProcessInfo {
+        let known = self.procs.get(&h.pid).filter(|p| !p.exited).cloned();
+        let exe = match known {
+            Some(p) => p.exe,
+            None => self.read_exe(h.pid),
         };
-        self.procs.put(pid, info.clone());
+        let info = ProcessInfo {
+            exe,
+            ..ProcessInfo::from_header(h)
+        };
+        self.procs.put(h.pid, info.clone());
         info
+    }
+
+    /// Up to `max` ancestors of the process whose parent is `ppid`, parent
+    /// first, from the table or else from /proc. Stops at pid 1 and at
+    /// anything unknown.
+    pub fn ancestors(&mut self, ppid: u32, max: usize) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut pid = ppid;
+        while pid > 0 && out.len() < max {
+            let (exe, next) = match self.procs.get(&pid) {
+                Some(p) => (p.exe.clone(), p.ppid),
+                None => match self.read_ppid(pid) {
+                    Some(next) => (self.read_exe(pid), next),
+                    None => break,
+                },
+            };
+            out.push(Ancestor { pid, exe });
+            if pid == 1 || next == pid {
+                break;
+            }
+            pid = next;
+        }
+        out
     }
 
     /// The account name of `uid`, or the number when it has none.
@@ -78,6 +168,19 @@ impl ProcessTable {
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
     }
+
+    fn read_ppid(&self, pid: u32) -> Option<u32> {
+        let stat =
+            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
+        parse_stat_ppid(&stat)
+    }
+}
+
+/// The ppid field of `/proc/<pid>/stat`. The comm field may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The executable of an exec: the kernel's filename made canonical when it
@@ -96,7 +199,24 @@ mod tests {
     use super::*;
 
     fn table(root: &Path) -> ProcessTable {
-        ProcessTable::new(NonZeroUsize::new(2).unwrap(), root)
+        ProcessTable::new(NonZeroUsize::new(4).unwrap(), root)
+    }
+
+    fn header(pid: u32, ppid: u32) -> EventHeader {
+        EventHeader {
+            kind: 0,
+            pid,
+            tid: pid,
+            ppid,
+            uid: 1000,
+            gid: 1000,
+            loginuid: UNSET_LOGINUID,
+            tty: 0,
+            boot_ns: 0,
+            start_ns: 0,
+            cgroup_id: 1,
+            comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
     }
 
     #[test]
@@ -107,8 +227,8 @@ mod tests {
         let link = dir.path().join("tool");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(7, link.to_str().unwrap().as_bytes());
-        assert_eq!(t.get(7).exe.as_deref(), real.to_str());
+        t.on_exec(&header(7, 1), link.to_str().unwrap().as_bytes());
+        assert_eq!(t.observe(&header(7, 1)).exe.as_deref(), real.to_str());
     }
 
     #[test]
@@ -117,24 +237,74 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("9")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/true", dir.path().join("9/exe")).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(9, b"./true");
-        assert_eq!(t.get(9).exe.as_deref(), Some("/usr/bin/true"));
-        t.on_exec(10, b"./gone");
-        assert_eq!(t.get(10).exe.as_deref(), Some("./gone"));
+        t.on_exec(&header(9, 1), b"./true");
+        assert_eq!(
+            t.observe(&header(9, 1)).exe.as_deref(),
+            Some("/usr/bin/true")
+        );
+        t.on_exec(&header(10, 1), b"./gone");
+        assert_eq!(t.observe(&header(10, 1)).exe.as_deref(), Some("./gone"));
     }
 
     #[test]
-    fn exit_forgets_and_capacity_bounds() {
+    fn fork_inherits_then_exec_replaces_and_ancestry_survives_exit() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
-        t.on_exec(1, b"/bin/sh");
-        t.on_exit(1);
-        // Unknown to the table and absent from this fake /proc.
-        assert_eq!(t.get(1).exe, None);
-        t.on_exec(2, b"/a");
-        t.on_exec(3, b"/b");
-        t.on_exec(4, b"/c");
-        assert_eq!(t.procs.len(), 2);
+        t.on_exec(&header(100, 1), b"/bin/sh");
+        t.on_fork(&header(100, 1), 101);
+        let parent_exe = t.procs.peek(&100).unwrap().exe.clone();
+        assert!(parent_exe.is_some());
+        assert_eq!(t.observe(&header(101, 100)).exe, parent_exe);
+        t.on_exec(&header(101, 100), b"/usr/bin/env");
+        t.on_exit(100);
+        let anc = t.ancestors(100, 5);
+        assert_eq!(anc.len(), 1, "pid 1 is not in the fake /proc: {anc:?}");
+        assert_eq!(anc[0].pid, 100);
+        assert_eq!(anc[0].exe, t.procs.peek(&100).unwrap().exe);
+        // An exited pid seen again is a new process: learn it afresh.
+        assert_eq!(t.observe(&header(100, 1)).exe, None);
+    }
+
+    #[test]
+    fn ancestry_from_proc_when_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        for (pid, ppid, exe) in [
+            (50, 40, "/usr/sbin/sshd"),
+            (40, 1, "/usr/lib/systemd/systemd"),
+            (1, 0, "/sbin/init"),
+        ] {
+            let d = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} (a (weird) name) S {ppid} 1 1 0"),
+            )
+            .unwrap();
+            std::os::unix::fs::symlink(exe, d.join("exe")).unwrap();
+        }
+        let mut t = table(dir.path());
+        let anc = t.ancestors(50, 8);
+        let pids: Vec<u32> = anc.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, [50, 40, 1]);
+        assert_eq!(anc[0].exe.as_deref(), Some("/usr/sbin/sshd"));
+        assert_eq!(t.ancestors(50, 2).len(), 2);
+    }
+
+    #[test]
+    fn stat_ppid_parsing() {
+        assert_eq!(parse_stat_ppid("12 (cat) R 7 12 7 0"), Some(7));
+        assert_eq!(parse_stat_ppid("12 (a) b) (c) S 99 1"), Some(99));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn capacity_bounds_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = table(dir.path());
+        for pid in 1..=10 {
+            t.on_exec(&header(pid, 1), b"/x");
+        }
+        assert_eq!(t.procs.len(), 4);
     }
 
     #[test]
