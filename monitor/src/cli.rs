@@ -38,6 +38,11 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Read settings from this TOML file; flags given on the command line
+    /// win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Also watch PATH: a file, or every file below a directory. Repeatable.
     #[arg(long, value_name = "PATH")]
     pub watch: Vec<PathBuf>,

@@ -7,6 +7,7 @@
 mod agent;
 mod check;
 mod cli;
+mod config;
 mod event;
 mod identity;
 mod offsets;
@@ -97,11 +98,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let config = config::Config::load(args.config.as_deref())?;
+            let mut watch = config.watch;
+            watch.extend(args.watch);
             rt.block_on(agent::run(agent::RunOptions {
-                watch: args.watch,
+                watch,
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
-                trust_domain: args.trust_domain,
+                trust_domain: args.trust_domain.or(config.trust_domain),
             }))?;
             Ok(ExitCode::SUCCESS)
         }

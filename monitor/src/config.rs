@@ -1,0 +1,73 @@
+//! `--config FILE`: the agent's TOML configuration. Every section is
+//! optional; an unknown key is an error, so a typo is not silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SPIFFE trust domain of identities; defaults to the host name.
+    pub trust_domain: Option<String>,
+    /// Extra files or directories to watch, as `--watch` does.
+    pub watch: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--config {path}: {}", crate::error_text(err))]
+    Read { path: String, err: std::io::Error },
+    #[error("--config {path}: {err}")]
+    Parse { path: String, err: toml::de::Error },
+}
+
+impl Config {
+    /// The file at `path`, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: shown.clone(),
+            err,
+        })?;
+        Self::parse(&text).map_err(|err| ConfigError::Parse { path: shown, err })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        let c = Config::parse("").unwrap();
+        assert!(c.trust_domain.is_none() && c.watch.is_empty());
+    }
+
+    #[test]
+    fn values_and_typos() {
+        let c = Config::parse("trust_domain = \"prod.example\"\nwatch = [\"/srv/app/.env\"]\n")
+            .unwrap();
+        assert_eq!(c.trust_domain.as_deref(), Some("prod.example"));
+        assert_eq!(c.watch, [PathBuf::from("/srv/app/.env")]);
+        let err = Config::parse("trust_domian = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trust_domian"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_flag() {
+        let err = Config::load(Some(Path::new("/no/such.toml")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--config /no/such.toml: No such file or directory");
+    }
+}
