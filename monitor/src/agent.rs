@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    env_names,
     event::{Agent, AgentStatus, Event, Host},
     offsets,
     pipeline::Pipeline,
@@ -19,6 +20,7 @@ use crate::{
 
 pub struct RunOptions {
     pub watch: Vec<PathBuf>,
+    pub env_names: Vec<String>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
@@ -32,6 +34,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         String::new()
     });
     let watch = WatchList::build(&passwd, &opts.watch)?;
+    let env_patterns = env_names::watch_list(&opts.env_names)?;
     if watch.skipped > 0 {
         tracing::warn!(
             "{} catalog entries could not be read and are not watched",
@@ -58,6 +61,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for file in watch.files() {
         probes.watch(file.key, file.id)?;
     }
+    for pattern in &env_patterns {
+        probes.watch_env(pattern)?;
+    }
     let mut ring = probes
         .take_events()
         .context("ring buffer already taken")?
@@ -77,7 +83,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Folded reads go out on this tick, so within a second of the first.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
@@ -88,6 +95,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 pipeline.sink.flush()?;
             }
             _ = tick.tick() => {
+                pipeline.flush_folds().context("writing events")?;
+                pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
             }
             _ = sigterm.recv() => break "SIGTERM",
@@ -96,14 +105,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
 
     drain(ring.get_mut(), &mut pipeline)?;
+    pipeline.flush_folds().context("writing events")?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
     let stats = pipeline.stats;
     emit_agent(
         &mut pipeline,
         AgentStatus::Stopped,
         format!(
-            "stopped on {reason}: {} records, {} secret reads, {} malformed",
-            stats.records, stats.secret_reads, stats.malformed
+            "stopped on {reason}: {} records, {} secret reads, {} malformed, {} denied opens unresolved, {} environments partly scanned",
+            stats.records,
+            stats.secret_reads,
+            stats.malformed,
+            stats.denied_unresolved,
+            stats.env_truncated
         ),
         lost_reported,
     )?;

@@ -12,6 +12,9 @@ pub struct Config {
     pub trust_domain: Option<String>,
     /// Extra files or directories to watch, as `--watch` does.
     pub watch: Vec<PathBuf>,
+    /// Extra environment variable names to report at exec: `NAME` or
+    /// `*_SUFFIX`, added to the built-in list.
+    pub env_names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

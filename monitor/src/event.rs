@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::{identity::Identity, process::Ancestor, secret::SecretType};
+use crate::{identity::Identity, process::Ancestor, redact::ArgSecret, secret::SecretType};
 
 pub const SCHEMA: &str = "secretmon/v1";
 
@@ -67,6 +67,9 @@ pub struct Process {
     pub user: String,
     pub comm: String,
     pub exe: Option<String>,
+    /// argv with secret-shaped parts redacted; empty when not seen at exec.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
     pub tty: bool,
     pub loginuid: Option<u32>,
     pub start_time: String,
@@ -85,12 +88,48 @@ pub struct Secret {
 pub struct Access {
     pub op: &'static str,
     pub flags: Vec<&'static str>,
-    pub result: &'static str,
+    /// `ok`, or the errno name (`EACCES`).
+    pub result: String,
+    /// Reads folded into this event: same process, secret and result,
+    /// within one flush interval.
+    pub count: u64,
 }
 
-/// Names of the flags in `file->f_flags` worth showing. `O_LARGEFILE` is set
-/// by the kernel on every 64-bit open and says nothing; `O_CREAT`, `O_EXCL`,
-/// `O_TRUNC` and `O_CLOEXEC` are not kept in `f_flags`.
+#[derive(Debug, Serialize)]
+pub struct SecretInEnv {
+    pub process: Process,
+    pub identity: Identity,
+    pub secret: EnvSecret,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvSecret {
+    pub env_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretInArgv {
+    pub process: Process,
+    pub identity: Identity,
+    pub secret: ArgSecret,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvironRead {
+    pub process: Process,
+    pub identity: Identity,
+    pub target: Target,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: Option<String>,
+}
+
+/// Names of the open flags worth showing, from the syscall's flags or from
+/// `file->f_flags` (which no longer holds `O_CREAT`, `O_EXCL`, `O_TRUNC`).
+/// `O_LARGEFILE` is set by the kernel on every 64-bit open and says nothing.
 pub fn open_flags(f_flags: u32) -> Vec<&'static str> {
     let f = f_flags as i32;
     let mut names = vec![match f & libc::O_ACCMODE {
@@ -99,6 +138,9 @@ pub fn open_flags(f_flags: u32) -> Vec<&'static str> {
         _ => "O_RDONLY",
     }];
     for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
         (libc::O_APPEND, "O_APPEND"),
         (libc::O_NONBLOCK, "O_NONBLOCK"),
         (libc::O_SYNC, "O_SYNC"),

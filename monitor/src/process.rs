@@ -22,6 +22,9 @@ pub struct ProcessInfo {
     /// `/proc/<pid>/exe`; `None` when it could not be learned.
     pub exe: Option<String>,
     pub comm: String,
+    /// argv as seen at exec, already redacted.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
     pub uid: u32,
     pub gid: u32,
     /// Audit login uid, `None` when unset.
@@ -44,6 +47,8 @@ impl ProcessInfo {
             ppid: h.ppid,
             exe: None,
             comm: comm_str(&h.comm),
+            args: Vec::new(),
+            args_truncated: false,
             uid: h.uid,
             gid: h.gid,
             loginuid: (h.loginuid != UNSET_LOGINUID).then_some(h.loginuid),
@@ -92,15 +97,25 @@ impl ProcessTable {
         self.procs.put(child, info);
     }
 
-    /// The header's process replaced its image with `filename`.
-    pub fn on_exec(&mut self, h: &EventHeader, filename: &[u8]) {
+    /// The header's process replaced its image with `filename`, started
+    /// with the (redacted) `args`.
+    pub fn on_exec(
+        &mut self,
+        h: &EventHeader,
+        filename: &[u8],
+        args: Vec<String>,
+        args_truncated: bool,
+    ) -> ProcessInfo {
         let filename = String::from_utf8_lossy(filename);
         let exe = resolve_exe(&filename, || self.read_exe(h.pid));
         let info = ProcessInfo {
             exe,
+            args,
+            args_truncated,
             ..ProcessInfo::from_header(h)
         };
-        self.procs.put(h.pid, info);
+        self.procs.put(h.pid, info.clone());
+        info
     }
 
     pub fn on_exit(&mut self, pid: u32) {
@@ -113,16 +128,28 @@ impl ProcessTable {
     /// it, learning the executable from /proc on first sight.
     pub fn observe(&mut self, h: &EventHeader) -> ProcessInfo {
         let known = self.procs.get(&h.pid).filter(|p| !p.exited).cloned();
-        let exe = match known {
-            Some(p) => p.exe,
-            None => self.read_exe(h.pid),
-        };
-        let info = ProcessInfo {
-            exe,
-            ..ProcessInfo::from_header(h)
+        let info = match known {
+            Some(p) => ProcessInfo {
+                exe: p.exe,
+                args: p.args,
+                args_truncated: p.args_truncated,
+                ..ProcessInfo::from_header(h)
+            },
+            None => ProcessInfo {
+                exe: self.read_exe(h.pid),
+                ..ProcessInfo::from_header(h)
+            },
         };
         self.procs.put(h.pid, info.clone());
         info
+    }
+
+    /// The executable of `pid` if known, without touching recency.
+    pub fn peek_exe(&self, pid: u32) -> Option<String> {
+        match self.procs.peek(&pid) {
+            Some(p) => p.exe.clone(),
+            None => self.read_exe(pid),
+        }
     }
 
     /// Up to `max` ancestors of the process whose parent is `ppid`, parent
@@ -227,7 +254,12 @@ mod tests {
         let link = dir.path().join("tool");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(7, 1), link.to_str().unwrap().as_bytes());
+        t.on_exec(
+            &header(7, 1),
+            link.to_str().unwrap().as_bytes(),
+            Vec::new(),
+            false,
+        );
         assert_eq!(t.observe(&header(7, 1)).exe.as_deref(), real.to_str());
     }
 
@@ -237,12 +269,12 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("9")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/true", dir.path().join("9/exe")).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(9, 1), b"./true");
+        t.on_exec(&header(9, 1), b"./true", Vec::new(), false);
         assert_eq!(
             t.observe(&header(9, 1)).exe.as_deref(),
             Some("/usr/bin/true")
         );
-        t.on_exec(&header(10, 1), b"./gone");
+        t.on_exec(&header(10, 1), b"./gone", Vec::new(), false);
         assert_eq!(t.observe(&header(10, 1)).exe.as_deref(), Some("./gone"));
     }
 
@@ -250,12 +282,12 @@ mod tests {
     fn fork_inherits_then_exec_replaces_and_ancestry_survives_exit() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(100, 1), b"/bin/sh");
+        t.on_exec(&header(100, 1), b"/bin/sh", Vec::new(), false);
         t.on_fork(&header(100, 1), 101);
         let parent_exe = t.procs.peek(&100).unwrap().exe.clone();
         assert!(parent_exe.is_some());
         assert_eq!(t.observe(&header(101, 100)).exe, parent_exe);
-        t.on_exec(&header(101, 100), b"/usr/bin/env");
+        t.on_exec(&header(101, 100), b"/usr/bin/env", Vec::new(), false);
         t.on_exit(100);
         let anc = t.ancestors(100, 5);
         assert_eq!(anc.len(), 1, "pid 1 is not in the fake /proc: {anc:?}");
@@ -302,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
         for pid in 1..=10 {
-            t.on_exec(&header(pid, 1), b"/x");
+            t.on_exec(&header(pid, 1), b"/x", Vec::new(), false);
         }
         assert_eq!(t.procs.len(), 4);
     }

@@ -92,6 +92,19 @@ impl WatchList {
         self.by_key.get(key).map(|&i| &self.files[i])
     }
 
+    pub fn by_id(&self, id: u32) -> Option<&WatchedFile> {
+        self.files.get(id as usize)
+    }
+
+    /// The watched file at `path` (symlinks followed), if any.
+    pub fn lookup_path(&self, path: &Path) -> Option<&WatchedFile> {
+        let meta = std::fs::metadata(path).ok()?;
+        self.get(&FileKey {
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        })
+    }
+
     fn add_user_path(&mut self, path: &Path) -> Result<(), WatchError> {
         let err = |err| WatchError::Path {
             path: path.display().to_string(),
