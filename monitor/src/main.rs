@@ -115,24 +115,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_errors_become_one_short_line() {
-        let log = (0..10_000)
-            .map(|i| format!("{i}: insn"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let text = one_line(&format!("{log}\nprocessed 1000001 insns"));
-        assert!(!text.contains('\n'));
-        assert!(text.ends_with("processed 1000001 insns"), "{text}");
-        assert!(text.len() < 1100);
-        assert_eq!(one_line("plain"), "plain");
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
@@ -160,5 +142,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_become_one_short_line() {
+        let log = (0..10_000)
+            .map(|i| format!("{i}: insn"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = one_line(&format!("{log}\nprocessed 1000001 insns"));
+        assert!(!text.contains('\n'));
+        assert!(text.ends_with("processed 1000001 insns"), "{text}");
+        assert!(text.len() < 1100);
+        assert_eq!(one_line("plain"), "plain");
     }
 }
