@@ -8,7 +8,7 @@ use monitor_common::OpenEvent;
 
 use crate::{
     event::{self, Access, Event, Host, Process, Secret, SecretRead},
-    identity::user_identity,
+    identity::IdentityResolver,
     probes::KernelEvent,
     process::ProcessTable,
     sink::Sink,
@@ -57,19 +57,24 @@ pub struct Pipeline {
     pub watch: WatchList,
     pub procs: ProcessTable,
     pub host: Host,
-    pub trust_domain: String,
+    pub identities: IdentityResolver,
     pub clock: Clock,
     pub sink: Sink,
     pub stats: Stats,
 }
 
 impl Pipeline {
-    pub fn new(watch: WatchList, host: Host, trust_domain: String, sink: Sink) -> io::Result<Self> {
+    pub fn new(
+        watch: WatchList,
+        host: Host,
+        identities: IdentityResolver,
+        sink: Sink,
+    ) -> io::Result<Self> {
         Ok(Self {
             watch,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
             host,
-            trust_domain,
+            identities,
             clock: Clock::now()?,
             sink,
             stats: Stats::default(),
@@ -86,6 +91,7 @@ impl Pipeline {
         match ev {
             KernelEvent::Exec { header, filename } => {
                 self.procs.on_exec(&header, &filename);
+                self.identities.forget(header.pid);
                 Ok(())
             }
             KernelEvent::Fork { header, child_pid } => {
@@ -94,6 +100,7 @@ impl Pipeline {
             }
             KernelEvent::Exit(header) => {
                 self.procs.on_exit(header.pid);
+                self.identities.forget(header.pid);
                 Ok(())
             }
             KernelEvent::Open(open) => self.secret_read(&open),
@@ -111,14 +118,8 @@ impl Pipeline {
         let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
         let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
-        let exe_for_id = info.exe.as_deref().unwrap_or(&info.comm);
-        let identity = user_identity(
-            &self.trust_domain,
-            &self.host.name,
-            &user,
-            h.uid,
-            exe_for_id,
-        );
+        let identity = self.identities.resolve(&info, &user, &ancestors);
+        let container_path = self.identities.container_path(&info, &file.path);
         let start_time = self
             .clock
             .wall(info.start_ns)
@@ -141,6 +142,7 @@ impl Pipeline {
             secret: Secret {
                 id: file.secret_id.clone(),
                 path: file.path.to_string_lossy().into_owned(),
+                container_path,
                 secret_type: file.secret_type,
             },
             access: Access {
@@ -166,6 +168,7 @@ mod tests {
     use monitor_common::{EventHeader, EventKind, ExecEvent, FILENAME_LEN};
 
     use super::*;
+    use crate::identity::{IdentityConfig, Naming, cgroup_tree::CgroupTree};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -209,10 +212,17 @@ mod tests {
         let watch = WatchList::build("", &[PathBuf::from(&secret)]).unwrap();
         let key = watch.files()[0].key;
         let out = Shared::default();
+        let identities = IdentityResolver::new(
+            Naming::new(Some("td"), "h").unwrap(),
+            IdentityConfig::default(),
+            dir.path(),
+            CgroupTree::at(None),
+            NonZeroUsize::new(8).unwrap(),
+        );
         let mut p = Pipeline::new(
             watch,
             Host { name: "h".into() },
-            "td".into(),
+            identities,
             Sink::to_writer(out.clone()),
         )
         .unwrap();
