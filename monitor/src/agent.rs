@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     env_names,
     event::{Agent, AgentStatus, Event, Host},
+    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
     offsets,
     pipeline::Pipeline,
     preflight,
@@ -24,9 +25,18 @@ pub struct RunOptions {
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
+    pub identity: IdentityConfig,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let host = Host {
+        name: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    // A bad trust domain is a configuration error: say so before anything
+    // else is checked.
+    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_else(|e| {
@@ -50,12 +60,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .display()
         )
     })?;
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    let trust_domain = opts.trust_domain.unwrap_or_else(|| host.name.clone());
 
     let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
     for file in watch.files() {
@@ -69,7 +73,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
     let watched = watch.files().len();
-    let mut pipeline = Pipeline::new(watch, host, trust_domain, sink)?;
+    let identities = IdentityResolver::for_host(naming, opts.identity);
+    let mut pipeline = Pipeline::new(watch, host, identities, sink)?;
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -79,6 +84,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             crate::probes::TRACEPOINTS.len() + crate::probes::RAW_TRACEPOINTS.len()
         ),
         0,
+        None,
     )?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -108,18 +114,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pipeline.flush_folds().context("writing events")?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
     let stats = pipeline.stats;
+    let cache = pipeline.identities.cache_stats();
     emit_agent(
         &mut pipeline,
         AgentStatus::Stopped,
         format!(
-            "stopped on {reason}: {} records, {} secret reads, {} malformed, {} denied opens unresolved, {} environments partly scanned",
+            "stopped on {reason}: {} records, {} secret reads, {} malformed, \
+             {} denied opens unresolved, {} environments partly scanned; \
+             identity cache {}/{} entries, {:.0}% hits",
             stats.records,
             stats.secret_reads,
             stats.malformed,
             stats.denied_unresolved,
-            stats.env_truncated
+            stats.env_truncated,
+            cache.size,
+            cache.capacity,
+            cache.hit_rate * 100.0
         ),
         lost_reported,
+        Some(cache),
     )?;
     pipeline.sink.flush()?;
     Ok(())
@@ -144,6 +157,7 @@ fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyho
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
             total,
+            None,
         )?;
         pipeline.sink.flush()?;
     }
@@ -155,11 +169,13 @@ fn emit_agent(
     status: AgentStatus,
     message: String,
     lost: u64,
+    identity_cache: Option<CacheStats>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
         message,
         lost,
+        identity_cache,
     };
     let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
     pipeline.sink.emit(&ev).context("writing events")?;

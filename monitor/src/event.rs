@@ -3,7 +3,12 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::{identity::Identity, process::Ancestor, redact::ArgSecret, secret::SecretType};
+use crate::{
+    identity::{CacheStats, Identity},
+    process::Ancestor,
+    redact::ArgSecret,
+    secret::SecretType,
+};
 
 pub const SCHEMA: &str = "secretmon/v1";
 
@@ -48,6 +53,9 @@ pub struct Agent {
     pub status: AgentStatus,
     pub message: String,
     pub lost: u64,
+    /// On `stopped`: how the per-process identity cache did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_cache: Option<CacheStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +87,12 @@ pub struct Process {
 #[derive(Debug, Serialize)]
 pub struct Secret {
     pub id: String,
+    /// As seen from the host.
     pub path: String,
+    /// As the reader saw it, when it sees the filesystem otherwise than the
+    /// host (a container's mount namespace, a chroot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_path: Option<String>,
     #[serde(rename = "type")]
     pub secret_type: SecretType,
 }
@@ -190,6 +203,7 @@ mod tests {
                 status: AgentStatus::Started,
                 message: "probes attached".into(),
                 lost: 0,
+                identity_cache: None,
             },
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

@@ -130,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 trust_domain: args.trust_domain.or(config.trust_domain),
+                identity: config.identity,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

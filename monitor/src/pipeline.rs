@@ -17,8 +17,9 @@ use crate::{
         self, Access, EnvSecret, EnvironRead, Event, Host, Process, Secret, SecretInArgv,
         SecretInEnv, SecretRead, Target,
     },
-    identity::{Identity, user_identity},
+    identity::{Identity, IdentityResolver},
     probes::{DeniedOpen, Exec, KernelEvent},
+    process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
     sink::Sink,
@@ -74,7 +75,7 @@ pub struct Pipeline {
     pub watch: WatchList,
     pub procs: ProcessTable,
     pub host: Host,
-    pub trust_domain: String,
+    pub identities: IdentityResolver,
     pub clock: Clock,
     pub sink: Sink,
     pub stats: Stats,
@@ -86,12 +87,17 @@ pub struct Pipeline {
 const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
-    pub fn new(watch: WatchList, host: Host, trust_domain: String, sink: Sink) -> io::Result<Self> {
+    pub fn new(
+        watch: WatchList,
+        host: Host,
+        identities: IdentityResolver,
+        sink: Sink,
+    ) -> io::Result<Self> {
         Ok(Self {
             watch,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
             host,
-            trust_domain,
+            identities,
             clock: Clock::now()?,
             sink,
             stats: Stats::default(),
@@ -115,6 +121,7 @@ impl Pipeline {
             }
             KernelEvent::Exit(header) => {
                 self.procs.on_exit(header.pid);
+                self.identities.forget(header.pid);
                 Ok(())
             }
             KernelEvent::Open(open) => {
@@ -128,7 +135,7 @@ impl Pipeline {
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
             KernelEvent::EnvironRead { header, target_pid } => {
-                let (process, identity) = self.who(&header);
+                let (process, identity, _) = self.who(&header);
                 let target = Target {
                     pid: target_pid,
                     exe: self.procs.peek_exe(target_pid),
@@ -161,8 +168,9 @@ impl Pipeline {
         let (args, found) = redact_args(&exec.args);
         self.procs
             .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        self.identities.forget(exec.header.pid);
         for secret in found {
-            let (process, identity) = self.who(&exec.header);
+            let (process, identity, _) = self.who(&exec.header);
             let body = SecretInArgv {
                 process,
                 identity,
@@ -171,7 +179,7 @@ impl Pipeline {
             self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
         }
         for env_name in exec.env_names {
-            let (process, identity) = self.who(&exec.header);
+            let (process, identity, _) = self.who(&exec.header);
             let body = SecretInEnv {
                 process,
                 identity,
@@ -212,12 +220,15 @@ impl Pipeline {
         let Some(file) = self.watch.by_id(file_id) else {
             return Ok(());
         };
-        let secret = Secret {
+        let path = file.path.clone();
+        let mut secret = Secret {
             id: file.secret_id.clone(),
             path: file.path.to_string_lossy().into_owned(),
+            container_path: None,
             secret_type: file.secret_type,
         };
-        let (process, identity) = self.who(h);
+        let (process, identity, info) = self.who(h);
+        secret.container_path = self.identities.container_path(&info, &path);
         let body = SecretRead {
             process,
             identity,
@@ -236,19 +247,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The process and identity of the header's process.
-    fn who(&mut self, h: &EventHeader) -> (Process, Identity) {
+    /// The process and identity of the header's process, and what the
+    /// table knows of it.
+    fn who(&mut self, h: &EventHeader) -> (Process, Identity, ProcessInfo) {
         let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
         let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
-        let exe_for_id = info.exe.as_deref().unwrap_or(&info.comm);
-        let identity = user_identity(
-            &self.trust_domain,
-            &self.host.name,
-            &user,
-            h.uid,
-            exe_for_id,
-        );
+        let identity = self.identities.resolve(&info, &user, &ancestors);
         let start_time = self
             .clock
             .wall(info.start_ns)
@@ -259,16 +264,16 @@ impl Pipeline {
             uid: info.uid,
             gid: info.gid,
             user,
-            comm: info.comm,
-            exe: info.exe,
-            args: info.args,
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            args: info.args.clone(),
             args_truncated: info.args_truncated,
             tty: info.tty,
             loginuid: info.loginuid,
             start_time,
             ancestors,
         };
-        (process, identity)
+        (process, identity, info)
     }
 
     fn emit<B: serde::Serialize>(
@@ -321,6 +326,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::identity::{IdentityConfig, Naming, cgroup_tree::CgroupTree};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -389,10 +395,17 @@ mod tests {
         let watch = WatchList::build("", &[PathBuf::from(&secret)]).unwrap();
         let key = watch.files()[0].key;
         let out = Shared::default();
+        let identities = IdentityResolver::new(
+            Naming::new(Some("td"), "h").unwrap(),
+            IdentityConfig::default(),
+            dir.path(),
+            CgroupTree::at(None),
+            NonZeroUsize::new(8).unwrap(),
+        );
         let mut p = Pipeline::new(
             watch,
             Host { name: "h".into() },
-            "td".into(),
+            identities,
             Sink::to_writer(out.clone()),
         )
         .unwrap();

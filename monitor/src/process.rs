@@ -189,25 +189,19 @@ impl ProcessTable {
             .clone()
     }
 
+    fn proc(&self, pid: u32) -> Option<procfs::process::Process> {
+        procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()
+    }
+
     fn read_exe(&self, pid: u32) -> Option<String> {
-        let link = self.proc_root.join(pid.to_string()).join("exe");
-        std::fs::read_link(link)
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
+        let exe = self.proc(pid)?.exe().ok()?;
+        Some(exe.to_string_lossy().into_owned())
     }
 
     fn read_ppid(&self, pid: u32) -> Option<u32> {
-        let stat =
-            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
-        parse_stat_ppid(&stat)
+        let ppid = self.proc(pid)?.stat().ok()?.ppid;
+        u32::try_from(ppid).ok()
     }
-}
-
-/// The ppid field of `/proc/<pid>/stat`. The comm field may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The executable of an exec: the kernel's filename made canonical when it
@@ -307,9 +301,13 @@ mod tests {
         ] {
             let d = dir.path().join(pid.to_string());
             std::fs::create_dir_all(&d).unwrap();
+            // The comm field may hold spaces and parentheses.
             std::fs::write(
                 d.join("stat"),
-                format!("{pid} (a (weird) name) S {ppid} 1 1 0"),
+                format!(
+                    "{pid} (a (weird) name) S {ppid} 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                     1000 1000000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0"
+                ),
             )
             .unwrap();
             std::os::unix::fs::symlink(exe, d.join("exe")).unwrap();
@@ -320,13 +318,6 @@ mod tests {
         assert_eq!(pids, [50, 40, 1]);
         assert_eq!(anc[0].exe.as_deref(), Some("/usr/sbin/sshd"));
         assert_eq!(t.ancestors(50, 2).len(), 2);
-    }
-
-    #[test]
-    fn stat_ppid_parsing() {
-        assert_eq!(parse_stat_ppid("12 (cat) R 7 12 7 0"), Some(7));
-        assert_eq!(parse_stat_ppid("12 (a) b) (c) S 99 1"), Some(99));
-        assert_eq!(parse_stat_ppid("garbage"), None);
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! The harness the end-to-end test binaries share: the real agent started
+//! as a child, its JSON lines collected, secrets planted that must never be
+//! printed.
+
+// Each test binary uses its own part of the harness.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_secretmon");
+/// A fake secret planted in watched files: it must never be printed.
+pub const PLANTED: &str = "AKIAFAKEE2E0000SECRET+planted/value";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `true` when the test can load probes; otherwise prints why it skips.
+pub fn can_load_probes(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("{test}: skipped: loading eBPF programs needs root (run `sudo -E cargo xtask test`)");
+    false
+}
+
+/// A running agent whose stdout lines arrive on a channel.
+pub struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn secretmon");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut agent = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        };
+        agent.wait_for(Duration::from_secs(30), |v| {
+            v["kind"] == "agent" && v["status"] == "started"
+        });
+        agent
+    }
+
+    /// The first new event matching `pred`, or a failure with what was seen.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "no matching event within {timeout:?} (agent exit: {status:?}); seen:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Freeze the agent (SIGSTOP): events wait in the ring buffer, so what
+    /// happens meanwhile is read only after `resume`, as a busy agent would.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Send `signal`, collect the rest of stdout and stderr, and return
+    /// (exit code, all stdout lines, stderr).
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (Option<i32>, Vec<String>, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after {signal}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        let stderr = self.stderr.join().unwrap();
+        (status.code(), self.seen, stderr)
+    }
+}
+
+pub fn plant_secret(dir: &Path) -> PathBuf {
+    let aws = dir.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let path = aws.join("credentials");
+    std::fs::write(
+        &path,
+        format!("[default]\naws_access_key_id = AKIAFAKE\naws_secret_access_key = {PLANTED}\n"),
+    )
+    .unwrap();
+    path
+}
+
+pub fn which(program: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(out.stdout).unwrap();
+    std::fs::canonicalize(path.trim()).unwrap()
+}
+
+pub fn assert_no_planted(texts: &[&str]) {
+    for t in texts {
+        assert!(!t.contains(PLANTED), "planted secret leaked into output");
+    }
+}
