@@ -298,3 +298,30 @@ fn overflow_of_a_tiny_ring_buffer_is_reported_as_lost() {
         "the stop event carries the total"
     );
 }
+
+#[test]
+fn io_uring_opens_are_a_stated_blind_spot() {
+    if !can_load_probes("io_uring_opens_are_a_stated_blind_spot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    // This test process opens the secret through io_uring itself.
+    let path = std::ffi::CString::new(secret.to_str().unwrap()).unwrap();
+    let mut ring = io_uring::IoUring::new(8).expect("io_uring is enabled here");
+    let open = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build();
+    // SAFETY: `path` outlives the request, which completes before it drops.
+    unsafe { ring.submission().push(&open).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let fd = ring.completion().next().unwrap().result();
+    assert!(fd >= 0, "io_uring open failed: {fd}");
+    // SAFETY: the fd was just opened by the ring and is ours.
+    unsafe { libc::close(fd) };
+    let ev = agent.wait_for(WAIT, |v| v["kind"] == "io_uring_open");
+    assert_eq!(ev["process"]["pid"], std::process::id());
+    assert_eq!(ev["opcode"], "IORING_OP_OPENAT");
+    agent.stop(nix::sys::signal::Signal::SIGTERM);
+}
