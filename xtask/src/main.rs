@@ -3,6 +3,7 @@
 //! xtask itself compiles with the machine's default stable toolchain; every
 //! cargo it spawns uses the pinned nightly (see `cargo.rs`).
 
+mod bench;
 mod cargo;
 mod toolchain;
 
@@ -74,6 +75,14 @@ enum Cmd {
     /// Runs `cargo fmt --all -- --check` and
     /// `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
+    /// Set up, build the release agent, then measure its overhead and
+    /// throughput against baselines taken in the same run (needs root).
+    ///
+    /// Prints ns per open()+close() of an unwatched file bare, with the
+    /// agent and with an auditd watch rule (installs auditd with apt if
+    /// missing), as ratios; then the highest zero-loss rate of watched
+    /// reads and the agent's RSS at it. See BENCHMARKS.md.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +106,11 @@ fn try_main() -> Result<()> {
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
+        Cmd::Bench => {
+            toolchain::setup(Scope::Full)?;
+            build(true)?;
+            bench::bench()
+        }
     }
 }
 
