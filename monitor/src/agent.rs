@@ -9,16 +9,24 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     event::{Agent, AgentStatus, Event, Host},
+    inventory::{
+        self, Inventory, InventoryChange, catalog::Catalog, listing, scan::Scanner,
+        settings::Settings, sync::Sync,
+    },
     offsets,
     pipeline::Pipeline,
     preflight,
     probes::Probes,
     sink::Sink,
-    watch::WatchList,
 };
+
+/// Inventory changes queued between the sync task and the agent.
+const CHANGES_QUEUE: usize = 1024;
 
 pub struct RunOptions {
     pub watch: Vec<PathBuf>,
+    pub state: PathBuf,
+    pub inventory: Settings,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
@@ -27,17 +35,19 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_else(|e| {
-        tracing::warn!("cannot read /etc/passwd ({e}); the catalog covers no home");
-        String::new()
-    });
-    let watch = WatchList::build(&passwd, &opts.watch)?;
-    if watch.skipped > 0 {
-        tracing::warn!(
-            "{} catalog entries could not be read and are not watched",
-            watch.skipped
-        );
-    }
+    let user = inventory::user_paths(&opts.watch)?;
+    let catalog = Catalog::new(&opts.inventory)?;
+    let key = listing::load_key(&opts.inventory, &opts.state)?;
+    let scanner = Scanner::new(
+        std::path::Path::new("/"),
+        catalog,
+        user,
+        key,
+        opts.inventory.limits(),
+        opts.inventory.policy(),
+    );
+    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(opts.output.as_deref()).with_context(|| {
         format!(
             "cannot open --output {}",
@@ -55,15 +65,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let trust_domain = opts.trust_domain.unwrap_or_else(|| host.name.clone());
 
     let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
-    for file in watch.files() {
-        probes.watch(file.key, file.id)?;
+    let sync = Sync::new(scanner, plan, &records).context("cannot start inotify")?;
+    if sync.unwatched > 0 {
+        tracing::warn!(
+            "{} directories cannot be watched for new or rotated secrets",
+            sync.unwatched
+        );
     }
+    tracing::debug!("following {} directories", sync.watched());
+    let inventory = Inventory::new(records);
+    for record in inventory.records() {
+        probes.watch(record.key, 0)?;
+    }
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
+    tokio::spawn(sync.run(changes_tx));
     let mut ring = probes
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = watch.files().len();
-    let mut pipeline = Pipeline::new(watch, host, trust_domain, sink)?;
+    let watched = inventory.len();
+    let mut pipeline = Pipeline::new(inventory, host, trust_domain, sink)?;
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -87,6 +108,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
+            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
             _ = tick.tick() => {
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
             }
@@ -109,6 +131,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     pipeline.sink.flush()?;
     Ok(())
+}
+
+/// Follow a created, rotated or removed secret: watch its new inode before
+/// unwatching the old one. A full map only loses that one file.
+fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
+    let edit = pipeline.inventory.apply(change);
+    if let Some(key) = edit.add
+        && let Err(e) = probes.watch(key, 0)
+    {
+        tracing::warn!("cannot watch a new secret: {}", crate::error_text(&e));
+    }
+    if let Some(key) = edit.remove
+        && let Err(e) = probes.unwatch(&key)
+    {
+        tracing::warn!("cannot unwatch a removed secret: {}", crate::error_text(&e));
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> anyhow::Result<()> {

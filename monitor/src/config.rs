@@ -12,6 +12,8 @@ pub struct Config {
     pub trust_domain: Option<String>,
     /// Extra files or directories to watch, as `--watch` does.
     pub watch: Vec<PathBuf>,
+    /// Catalog extensions, scan limits, fingerprint key, lifetime policy.
+    pub inventory: crate::inventory::settings::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,11 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::{identity::Identity, process::Ancestor, secret::SecretType};
+use crate::{
+    identity::Identity,
+    process::Ancestor,
+    secret::{Lifetime, SecretType},
+};
 
 pub const SCHEMA: &str = "secretmon/v1";
 
@@ -79,6 +83,12 @@ pub struct Secret {
     pub path: String,
     #[serde(rename = "type")]
     pub secret_type: SecretType,
+    /// `hmac-sha256:` and a hex prefix: keyed, so it reveals nothing.
+    pub fingerprint: String,
+    pub lifetime: Lifetime,
+    /// A safe prefix or label such as `AKIA…`, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use monitor_common::OpenEvent;
 
 use crate::{
-    event::{self, Access, Event, Host, Process, Secret, SecretRead},
+    event::{self, Access, Event, Host, Process, SecretRead},
     identity::user_identity,
+    inventory::Inventory,
     probes::KernelEvent,
     process::ProcessTable,
     sink::Sink,
-    watch::WatchList,
 };
 
 /// Ancestors listed on each event, parent first.
@@ -54,7 +54,7 @@ pub struct Stats {
 }
 
 pub struct Pipeline {
-    pub watch: WatchList,
+    pub inventory: Inventory,
     pub procs: ProcessTable,
     pub host: Host,
     pub trust_domain: String,
@@ -64,9 +64,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(watch: WatchList, host: Host, trust_domain: String, sink: Sink) -> io::Result<Self> {
+    pub fn new(
+        inventory: Inventory,
+        host: Host,
+        trust_domain: String,
+        sink: Sink,
+    ) -> io::Result<Self> {
         Ok(Self {
-            watch,
+            inventory,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
             host,
             trust_domain,
@@ -101,12 +106,16 @@ impl Pipeline {
     }
 
     fn secret_read(&mut self, open: &OpenEvent) -> io::Result<()> {
-        // An id the watch list no longer has (a race with a later update)
+        // A key the inventory no longer has (a race with a later update)
         // is not attributable: skip it rather than guess.
-        let Some(file) = self.watch.get(&open.key) else {
+        let Some(file) = self.inventory.get(&open.key) else {
             self.stats.malformed += 1;
             return Ok(());
         };
+        // The agent fingerprinting a rotated file is not a workload's use.
+        if open.header.pid == std::process::id() {
+            return Ok(());
+        }
         let h = &open.header;
         let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
@@ -138,11 +147,7 @@ impl Pipeline {
                 ancestors,
             },
             identity,
-            secret: Secret {
-                id: file.secret_id.clone(),
-                path: file.path.to_string_lossy().into_owned(),
-                secret_type: file.secret_type,
-            },
+            secret: file.event_secret(),
             access: Access {
                 op: "open",
                 flags: event::open_flags(open.flags),
@@ -203,14 +208,12 @@ mod tests {
 
     #[test]
     fn exec_then_open_of_a_gone_process_is_attributed() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("credentials");
-        std::fs::write(&secret, "not-a-real-secret").unwrap();
-        let watch = WatchList::build("", &[PathBuf::from(&secret)]).unwrap();
-        let key = watch.files()[0].key;
+        let secret = PathBuf::from("/srv/app/credentials");
+        let record = crate::inventory::test_record(&secret, 77);
+        let key = record.key;
         let out = Shared::default();
         let mut p = Pipeline::new(
-            watch,
+            crate::inventory::Inventory::new(vec![record]),
             Host { name: "h".into() },
             "td".into(),
             Sink::to_writer(out.clone()),
@@ -247,8 +250,9 @@ mod tests {
         assert_eq!(v["process"]["user"], "root");
         assert_eq!(v["identity"]["id"], "user:root:/usr/bin/cat");
         assert_eq!(v["secret"]["path"], secret.to_str().unwrap());
+        assert_eq!(v["secret"]["fingerprint"], "hmac-sha256:0123456789abcdef");
+        assert_eq!(v["secret"]["lifetime"], "unknown");
         assert_eq!(v["access"]["result"], "ok");
-        assert!(!text.contains("not-a-real-secret"));
         assert_eq!(p.stats.malformed, 1);
         assert_eq!(p.stats.secret_reads, 1);
     }

@@ -128,6 +128,14 @@ impl Probes {
             })
     }
 
+    /// Stop reporting opens of `key` (a deleted or rotated-away file).
+    pub fn unwatch(&mut self, key: &FileKey) -> Result<(), ProbeError> {
+        self.watched.remove(key).map_err(|source| ProbeError::Map {
+            name: "WATCHED",
+            source,
+        })
+    }
+
     /// The ring buffer, handed over once to the reader, registered with
     /// the tokio reactor so the reader wakes when records arrive. Must be
     /// called within a tokio runtime.
