@@ -890,3 +890,452 @@ fn env_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+    use crate::inventory::settings::Settings;
+
+    const HOMES: [&str; 3] = ["/home/ana", "/home/bob", "/root"];
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn now() -> DateTime<Utc> {
+        // Within a day of when the fixture's SVID was made.
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn fixture(shown: &str) -> Vec<u8> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory");
+        std::fs::read(root.join(&shown[1..])).unwrap_or_else(|e| panic!("{shown}: {e}"))
+    }
+
+    struct Case<'a> {
+        rule: &'a FileRule,
+        age: Duration,
+        atomic_writer: bool,
+        rotated: bool,
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::new(&Settings::default()).unwrap()
+    }
+
+    fn rule<'a>(c: &'a Catalog, shown: &str) -> Option<&'a FileRule> {
+        let path = Path::new(shown);
+        let home = HOMES.iter().find_map(|h| path.strip_prefix(h).ok());
+        c.rule_for(path, home)
+    }
+
+    fn run(c: &Catalog, case: Case, bytes: &[u8]) -> Option<Classification> {
+        let facts = Facts {
+            rule: case.rule,
+            age: case.age,
+            atomic_writer: case.atomic_writer,
+            rotated: case.rotated,
+            now: now(),
+        };
+        classify(bytes, &facts, c, &Settings::default().policy())
+    }
+
+    /// A fixture file, classified as the scan would, unchanged for 400 days.
+    fn file(c: &Catalog, shown: &str) -> Option<Classification> {
+        let rule = rule(c, shown).unwrap_or_else(|| panic!("no rule for {shown}"));
+        let case = Case {
+            rule,
+            age: 400 * DAY,
+            atomic_writer: false,
+            rotated: false,
+        };
+        run(c, case, &fixture(shown))
+    }
+
+    #[test]
+    fn every_fixture_type() {
+        use Lifetime::{Dynamic as D, Static as S, Unknown as U};
+        use SecretType as T;
+        let c = catalog();
+        let cases: &[(&str, SecretType, Lifetime, Option<&str>)] = &[
+            (
+                "/home/ana/.aws/credentials",
+                T::AwsCredentials,
+                S,
+                Some("AKIA…"),
+            ),
+            (
+                "/root/.aws/credentials",
+                T::AwsCredentials,
+                D,
+                Some("ASIA…"),
+            ),
+            (
+                "/home/ana/.config/gcloud/application_default_credentials.json",
+                T::GcpCredentials,
+                S,
+                Some("authorized_user"),
+            ),
+            (
+                "/home/ana/.config/gcloud/legacy_credentials/ana@example.com/adc.json",
+                T::GcpCredentials,
+                S,
+                Some("service_account"),
+            ),
+            (
+                "/home/ana/.config/gcloud/credentials.db",
+                T::GcpCredentials,
+                S,
+                None,
+            ),
+            (
+                "/home/ana/.config/gcloud/access_tokens.db",
+                T::GcpCredentials,
+                D,
+                None,
+            ),
+            (
+                "/home/ana/.azure/msal_token_cache.json",
+                T::AzureTokenCache,
+                S,
+                Some("refresh tokens"),
+            ),
+            (
+                "/root/.azure/accessTokens.json",
+                T::AzureTokenCache,
+                D,
+                Some("access tokens"),
+            ),
+            ("/home/ana/.kube/config", T::Kubeconfig, S, Some("token")),
+            ("/root/.kube/config", T::Kubeconfig, D, Some("exec plugin")),
+            (
+                "/etc/kubernetes/admin.conf",
+                T::Kubeconfig,
+                S,
+                Some("client key"),
+            ),
+            (
+                "/home/ana/.docker/config.json",
+                T::DockerAuth,
+                S,
+                Some("2 registries"),
+            ),
+            ("/home/ana/.netrc", T::Netrc, S, None),
+            ("/home/ana/.pgpass", T::Pgpass, S, None),
+            ("/home/ana/.my.cnf", T::MysqlCnf, S, None),
+            ("/etc/mysql/debian.cnf", T::MysqlCnf, S, None),
+            (
+                "/home/ana/.git-credentials",
+                T::GitCredentials,
+                S,
+                Some("ghp_…"),
+            ),
+            ("/home/ana/.npmrc", T::Npmrc, S, Some("npm_…")),
+            ("/home/ana/.pypirc", T::Pypirc, S, Some("pypi-…")),
+            (
+                "/home/ana/.cargo/credentials.toml",
+                T::CargoCredentials,
+                S,
+                None,
+            ),
+            (
+                "/home/ana/.terraform.d/credentials.tfrc.json",
+                T::TerraformCredentials,
+                S,
+                None,
+            ),
+            ("/home/ana/.vault-token", T::VaultToken, U, Some("hvs.…")),
+            (
+                "/home/ana/.ssh/id_ed25519",
+                T::SshPrivateKey,
+                S,
+                Some("ssh-ed25519"),
+            ),
+            (
+                "/home/ana/.ssh/id_ed25519_encrypted",
+                T::SshPrivateKey,
+                S,
+                Some("ssh-ed25519, encrypted"),
+            ),
+            (
+                "/etc/ssh/ssh_host_ed25519_key",
+                T::SshPrivateKey,
+                S,
+                Some("ssh-ed25519"),
+            ),
+            (
+                "/home/ana/tls/server.key",
+                T::PrivateKey,
+                S,
+                Some("PKCS#8 key"),
+            ),
+            (
+                "/home/ana/tls/bundle.pem",
+                T::PrivateKey,
+                S,
+                Some("PKCS#8 key"),
+            ),
+            ("/home/ana/tls/client.p12", T::Pkcs12, S, None),
+            ("/home/ana/tls/client.pfx", T::Pkcs12, S, None),
+            (
+                "/home/ana/src/app/.env",
+                T::EnvFile,
+                S,
+                Some("GITHUB_TOKEN, DATABASE_URL"),
+            ),
+            (
+                "/home/ana/src/app/.env.ci",
+                T::EnvFile,
+                D,
+                Some("AWS_ACCESS_KEY_ID, AWS_SESSION_TOKEN"),
+            ),
+            (
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                T::K8sSaToken,
+                D,
+                Some("projected"),
+            ),
+            (
+                "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/kubernetes.io~projected/kube-api-access-abcde/token",
+                T::K8sSaToken,
+                D,
+                Some("projected"),
+            ),
+            (
+                "/run/secrets/kubernetes.io/serviceaccount/token",
+                T::K8sSaToken,
+                S,
+                Some("legacy"),
+            ),
+            (
+                "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/kubernetes.io~secret/api-credentials/api-key",
+                T::Generic,
+                U,
+                None,
+            ),
+            ("/run/secrets/db_password", T::Generic, U, None),
+            ("/run/spire/svid.pem", T::SpiffeSvid, D, Some("X.509-SVID")),
+            (
+                "/run/spire/svid_key.pem",
+                T::SpiffeSvid,
+                D,
+                Some("PKCS#8 key"),
+            ),
+        ];
+        for &(path, ty, lifetime, hint) in cases {
+            let got = file(&c, path).unwrap_or_else(|| panic!("{path}: no secret found"));
+            assert_eq!(
+                (got.secret_type, got.lifetime, got.hint.as_deref()),
+                (ty, lifetime, hint),
+                "{path}: {}",
+                got.reason
+            );
+            assert!(!got.reason.is_empty(), "{path}");
+            for text in [&got.reason, got.hint.as_deref().unwrap_or("")] {
+                assert!(!text.contains("PLANTED"), "{path}: value in {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn files_without_a_secret_are_not_inventoried() {
+        let c = catalog();
+        for path in [
+            "/home/ana/.aws/config",
+            "/root/.docker/config.json",
+            "/home/ana/.ssh/config",
+            "/home/ana/tls/ca.pem",
+            "/home/bob/.env",
+        ] {
+            assert_eq!(file(&c, path), None, "{path}");
+        }
+        // Templates and public material match no rule at all.
+        for path in [
+            "/home/ana/src/app/.env.example",
+            "/home/ana/src/app/.env.sample",
+            "/home/ana/.ssh/known_hosts",
+            "/home/ana/.ssh/id_ed25519.pub",
+            "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+        ] {
+            assert!(rule(&c, path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_classified_without_panics() {
+        let c = catalog();
+        let got = file(&c, "/home/ana/tls/truncated.key").unwrap();
+        assert_eq!(got.hint.as_deref(), Some("PKCS#8 key, truncated"));
+        let got = file(&c, "/home/bob/.docker/config.json").unwrap();
+        assert_eq!(
+            (got.lifetime, got.reason.as_str()),
+            (Lifetime::Unknown, "not valid JSON")
+        );
+        let got = file(&c, "/home/bob/.kube/config").unwrap();
+        assert_eq!(
+            (got.lifetime, got.reason.as_str()),
+            (Lifetime::Unknown, "not valid YAML")
+        );
+
+        let garbage: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let torn = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW".as_slice();
+        for shown in [
+            "/home/ana/.aws/credentials",
+            "/home/ana/.kube/config",
+            "/home/ana/.docker/config.json",
+            "/home/ana/.cargo/credentials.toml",
+            "/home/ana/.azure/msal_token_cache.json",
+            "/home/ana/.config/gcloud/application_default_credentials.json",
+            "/home/ana/.ssh/id_rsa",
+            "/home/ana/src/.env",
+            "/home/ana/.netrc",
+            "/home/ana/.vault-token",
+            "/run/secrets/x",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ] {
+            let rule = rule(&c, shown).unwrap();
+            for bytes in [
+                b"".as_slice(),
+                &garbage,
+                torn,
+                b"\xff\xfe\x00=\n[\n{",
+                b"-----BEGIN ",
+            ] {
+                let case = Case {
+                    rule,
+                    age: DAY,
+                    atomic_writer: false,
+                    rotated: false,
+                };
+                // Whatever the verdict, it must not panic nor echo input.
+                if let Some(got) = run(&c, case, bytes) {
+                    assert!(got.hint.as_deref().is_none_or(|h| h.len() < 40), "{shown}");
+                }
+            }
+        }
+        // A torn OpenSSH key is still an SSH key.
+        let rule = rule(&c, "/home/ana/.ssh/id_rsa").unwrap();
+        let case = Case {
+            rule,
+            age: DAY,
+            atomic_writer: false,
+            rotated: false,
+        };
+        let got = run(&c, case, torn).unwrap();
+        assert_eq!(got.secret_type, SecretType::SshPrivateKey);
+        assert!(got.hint.unwrap().ends_with("truncated"));
+    }
+
+    fn jwt(claims: &str) -> Vec<u8> {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn jwt_and_expiry_windows() {
+        let c = catalog();
+        let rule = rule(&c, "/run/secrets/api-token").unwrap();
+        let at = |d: chrono::TimeDelta| (now() + d).timestamp();
+        let cases = [
+            (
+                format!(r#"{{"exp":{}}}"#, at(chrono::TimeDelta::hours(1))),
+                Lifetime::Dynamic,
+            ),
+            (
+                format!(r#"{{"exp":{}}}"#, at(chrono::TimeDelta::days(400))),
+                Lifetime::Static,
+            ),
+            (
+                format!(r#"{{"exp":{}}}"#, at(chrono::TimeDelta::days(30))),
+                Lifetime::Unknown,
+            ),
+            (
+                format!(r#"{{"exp":{}}}"#, at(-chrono::TimeDelta::days(1))),
+                Lifetime::Unknown,
+            ),
+            (r#"{"sub":"svc"}"#.to_string(), Lifetime::Static),
+        ];
+        for (claims, want) in cases {
+            let case = Case {
+                rule,
+                age: DAY,
+                atomic_writer: false,
+                rotated: false,
+            };
+            let got = run(&c, case, &jwt(&claims)).unwrap();
+            assert_eq!(got.lifetime, want, "{claims}: {}", got.reason);
+            assert_eq!(got.hint.as_deref(), Some("JWT"));
+        }
+        // A kubeconfig token that is a JWT about to expire is dynamic.
+        let kube = format!(
+            "users:\n- name: u\n  user:\n    token: {}\n",
+            String::from_utf8(jwt(&format!(
+                r#"{{"exp":{}}}"#,
+                at(chrono::TimeDelta::minutes(30))
+            )))
+            .unwrap()
+        );
+        let rule = self::rule(&c, "/root/.kube/config").unwrap();
+        let case = Case {
+            rule,
+            age: DAY,
+            atomic_writer: false,
+            rotated: false,
+        };
+        let got = run(&c, case, kube.as_bytes()).unwrap();
+        assert_eq!(got.lifetime, Lifetime::Dynamic, "{}", got.reason);
+        assert!(got.expires.is_some());
+    }
+
+    #[test]
+    fn evidence_order() {
+        let c = catalog();
+        let generic = rule(&c, "/run/secrets/opaque").unwrap();
+        let base = |atomic_writer, rotated| Case {
+            rule: generic,
+            age: DAY,
+            atomic_writer,
+            rotated,
+        };
+        let opaque = b"just-some-opaque-value";
+        assert_eq!(
+            run(&c, base(false, false), opaque).unwrap().lifetime,
+            Lifetime::Unknown
+        );
+        let got = run(&c, base(true, false), opaque).unwrap();
+        assert_eq!(got.lifetime, Lifetime::Dynamic);
+        assert!(got.reason.contains("..data"), "{}", got.reason);
+        let got = run(&c, base(false, true), opaque).unwrap();
+        assert!(got.reason.contains("rotated"), "{}", got.reason);
+        // Content that says "long-term key" wins over the layout.
+        let akia = b"AKIAPLANTED000000000";
+        let got = run(&c, base(true, true), akia).unwrap();
+        assert_eq!(
+            (got.lifetime, got.hint.as_deref()),
+            (Lifetime::Static, Some("AKIA…"))
+        );
+        // A key changed recently is not yet known to be static.
+        let key = rule(&c, "/home/ana/tls/server.key").unwrap();
+        let fresh = Case {
+            rule: key,
+            age: DAY,
+            atomic_writer: false,
+            rotated: false,
+        };
+        let got = run(&c, fresh, &fixture("/home/ana/tls/server.key")).unwrap();
+        assert_eq!(got.lifetime, Lifetime::Unknown);
+    }
+
+    #[test]
+    fn approx_rounds_down_to_one_unit() {
+        assert_eq!(approx(Duration::from_secs(3 * 86_400 + 7_000)), "3d");
+        assert_eq!(approx(Duration::from_secs(7_300)), "2h");
+        assert_eq!(approx(Duration::from_secs(61)), "1m");
+        assert_eq!(approx(Duration::ZERO), "0s");
+    }
+}

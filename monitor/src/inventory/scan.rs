@@ -405,7 +405,131 @@ pub fn homes_from_passwd(passwd: &str) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::BTreeSet, ffi::OsStr, os::unix::ffi::OsStrExt as _, process::Command};
+
     use super::*;
+    use crate::inventory::settings::Settings;
+
+    /// The fixture tree copied, plus what git cannot hold: a 1 GiB sparse
+    /// file, a FIFO, symlink loops, non-UTF-8 names, and old mtimes.
+    fn odd_fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/.");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(dir.path())
+            .status();
+        assert!(cp.unwrap().success());
+        let root = dir.path();
+        let tls = root.join("home/ana/tls");
+        File::create(tls.join("huge.key"))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let fifo = Command::new("mkfifo").arg(tls.join("pipe.key")).status();
+        assert!(fifo.unwrap().success());
+        std::os::unix::fs::symlink("loop.key", tls.join("loop.key")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("home/ana/src/up")).unwrap();
+        let odd = tls.join(OsStr::from_bytes(b"\xff\xfe.key"));
+        fs::copy(tls.join("server.key"), odd).unwrap();
+        let odd_dir = root
+            .join("home/ana/src")
+            .join(OsStr::from_bytes(b"caf\xe9"));
+        fs::create_dir(&odd_dir).unwrap();
+        fs::write(
+            odd_dir.join(".env"),
+            "GITLAB_TOKEN=glpat-PLANTED000000000000000\n",
+        )
+        .unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600); // 2025-01-01
+        for entry in walkdir::WalkDir::new(root) {
+            let entry = entry.unwrap();
+            if entry.file_type().is_file() {
+                File::options()
+                    .write(true)
+                    .open(entry.path())
+                    .and_then(|f| f.set_modified(old))
+                    .unwrap();
+            }
+        }
+        dir
+    }
+
+    fn scanner(root: &Path, state: &Path, limits: Limits) -> Scanner {
+        let settings = Settings::default();
+        let (key, _) = Key::load(&settings, state).unwrap();
+        let catalog = Catalog::new(&settings).unwrap();
+        Scanner::new(root, catalog, Vec::new(), key, limits, settings.policy())
+    }
+
+    #[test]
+    fn scans_the_fixture_root_and_counts_odd_files() {
+        let dir = odd_fixture();
+        let state = tempfile::tempdir().unwrap();
+        let s = scanner(dir.path(), state.path(), Settings::default().limits());
+        let (records, stats, plan) = s.scan(&ProgressBar::hidden());
+        eprintln!("fixture scan: {stats:?}");
+
+        let types: BTreeSet<&str> = records.iter().map(|r| r.secret_type.as_str()).collect();
+        assert_eq!(types.len(), 21, "every secret type is found: {types:?}");
+        assert_eq!(
+            records.len(),
+            43,
+            "{:#?}",
+            records.iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+        assert_eq!(stats.too_big, 1, "{stats:?}");
+        assert_eq!(stats.special, 1, "the FIFO: {stats:?}");
+        assert_eq!(stats.unreadable, 1, "the symlink loop: {stats:?}");
+        assert_eq!(stats.no_secret, 5, "{stats:?}");
+        assert!(!stats.timed_out);
+        // Non-UTF-8 names are found and shown lossily, never dropped.
+        let odd: Vec<_> = records
+            .iter()
+            .filter(|r| r.path.to_str().is_none())
+            .map(|r| r.secret_type)
+            .collect();
+        assert_eq!(odd.len(), 2, "{odd:?}");
+        // Paths are shown relative to the root; the kubelet's stable name,
+        // not its timestamped internals.
+        let sa = records
+            .iter()
+            .find(|r| r.path == Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token"))
+            .unwrap();
+        assert_eq!(sa.lifetime, Lifetime::Dynamic);
+        assert!(
+            records
+                .iter()
+                .all(|r| !r.path.to_string_lossy().contains("/.."))
+        );
+        let creds = records
+            .iter()
+            .find(|r| r.path == Path::new("/home/ana/.aws/credentials"))
+            .unwrap();
+        let meta = fs::metadata(dir.path().join("home/ana/.aws/credentials")).unwrap();
+        assert_eq!(creds.key.ino, meta.ino());
+        assert_eq!(creds.key.dev, kernel_dev(meta.dev()));
+        assert_eq!(creds.id, secret_id(Path::new("/home/ana/.aws/credentials")));
+        assert!(creds.fingerprint.starts_with("hmac-sha256:"));
+        // What sync will follow.
+        assert!(plan.dirs.contains(&PathBuf::from("/home/ana/.aws")));
+        assert!(plan.trees.contains(&PathBuf::from("/var/run/secrets")));
+        assert!(plan.planned.contains(&PathBuf::from("/home/bob/.aws")));
+    }
+
+    #[test]
+    fn a_scan_stops_at_its_timeout() {
+        let dir = odd_fixture();
+        let state = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            timeout: Duration::ZERO,
+            ..Settings::default().limits()
+        };
+        let (records, stats, _) =
+            scanner(dir.path(), state.path(), limits).scan(&ProgressBar::hidden());
+        assert!(stats.timed_out && records.is_empty(), "{stats:?}");
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin

@@ -282,3 +282,126 @@ impl Sync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::inventory::{catalog::Catalog, fingerprint::Key, settings::Settings};
+
+    const SA: &str = "var/run/secrets/kubernetes.io/serviceaccount";
+
+    /// The next change `pred` accepts, within a few seconds.
+    async fn until(
+        rx: &mut mpsc::Receiver<InventoryChange>,
+        pred: impl Fn(&InventoryChange) -> bool,
+    ) -> InventoryChange {
+        let wait = async {
+            loop {
+                let change = rx.recv().await.expect("sync stopped");
+                if pred(&change) {
+                    return change;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("no matching change within 5 s")
+    }
+
+    fn upsert_of(path: &'static str) -> impl Fn(&InventoryChange) -> bool {
+        move |c| matches!(c, InventoryChange::Upsert(r) if r.path == Path::new(path))
+    }
+
+    #[tokio::test]
+    async fn follows_renames_kubelet_swaps_new_and_removed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "ana:x:1000:1000::/home/ana:/bin/sh\n",
+        )
+        .unwrap();
+        let aws = root.join("home/ana/.aws");
+        fs::create_dir_all(&aws).unwrap();
+        let creds =
+            "[default]\naws_access_key_id = AKIAPLANTED000000000\naws_secret_access_key = a\n";
+        fs::write(aws.join("credentials"), creds).unwrap();
+        let sa = root.join(SA);
+        fs::create_dir_all(sa.join("..2026_a")).unwrap();
+        fs::write(sa.join("..2026_a/token"), "token-one").unwrap();
+        symlink("..2026_a", sa.join("..data")).unwrap();
+        symlink("..data/token", sa.join("token")).unwrap();
+
+        let settings = Settings::default();
+        let (key, _) = Key::load(&settings, &root.join("state")).unwrap();
+        let scanner = Scanner::new(
+            root,
+            Catalog::new(&settings).unwrap(),
+            Vec::new(),
+            key,
+            settings.limits(),
+            settings.policy(),
+        );
+        let (records, _, plan) = scanner.scan(&ProgressBar::hidden());
+        let old = |path: &str| {
+            records
+                .iter()
+                .find(|r| r.path == Path::new(path))
+                .unwrap()
+                .clone()
+        };
+        let old_creds = old("/home/ana/.aws/credentials");
+        let old_token = old("/var/run/secrets/kubernetes.io/serviceaccount/token");
+        let sync = Sync::new(scanner, plan, &records).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(sync.run(tx));
+
+        // An atomic rename over a watched file: same id, new inode and value.
+        fs::write(aws.join("credentials.tmp"), creds.replace("= a", "= b")).unwrap();
+        fs::rename(aws.join("credentials.tmp"), aws.join("credentials")).unwrap();
+        let InventoryChange::Upsert(new) =
+            until(&mut rx, upsert_of("/home/ana/.aws/credentials")).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(new.id, old_creds.id);
+        assert_ne!(new.key, old_creds.key);
+        assert_ne!(new.fingerprint, old_creds.fingerprint);
+
+        // The kubelet's swap: new timestamped dir, `..data` renamed onto it.
+        fs::create_dir(sa.join("..2026_b")).unwrap();
+        fs::write(sa.join("..2026_b/token"), "token-two").unwrap();
+        symlink("..2026_b", sa.join("..data_tmp")).unwrap();
+        fs::rename(sa.join("..data_tmp"), sa.join("..data")).unwrap();
+        fs::remove_dir_all(sa.join("..2026_a")).unwrap();
+        let token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+        let InventoryChange::Upsert(new) = until(&mut rx, upsert_of(token)).await else {
+            unreachable!()
+        };
+        assert_eq!(new.id, old_token.id);
+        assert_ne!(new.key, old_token.key);
+        assert_eq!(new.lifetime, crate::secret::Lifetime::Dynamic);
+
+        // A directory the catalog expects, made after the start.
+        let ssh = root.join("home/ana/.ssh");
+        fs::create_dir(&ssh).unwrap();
+        fs::write(
+            ssh.join("id_ed25519"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        until(&mut rx, upsert_of("/home/ana/.ssh/id_ed25519")).await;
+
+        fs::remove_file(aws.join("credentials")).unwrap();
+        let gone = until(&mut rx, |c| matches!(c, InventoryChange::Remove(_))).await;
+        assert_eq!(
+            gone,
+            InventoryChange::Remove(PathBuf::from("/home/ana/.aws/credentials"))
+        );
+    }
+}
