@@ -11,7 +11,7 @@ use crate::{
     event::{Agent, AgentStatus, Event, Host},
     inventory::{
         self, Inventory, InventoryChange, catalog::Catalog, listing, scan::Scanner,
-        settings::Settings, sync::Sync,
+        settings::Settings, sync::Follower,
     },
     offsets,
     pipeline::Pipeline,
@@ -65,7 +65,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let trust_domain = opts.trust_domain.unwrap_or_else(|| host.name.clone());
 
     let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
-    let sync = Sync::new(scanner, plan, &records).context("cannot start inotify")?;
+    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
             "{} directories cannot be watched for new or rotated secrets",

@@ -1,8 +1,8 @@
-//! Keeps the inventory current while the agent runs: inotify on the
-//! directories that hold secrets (and the ones that may), and on any change
-//! in one of them a rescan of that directory. An atomic rename, a kubelet
-//! `..data` swap, a new or deleted file each become an [`InventoryChange`]
-//! within a fraction of a second.
+//! Keeps the inventory current while the agent runs: the [`Follower`]
+//! puts inotify on the directories that hold secrets (and the ones that
+//! may), and on any change in one of them rescans that directory. An atomic
+//! rename, a kubelet `..data` swap, a new or deleted file each become an
+//! [`InventoryChange`] within a fraction of a second.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,7 +48,7 @@ impl From<&Record> for Known {
     }
 }
 
-pub struct Sync {
+pub struct Follower {
     scanner: Scanner,
     events: EventStream<Vec<u8>>,
     /// Watched directories, as shown.
@@ -71,7 +71,7 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::ONLYDIR);
 
-impl Sync {
+impl Follower {
     /// Watch what `plan` names. Must be called within a tokio runtime.
     pub fn new(scanner: Scanner, plan: WatchPlan, records: &[Record]) -> io::Result<Self> {
         let events = Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?;
@@ -357,7 +357,7 @@ mod tests {
         };
         let old_creds = old("/home/ana/.aws/credentials");
         let old_token = old("/var/run/secrets/kubernetes.io/serviceaccount/token");
-        let sync = Sync::new(scanner, plan, &records).unwrap();
+        let sync = Follower::new(scanner, plan, &records).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         tokio::spawn(sync.run(tx));
 
