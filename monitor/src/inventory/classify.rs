@@ -85,7 +85,7 @@ pub fn classify(
         })
         .or_else(|| {
             (ev.key_material && facts.age > policy.static_after)
-                .then(|| Verdict::fixed(format!("key unchanged for {}", approx(facts.age))))
+                .then(|| Verdict::long_lived(format!("key unchanged for {}", approx(facts.age))))
         })
         .or(ev.verdict)
         .unwrap_or_else(|| Verdict::unknown("no lifetime evidence"));
@@ -115,7 +115,7 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn fixed(reason: impl Into<String>) -> Self {
+    fn long_lived(reason: impl Into<String>) -> Self {
         Self {
             lifetime: Lifetime::Static,
             reason: reason.into(),
@@ -158,6 +158,10 @@ impl Evidence {
     }
     fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    fn with(mut self, verdict: Verdict) -> Self {
+        self.verdict = Some(verdict);
         self
     }
 }
@@ -249,7 +253,9 @@ impl Cx<'_> {
         let plural = if n == 1 { "" } else { "s" };
         Some(Evidence::new(
             self.rule_type,
-            Some(Verdict::fixed(format!("{n} {what}{plural}, no expiry"))),
+            Some(Verdict::long_lived(format!(
+                "{n} {what}{plural}, no expiry"
+            ))),
         ))
     }
 
@@ -271,7 +277,7 @@ impl Cx<'_> {
         let ev = Evidence::new(SecretType::AwsCredentials, None);
         Some(if akia > 0 {
             ev.hint("AKIA…")
-                .with(Verdict::fixed("AKIA long-term IAM access key"))
+                .with(Verdict::long_lived("AKIA long-term IAM access key"))
         } else if asia > 0 || sessions > 0 {
             ev.hint("ASIA…").with(Verdict::dynamic(
                 "temporary STS credentials (session token)",
@@ -287,10 +293,10 @@ impl Cx<'_> {
         Some(match kind {
             "service_account" if v.get("private_key").is_some() => ev
                 .hint("service_account")
-                .with(Verdict::fixed("service-account key, no expiry")),
+                .with(Verdict::long_lived("service-account key, no expiry")),
             "authorized_user" if v.get("refresh_token").is_some() => ev
                 .hint("authorized_user")
-                .with(Verdict::fixed("user refresh token, no expiry")),
+                .with(Verdict::long_lived("user refresh token, no expiry")),
             "external_account" => ev.hint("external_account").with(Verdict::dynamic(
                 "workload identity federation: tokens exchanged at use",
             )),
@@ -323,7 +329,7 @@ impl Cx<'_> {
         };
         let ev = Evidence::new(SecretType::AzureTokenCache, None);
         if refresh > 0 {
-            Some(ev.hint("refresh tokens").with(Verdict::fixed(format!(
+            Some(ev.hint("refresh tokens").with(Verdict::long_lived(format!(
                 "{refresh} refresh token(s): long-lived, renewed at use"
             ))))
         } else if access > 0 {
@@ -368,13 +374,13 @@ impl Cx<'_> {
         }
         Some(if tokens > 0 {
             ev.hint("token")
-                .with(Verdict::fixed("embedded bearer token"))
+                .with(Verdict::long_lived("embedded bearer token"))
         } else if keys > 0 {
             ev.hint("client key")
-                .with(Verdict::fixed("embedded client certificate key"))
+                .with(Verdict::long_lived("embedded client certificate key"))
         } else if passwords > 0 {
             ev.hint("password")
-                .with(Verdict::fixed("embedded password"))
+                .with(Verdict::long_lived("embedded password"))
         } else if plugins > 0 {
             ev.hint("exec plugin").with(Verdict::dynamic(
                 "exec/auth-provider plugin: credentials fetched at use",
@@ -411,7 +417,7 @@ impl Cx<'_> {
                     "{inline} registr{}",
                     if inline == 1 { "y" } else { "ies" }
                 ))
-                .with(Verdict::fixed("inline registry auth, no expiry"))
+                .with(Verdict::long_lived("inline registry auth, no expiry"))
         })
     }
 
@@ -575,10 +581,10 @@ impl Cx<'_> {
         }
         match exp {
             None if k8s => (
-                Verdict::fixed("legacy service-account token: no exp, never expires"),
+                Verdict::long_lived("legacy service-account token: no exp, never expires"),
                 None,
             ),
-            None => (Verdict::fixed("JWT without exp: never expires"), None),
+            None => (Verdict::long_lived("JWT without exp: never expires"), None),
             Some(exp) => (self.expiry_verdict("JWT", exp), Some(exp)),
         }
     }
@@ -591,7 +597,7 @@ impl Cx<'_> {
         } else if left <= self.policy.near_expiry {
             Verdict::dynamic(format!("{what} expires {when}"))
         } else if left > self.policy.static_after {
-            Verdict::fixed(format!("{what} expires {when}"))
+            Verdict::long_lived(format!("{what} expires {when}"))
         } else {
             Verdict::unknown(format!("{what} expires {when}"))
         }
@@ -638,17 +644,10 @@ impl Cx<'_> {
         ev.hint = Some(hint);
         ev.verdict = match shape.and_then(|s| s.verdict) {
             Some(v) => Some(v),
-            None if password => Some(Verdict::fixed("stored password, no expiry")),
+            None if password => Some(Verdict::long_lived("stored password, no expiry")),
             None => Some(Verdict::unknown("API tokens: expiry kept by their issuers")),
         };
         Some(ev)
-    }
-}
-
-impl Evidence {
-    fn with(mut self, verdict: Verdict) -> Self {
-        self.verdict = Some(verdict);
-        self
     }
 }
 

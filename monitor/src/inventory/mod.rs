@@ -123,14 +123,15 @@ impl Inventory {
                 {
                     self.keys.remove(&other.path);
                 }
-                if let Some(old) = self.keys.insert(record.path.clone(), record.key)
-                    && old != record.key
+                let key = record.key;
+                if let Some(old) = self.keys.insert(record.path.clone(), key)
+                    && old != key
                 {
                     self.by_key.remove(&old);
                     edit.remove = Some(old);
                 }
-                if self.by_key.insert(record.key, record.clone()).is_none() {
-                    edit.add = Some(record.key);
+                if self.by_key.insert(key, record).is_none() {
+                    edit.add = Some(key);
                 }
                 edit
             }

@@ -15,7 +15,6 @@ use std::{
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use monitor_common::FileKey;
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{
@@ -32,7 +31,7 @@ use crate::secret::{Lifetime, SecretType, secret_id};
 const PROGRESS_EVERY: usize = 256;
 
 /// What a scan saw besides secrets.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     /// Directory entries looked at.
     pub entries: usize,

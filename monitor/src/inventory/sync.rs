@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{
     InventoryChange, Record,
-    scan::{Scanner, Skip, WatchPlan},
+    scan::{Scanner, WatchPlan},
 };
 
 /// Events that arrive together (a rename and its create) are handled as
@@ -210,7 +210,8 @@ impl Follower {
                 .inspect(&shown, rule, forced, previous, rotated)
             {
                 Ok(r) => r,
-                Err(Skip::NoSecret | Skip::Unreadable | Skip::TooBig | Skip::Special) => continue,
+                // Unreadable, too big or holding no secret (any more).
+                Err(_) => continue,
             };
             present.insert(shown.clone());
             let known = Known::from(&record);
