@@ -181,7 +181,7 @@ fn a_rotated_file_keeps_its_id_with_a_new_fingerprint() {
     let secret = app.join("api.token");
     fs::write(&secret, "PLANTED-token-one\n").unwrap();
     let state = dir.path().join("state");
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_with_env(
         &[
             "--watch",
             app.to_str().unwrap(),
@@ -246,7 +246,7 @@ fn the_agent_leaks_no_planted_value() {
     let root = fixture();
     let home = root.path().join("home/ana");
     let state = root.path().join("state");
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_with_env(
         &[
             "--watch",
             home.to_str().unwrap(),

@@ -7,8 +7,16 @@
 
 /// Length of `task_struct.comm`, NUL included.
 pub const COMM_LEN: usize = 16;
-/// Bytes of an exec filename kept; longer names are truncated.
+/// Bytes of an exec filename or an opened path kept; longer is truncated.
 pub const FILENAME_LEN: usize = 256;
+/// Bytes of an exec's argv kept (NUL-separated); longer sets `args_truncated`.
+pub const ARGS_LEN: usize = 4096;
+/// Watched environment variable names reported per exec, at most.
+pub const ENV_NAMES_MAX: usize = 8;
+/// Bytes of one environment variable name kept.
+pub const ENV_NAME_LEN: usize = 48;
+/// Bytes of one watched suffix (`_API_KEY` for `*_API_KEY`).
+pub const ENV_SUFFIX_LEN: usize = 16;
 
 /// Discriminant in [`EventHeader::kind`].
 #[repr(u32)]
@@ -22,6 +30,10 @@ pub enum EventKind {
     Exit = 3,
     /// A new process (not a thread) was forked: [`ForkEvent`].
     Fork = 4,
+    /// An open failed with EACCES or EPERM: [`DeniedOpenEvent`].
+    DeniedOpen = 5,
+    /// Another process's `/proc/<pid>/environ` was opened: [`EnvironReadEvent`].
+    EnvironRead = 6,
 }
 
 impl EventKind {
@@ -31,6 +43,8 @@ impl EventKind {
             2 => Some(Self::Exec),
             3 => Some(Self::Exit),
             4 => Some(Self::Fork),
+            5 => Some(Self::DeniedOpen),
+            6 => Some(Self::EnvironRead),
             _ => None,
         }
     }
@@ -88,7 +102,36 @@ pub struct OpenEvent {
     pub ret: i32,
 }
 
-/// `sched_process_exec`: the new image's filename as the kernel resolved it.
+/// An open refused with EACCES or EPERM: a denied read of a secret is a
+/// signal in itself. The file was not opened, so there is no inode: the
+/// agent resolves `filename` (relative to `dfd`) itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeniedOpenEvent {
+    pub header: EventHeader,
+    /// Flags as passed to the syscall.
+    pub flags: u32,
+    /// The syscall's return value (a negative errno).
+    pub ret: i32,
+    /// Directory fd for relative names (`AT_FDCWD` = -100).
+    pub dfd: i32,
+    /// Bytes of `filename` used, NUL excluded.
+    pub filename_len: u32,
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// A successful open of `/proc/<target_pid>/environ` by another process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EnvironReadEvent {
+    pub header: EventHeader,
+    pub target_pid: u32,
+    pub _pad: u32,
+}
+
+/// `sched_process_exec`: the new image's filename as the kernel resolved it,
+/// its argv, and the *names* of watched environment variables it carries.
+/// Environment values never leave the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -98,6 +141,18 @@ pub struct ExecEvent {
     /// Bytes of `filename` used, NUL excluded.
     pub filename_len: u32,
     pub filename: [u8; FILENAME_LEN],
+    /// Bytes of `args` used: NUL-separated argv.
+    pub args_len: u32,
+    /// 1 when argv was longer than [`ARGS_LEN`].
+    pub args_truncated: u32,
+    pub args: [u8; ARGS_LEN],
+    /// Entries of `env_names` used.
+    pub env_count: u32,
+    /// 1 when the environment was not scanned to its end (too many or too
+    /// long entries) or had more than [`ENV_NAMES_MAX`] watched names.
+    pub env_truncated: u32,
+    /// NUL-padded names.
+    pub env_names: [[u8; ENV_NAME_LEN]; ENV_NAMES_MAX],
 }
 
 /// Key of the watch map: a file as the kernel sees it.
@@ -139,6 +194,19 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
+    pub sb_s_magic: u32,
+    /// `file.f_path` + `path.dentry`.
+    pub file_dentry: u32,
+    pub dentry_d_parent: u32,
+    /// `dentry.d_name` + `qstr.len`.
+    pub dentry_name_len: u32,
+    /// `dentry.d_name` + `qstr.name`.
+    pub dentry_name_ptr: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
 }
 
 #[cfg(feature = "user")]

@@ -9,14 +9,18 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+        generated::{
+            self as helper, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        },
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use monitor_common::{
+    ARGS_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
     EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, NO_OFFSET, OpenEvent,
     UNSET_LOGINUID,
 };
@@ -42,6 +46,16 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     sb_s_dev: 0,
+    sb_s_magic: 0,
+    file_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_name_len: 0,
+    dentry_name_ptr: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
 });
 
 /// 4 MiB by default; the agent may resize it (`--ring-buffer-size`).
@@ -52,6 +66,58 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 static WATCHED: HashMap<FileKey, u32> = HashMap::with_max_entries(65_536, 0);
 
+/// Arguments of opens in flight, by thread, kept for the exit to report a
+/// denied open (the exit tracepoint has only the return value). LRU, so a
+/// thread that dies mid-syscall cannot fill it.
+#[map]
+static OPEN_ARGS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Watched environment variable names, NUL-padded. Filled by the agent.
+#[map]
+static WATCHED_ENV: HashMap<[u8; ENV_NAME_LEN], u8> = HashMap::with_max_entries(1024, 0);
+
+/// Watched name suffixes (`_TOKEN` for `*_TOKEN`), NUL-padded. Filled by the
+/// agent. A name is checked with its last one and last two `_`-words.
+#[map]
+static WATCHED_ENV_SUFFIX: HashMap<[u8; ENV_SUFFIX_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+/// Per-CPU working memory for the environment scan: too big for the stack.
+#[map]
+static ENV_SCRATCH: PerCpuArray<EnvScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct EnvScratch {
+    entry: [u8; ENV_ENTRY_MAX],
+    /// The name, NUL-padded; longer than a name so that masked indexing
+    /// past its end reads zeros.
+    name: [u8; NAME_SCRATCH_LEN],
+    suffix: [u8; ENV_SUFFIX_LEN],
+    state: NameScan,
+    pos: u64,
+}
+
+const NAME_SCRATCH_LEN: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    filename: u64,
+    flags: u32,
+    dfd: i32,
+}
+
+/// Bytes of one environment entry read at a time; an entry longer than this
+/// ends the scan (flagged as truncated).
+const ENV_ENTRY_MAX: usize = 4096;
+/// Environment entries scanned per exec, at most.
+const ENV_ENTRIES_MAX: u32 = 96;
+const AT_FDCWD: i32 = -100;
+const EPERM: i64 = 1;
+const EACCES: i64 = 13;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+// O_CREAT | O_WRONLY | O_TRUNC, what creat(2) means.
+const CREAT_FLAGS: u32 = 0o1101;
+
 /// Events that did not fit in `EVENTS`, per CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -60,10 +126,55 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 // common header, the syscall number, then `long ret` at 16. This is the
 // tracepoint ABI, unchanged since syscall tracepoints were added.
 const SYS_EXIT_RET: usize = 16;
+// `struct syscall_trace_enter`: the arguments, 8 bytes each, from 16.
+const SYS_ENTER_ARG0: usize = 16;
+const SYS_ENTER_ARG1: usize = 24;
+const SYS_ENTER_ARG2: usize = 32;
 // `sched_process_exec`: `__data_loc char[] filename` at 8, `pid` at 12,
 // `old_pid` at 16.
 const EXEC_FILENAME_LOC: usize = 8;
 const EXEC_OLD_PID: usize = 16;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    let dfd: i64 = unsafe { ctx.read_at(SYS_ENTER_ARG0) }.unwrap_or(0);
+    let name: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG1) }.unwrap_or(0);
+    let flags: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG2) }.unwrap_or(0);
+    remember_open(name, flags as u32, dfd as i32)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    let name: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG0) }.unwrap_or(0);
+    let flags: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG1) }.unwrap_or(0);
+    remember_open(name, flags as u32, AT_FDCWD)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
+pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+    let name: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG0) }.unwrap_or(0);
+    remember_open(name, CREAT_FLAGS, AT_FDCWD)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    let dfd: i64 = unsafe { ctx.read_at(SYS_ENTER_ARG0) }.unwrap_or(0);
+    let name: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG1) }.unwrap_or(0);
+    let how: u64 = unsafe { ctx.read_at(SYS_ENTER_ARG2) }.unwrap_or(0);
+    // `struct open_how` starts with `__u64 flags`.
+    let flags: u64 = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    remember_open(name, flags as u32, dfd as i32)
+}
+
+fn remember_open(filename: u64, flags: u32, dfd: i32) -> u32 {
+    let pending = PendingOpen {
+        filename,
+        flags,
+        dfd,
+    };
+    let _ = OPEN_ARGS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
+    0
+}
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
@@ -149,6 +260,9 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
 
 fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(i64::from)?;
+    if ret == -EACCES || ret == -EPERM {
+        return denied_open(ret);
+    }
     if ret < 0 {
         return Ok(());
     }
@@ -160,8 +274,14 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if file == 0 {
         return Ok(());
     }
-    let key = unsafe { file_key(&off, file) }?;
+    let inode: u64 = unsafe { read(file + off.file_f_inode as u64) }?;
+    let sb: u64 = unsafe { read(inode + off.inode_i_sb as u64) }?;
+    let key = unsafe { inode_key(&off, inode, sb) }?;
     if unsafe { WATCHED.get(&key) }.is_none() {
+        let magic: u64 = unsafe { read(sb + off.sb_s_magic as u64) }?;
+        if magic == PROC_SUPER_MAGIC {
+            return unsafe { proc_open(&off, file) };
+        }
         return Ok(());
     }
     let flags: u32 = unsafe { read(file + off.file_f_flags as u64) }?;
@@ -173,6 +293,80 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
                 (*ev).key = key;
                 (*ev).flags = flags;
                 (*ev).ret = ret as i32;
+            }
+            entry.submit(0);
+        }
+        None => count_lost(),
+    }
+    Ok(())
+}
+
+/// An open refused with EACCES/EPERM: report what was asked for. Only
+/// denials cross, not the far commoner ENOENT of path searches.
+fn denied_open(ret: i64) -> Result<(), i64> {
+    let Some(args) = (unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }).copied() else {
+        return Ok(());
+    };
+    let Some(mut entry) = EVENTS.reserve::<DeniedOpenEvent>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    fill_header(ev.cast(), EventKind::DeniedOpen);
+    let len = match unsafe {
+        bpf_probe_read_user_str_bytes(args.filename as *const u8, &mut (*ev).filename)
+    } {
+        Ok(s) => s.len() as u32,
+        Err(_) => 0,
+    };
+    unsafe {
+        (*ev).flags = args.flags;
+        (*ev).ret = ret as i32;
+        (*ev).dfd = args.dfd;
+        (*ev).filename_len = len;
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// A successful open on procfs: report `/proc/<pid>/environ` of another
+/// process. The parent dentry's name is the target pid.
+unsafe fn proc_open(off: &KernelOffsets, file: u64) -> Result<(), i64> {
+    let dentry: u64 = unsafe { read(file + off.file_dentry as u64) }?;
+    let len: u32 = unsafe { read(dentry + off.dentry_name_len as u64) }?;
+    if len != 7 {
+        return Ok(());
+    }
+    let name_ptr: u64 = unsafe { read(dentry + off.dentry_name_ptr as u64) }?;
+    let name: [u8; 7] = unsafe { read(name_ptr) }?;
+    if &name != b"environ" {
+        return Ok(());
+    }
+    let parent: u64 = unsafe { read(dentry + off.dentry_d_parent as u64) }?;
+    let plen: u32 = unsafe { read(parent + off.dentry_name_len as u64) }?;
+    let pname_ptr: u64 = unsafe { read(parent + off.dentry_name_ptr as u64) }?;
+    let digits: [u8; 10] = unsafe { read(pname_ptr) }.unwrap_or([0; 10]);
+    let mut target: u32 = 0;
+    for (i, &d) in digits.iter().enumerate() {
+        if i as u32 >= plen {
+            break;
+        }
+        if !d.is_ascii_digit() {
+            return Ok(());
+        }
+        target = target.wrapping_mul(10).wrapping_add(u32::from(d - b'0'));
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if target == 0 || target == tgid {
+        return Ok(());
+    }
+    match EVENTS.reserve::<EnvironReadEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            fill_header(ev.cast(), EventKind::EnvironRead);
+            unsafe {
+                (*ev).target_pid = target;
+                (*ev)._pad = 0;
             }
             entry.submit(0);
         }
@@ -198,9 +392,183 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         (*ev).old_pid = old_pid;
         (*ev).filename_len = len;
+        (*ev).args_len = 0;
+        (*ev).args_truncated = 0;
+        (*ev).env_count = 0;
+        (*ev).env_truncated = 0;
+    }
+    let off = OFFSETS.load();
+    if off.valid != 0 {
+        // A failed read leaves the event with what it has.
+        let _ = unsafe { exec_args(&off, ev) };
     }
     entry.submit(0);
     Ok(())
+}
+
+/// argv, and the names of watched variables in the environment, from the
+/// new image's `mm` (the user pointers of `execve` are gone by now).
+unsafe fn exec_args(off: &KernelOffsets, ev: *mut ExecEvent) -> Result<(), i64> {
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = unsafe { read(task + off.task_mm as u64) }?;
+    let arg_start: u64 = unsafe { read(mm + off.mm_arg_start as u64) }?;
+    let arg_end: u64 = unsafe { read(mm + off.mm_arg_end as u64) }?;
+    let mut n = arg_end.saturating_sub(arg_start);
+    if n > ARGS_LEN as u64 {
+        n = ARGS_LEN as u64;
+        unsafe { (*ev).args_truncated = 1 };
+    }
+    let rc = unsafe {
+        helper::bpf_probe_read_user(
+            (*ev).args.as_mut_ptr().cast(),
+            n as u32,
+            arg_start as *const core::ffi::c_void,
+        )
+    };
+    if rc == 0 {
+        unsafe { (*ev).args_len = n as u32 };
+    }
+    let env_start: u64 = unsafe { read(mm + off.mm_env_start as u64) }?;
+    let env_end: u64 = unsafe { read(mm + off.mm_env_end as u64) }?;
+    unsafe { scan_env(ev, env_start, env_end) }
+}
+
+/// Walk the environment entry by entry: the helper finds each entry's end,
+/// and only the name (up to `=`) is looked at and, if watched, reported.
+///
+/// The per-byte work is branch-free arithmetic: every branch on unknown
+/// data leaves the verifier a path to explore later, and a byte loop over
+/// many entries would exceed its limit on pending paths.
+unsafe fn scan_env(ev: *mut ExecEvent, start: u64, end: u64) -> Result<(), i64> {
+    let scratch = ENV_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let mut pos = start;
+    for _ in 0..ENV_ENTRIES_MAX {
+        if pos >= end {
+            return Ok(());
+        }
+        let n = unsafe {
+            helper::bpf_probe_read_user_str(
+                (*scratch).entry.as_mut_ptr().cast(),
+                ENV_ENTRY_MAX as u32,
+                pos as *const core::ffi::c_void,
+            )
+        };
+        if n <= 0 {
+            return Ok(());
+        }
+        let (name_len, has_eq, last_us, prev_us) = unsafe { copy_name(scratch) };
+        if has_eq != 0 && name_len > 0 {
+            let watched =
+                unsafe { WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>()) }
+                    .is_some()
+                    || unsafe { suffix_watched(scratch, last_us) }
+                    || unsafe { suffix_watched(scratch, prev_us) };
+            if watched {
+                let count = unsafe { (*ev).env_count } as usize;
+                if count >= ENV_NAMES_MAX {
+                    unsafe { (*ev).env_truncated = 1 };
+                    return Ok(());
+                }
+                unsafe {
+                    let name = &*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>();
+                    (*ev).env_names[count & (ENV_NAMES_MAX - 1)] = *name;
+                    (*ev).env_count = count as u32 + 1;
+                }
+            }
+        }
+        if n as usize >= ENV_ENTRY_MAX {
+            // An entry longer than the scratch: its end is unknown.
+            unsafe { (*ev).env_truncated = 1 };
+            return Ok(());
+        }
+        // Laundered through memory like the name scan's state (see there).
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).pos, pos + n as u64);
+            pos = core::ptr::read_volatile(&raw const (*scratch).pos);
+        }
+    }
+    if pos < end {
+        unsafe { (*ev).env_truncated = 1 };
+    }
+    Ok(())
+}
+
+/// 1 when `a == b`, else 0, without a branch.
+#[inline(always)]
+fn eq(a: u64, b: u64) -> u64 {
+    (a ^ b).wrapping_sub(1) >> 63
+}
+
+/// Name-scan state carried from byte to byte.
+#[derive(Clone, Copy)]
+pub struct NameScan {
+    name_len: u64,
+    found: u64,
+    has_eq: u64,
+    last_us: u64,
+    prev_us: u64,
+}
+
+/// Copy the entry's name into `scratch.name`, NUL-padded to the end of the
+/// buffer. Returns (name length, 1 if a `=` ended it, position of the last
+/// `_`, of the one before it), positions being `ENV_NAME_LEN` for none.
+///
+/// Eight bytes per loop turn, written out: the verifier keeps a state per
+/// turn and compares each new one against all kept, so fewer turns verify
+/// far faster.
+unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
+    let max = ENV_NAME_LEN as u64;
+    let mut st = NameScan {
+        name_len: max,
+        found: 0,
+        has_eq: 0,
+        last_us: max,
+        prev_us: max,
+    };
+    for w in 0..ENV_NAME_LEN / 8 {
+        let base = w * 8;
+        for k in [0, 1, 2, 3, 4, 5, 6, 7] {
+            unsafe { name_step(scratch, &mut st, base + k) };
+        }
+        // Launder the state through memory: the verifier forgets the value
+        // ranges it derived, so the states of successive turns compare equal
+        // and are pruned instead of piling up.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).state, st);
+            st = core::ptr::read_volatile(&raw const (*scratch).state);
+        }
+    }
+    (st.name_len, st.has_eq, st.last_us, st.prev_us)
+}
+
+#[inline(always)]
+unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
+    let b = u64::from(unsafe { (*scratch).entry[j] });
+    let is_eq = eq(b, u64::from(b'='));
+    let ends = (is_eq | eq(b, 0)) & (1 - st.found);
+    // name_len >= j until found, so this never wraps.
+    st.name_len -= ends * (st.name_len - j as u64);
+    st.has_eq |= ends & is_eq;
+    st.found |= ends;
+    let in_name = 1 - st.found;
+    let us = eq(b, u64::from(b'_')) & in_name;
+    st.prev_us = st
+        .prev_us
+        .wrapping_add(us.wrapping_mul(st.last_us.wrapping_sub(st.prev_us)));
+    st.last_us = st
+        .last_us
+        .wrapping_add(us.wrapping_mul((j as u64).wrapping_sub(st.last_us)));
+    unsafe { (*scratch).name[j] = (b * in_name) as u8 };
+}
+
+/// Is the name from `from` on a watched suffix? `from` is a `_` position,
+/// or `ENV_NAME_LEN` for none, which reads only padding and matches nothing.
+unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
+    for t in 0..ENV_SUFFIX_LEN {
+        let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
+        unsafe { (*scratch).suffix[t] = (*scratch).name[i] };
+    }
+    unsafe { WATCHED_ENV_SUFFIX.get(&(*scratch).suffix) }.is_some()
 }
 
 /// Fill the common header from `current`, in place in the reservation.
@@ -294,11 +662,9 @@ unsafe fn current_fd_file(off: &KernelOffsets, fd: u32) -> Result<u64, i64> {
     unsafe { read(fd_array + u64::from(fd) * 8) }
 }
 
-/// (`file->f_inode->i_sb->s_dev`, `file->f_inode->i_ino`).
-unsafe fn file_key(off: &KernelOffsets, file: u64) -> Result<FileKey, i64> {
-    let inode: u64 = unsafe { read(file + off.file_f_inode as u64) }?;
+/// (`inode->i_sb->s_dev`, `inode->i_ino`).
+unsafe fn inode_key(off: &KernelOffsets, inode: u64, sb: u64) -> Result<FileKey, i64> {
     let ino: u64 = unsafe { read(inode + off.inode_i_ino as u64) }?;
-    let sb: u64 = unsafe { read(inode + off.inode_i_sb as u64) }?;
     let dev: u32 = unsafe { read(sb + off.sb_s_dev as u64) }?;
     Ok(FileKey {
         dev: u64::from(dev),

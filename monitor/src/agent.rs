@@ -8,7 +8,9 @@ use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    env_names,
     event::{Agent, AgentStatus, Event, Host},
+    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
     inventory::{
         self, Inventory, InventoryChange, catalog::Catalog, listing, scan::Scanner,
         settings::Settings, sync::Follower,
@@ -27,16 +29,27 @@ pub struct RunOptions {
     pub watch: Vec<PathBuf>,
     pub state: PathBuf,
     pub inventory: Settings,
+    pub env_names: Vec<String>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
+    pub identity: IdentityConfig,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let host = Host {
+        name: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    // A bad trust domain is a configuration error: say so before anything
+    // else is checked.
+    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let user = inventory::user_paths(&opts.watch)?;
     let catalog = Catalog::new(&opts.inventory)?;
+    let env_patterns = env_names::watch_list(&opts.env_names)?;
     let key = listing::load_key(&opts.inventory, &opts.state)?;
     let scanner = Scanner::new(
         std::path::Path::new("/"),
@@ -57,12 +70,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .display()
         )
     })?;
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    let trust_domain = opts.trust_domain.unwrap_or_else(|| host.name.clone());
 
     let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
     let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
@@ -73,18 +80,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     tracing::debug!("following {} directories", sync.watched());
-    let inventory = Inventory::new(records);
-    for record in inventory.records() {
-        probes.watch(record.key, 0)?;
+    let watch = Inventory::new(records);
+    for record in watch.records() {
+        probes.watch(record.key, record.slot)?;
     }
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
+    for pattern in &env_patterns {
+        probes.watch_env(pattern)?;
+    }
     let mut ring = probes
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = inventory.len();
-    let mut pipeline = Pipeline::new(inventory, host, trust_domain, sink)?;
+    let watched = watch.len();
+    let identities = IdentityResolver::for_host(naming, opts.identity);
+    let mut pipeline = Pipeline::new(watch, host, identities, sink)?;
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -94,11 +105,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             crate::probes::TRACEPOINTS.len() + crate::probes::RAW_TRACEPOINTS.len()
         ),
         0,
+        None,
     )?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Folded reads go out on this tick, so within a second of the first.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
@@ -110,6 +123,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
             _ = tick.tick() => {
+                pipeline.flush_folds().context("writing events")?;
+                pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
             }
             _ = sigterm.recv() => break "SIGTERM",
@@ -118,16 +133,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
 
     drain(ring.get_mut(), &mut pipeline)?;
+    pipeline.flush_folds().context("writing events")?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
     let stats = pipeline.stats;
+    let cache = pipeline.identities.cache_stats();
     emit_agent(
         &mut pipeline,
         AgentStatus::Stopped,
         format!(
-            "stopped on {reason}: {} records, {} secret reads, {} malformed",
-            stats.records, stats.secret_reads, stats.malformed
+            "stopped on {reason}: {} records, {} secret reads, {} malformed, \
+             {} denied opens unresolved, {} environments partly scanned; \
+             identity cache {}/{} entries, {:.0}% hits",
+            stats.records,
+            stats.secret_reads,
+            stats.malformed,
+            stats.denied_unresolved,
+            stats.env_truncated,
+            cache.size,
+            cache.capacity,
+            cache.hit_rate * 100.0
         ),
         lost_reported,
+        Some(cache),
     )?;
     pipeline.sink.flush()?;
     Ok(())
@@ -136,9 +163,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.inventory.apply(change);
-    if let Some(key) = edit.add
-        && let Err(e) = probes.watch(key, 0)
+    let edit = pipeline.watch.apply(change);
+    if let Some((key, slot)) = edit.add
+        && let Err(e) = probes.watch(key, slot)
     {
         tracing::warn!("cannot watch a new secret: {}", crate::error_text(&e));
     }
@@ -168,6 +195,7 @@ fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyho
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
             total,
+            None,
         )?;
         pipeline.sink.flush()?;
     }
@@ -179,11 +207,13 @@ fn emit_agent(
     status: AgentStatus,
     message: String,
     lost: u64,
+    identity_cache: Option<CacheStats>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
         message,
         lost,
+        identity_cache,
     };
     let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
     pipeline.sink.emit(&ev).context("writing events")?;

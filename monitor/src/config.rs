@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::identity::IdentityConfig;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -14,6 +16,11 @@ pub struct Config {
     pub watch: Vec<PathBuf>,
     /// Catalog extensions, scan limits, fingerprint key, lifetime policy.
     pub inventory: crate::inventory::settings::Settings,
+    /// Extra environment variable names to report at exec: `NAME` or
+    /// `*_SUFFIX`, added to the built-in list.
+    pub env_names: Vec<String>,
+    /// Where workload identities come from on this node.
+    pub identity: IdentityConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +58,7 @@ mod tests {
     fn empty_is_default() {
         let c = Config::parse("").unwrap();
         assert!(c.trust_domain.is_none() && c.watch.is_empty());
+        assert_eq!(c.identity, IdentityConfig::default());
     }
 
     #[test]
@@ -63,6 +71,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trust_domian"), "{err}");
+    }
+
+    #[test]
+    fn identity_section() {
+        let c = Config::parse("[identity]\nkubelet_root = \"/srv/kubelet\"\n").unwrap();
+        assert_eq!(c.identity.kubelet_root, PathBuf::from("/srv/kubelet"));
+        assert_eq!(c.identity.pod_log_root, PathBuf::from("/var/log/pods"));
+        let err = Config::parse("[identity]\npod_logs = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pod_logs"), "{err}");
     }
 
     #[test]

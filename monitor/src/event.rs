@@ -4,8 +4,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::{
-    identity::Identity,
+    identity::{CacheStats, Identity},
     process::Ancestor,
+    redact::ArgSecret,
     secret::{Lifetime, SecretType},
 };
 
@@ -52,6 +53,9 @@ pub struct Agent {
     pub status: AgentStatus,
     pub message: String,
     pub lost: u64,
+    /// On `stopped`: how the per-process identity cache did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_cache: Option<CacheStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +75,9 @@ pub struct Process {
     pub user: String,
     pub comm: String,
     pub exe: Option<String>,
+    /// argv with secret-shaped parts redacted; empty when not seen at exec.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
     pub tty: bool,
     pub loginuid: Option<u32>,
     pub start_time: String,
@@ -80,7 +87,12 @@ pub struct Process {
 #[derive(Debug, Serialize)]
 pub struct Secret {
     pub id: String,
+    /// As seen from the host.
     pub path: String,
+    /// As the reader saw it, when it sees the filesystem otherwise than the
+    /// host (a container's mount namespace, a chroot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_path: Option<String>,
     #[serde(rename = "type")]
     pub secret_type: SecretType,
     /// `hmac-sha256:` and a hex prefix: keyed, so it reveals nothing.
@@ -95,12 +107,48 @@ pub struct Secret {
 pub struct Access {
     pub op: &'static str,
     pub flags: Vec<&'static str>,
-    pub result: &'static str,
+    /// `ok`, or the errno name (`EACCES`).
+    pub result: String,
+    /// Reads folded into this event: same process, secret and result,
+    /// within one flush interval.
+    pub count: u64,
 }
 
-/// Names of the flags in `file->f_flags` worth showing. `O_LARGEFILE` is set
-/// by the kernel on every 64-bit open and says nothing; `O_CREAT`, `O_EXCL`,
-/// `O_TRUNC` and `O_CLOEXEC` are not kept in `f_flags`.
+#[derive(Debug, Serialize)]
+pub struct SecretInEnv {
+    pub process: Process,
+    pub identity: Identity,
+    pub secret: EnvSecret,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvSecret {
+    pub env_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretInArgv {
+    pub process: Process,
+    pub identity: Identity,
+    pub secret: ArgSecret,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvironRead {
+    pub process: Process,
+    pub identity: Identity,
+    pub target: Target,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: Option<String>,
+}
+
+/// Names of the open flags worth showing, from the syscall's flags or from
+/// `file->f_flags` (which no longer holds `O_CREAT`, `O_EXCL`, `O_TRUNC`).
+/// `O_LARGEFILE` is set by the kernel on every 64-bit open and says nothing.
 pub fn open_flags(f_flags: u32) -> Vec<&'static str> {
     let f = f_flags as i32;
     let mut names = vec![match f & libc::O_ACCMODE {
@@ -109,6 +157,9 @@ pub fn open_flags(f_flags: u32) -> Vec<&'static str> {
         _ => "O_RDONLY",
     }];
     for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
         (libc::O_APPEND, "O_APPEND"),
         (libc::O_NONBLOCK, "O_NONBLOCK"),
         (libc::O_SYNC, "O_SYNC"),
@@ -158,6 +209,7 @@ mod tests {
                 status: AgentStatus::Started,
                 message: "probes attached".into(),
                 lost: 0,
+                identity_cache: None,
             },
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

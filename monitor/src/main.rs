@@ -8,6 +8,7 @@ mod agent;
 mod check;
 mod cli;
 mod config;
+mod env_names;
 mod event;
 mod identity;
 mod inventory;
@@ -16,6 +17,7 @@ mod pipeline;
 mod preflight;
 mod probes;
 mod process;
+mod redact;
 mod secret;
 mod sink;
 
@@ -66,11 +68,32 @@ pub fn error_text(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     parts.dedup();
-    let text = parts.join(": ");
+    let text = parts
+        .iter()
+        .map(|p| one_line(p))
+        .collect::<Vec<_>>()
+        .join(": ");
     match text.rfind(" (os error ") {
         Some(i) if text.ends_with(')') => text[..i].to_string(),
         _ => text,
     }
+}
+
+/// A multi-line message (a verifier log can run to megabytes) cut to its
+/// last lines, where the verifier states its verdict, on one line.
+fn one_line(text: &str) -> String {
+    const KEEP_LINES: usize = 4;
+    const MAX_CHARS: usize = 1000;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = if lines.len() > KEEP_LINES {
+        format!("... {}", lines[lines.len() - KEEP_LINES..].join(" | "))
+    } else {
+        lines.join(" | ")
+    };
+    if out.chars().count() > MAX_CHARS {
+        out = out.chars().take(MAX_CHARS).collect::<String>() + "...";
+    }
+    out
 }
 
 /// Help and version go out as clap prints them; a usage error becomes one
@@ -105,9 +128,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 watch,
                 state: args.state,
                 inventory: config.inventory,
+                env_names: config.env_names,
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 trust_domain: args.trust_domain.or(config.trust_domain),
+                identity: config.identity,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -130,5 +155,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_become_one_short_line() {
+        let log = (0..10_000)
+            .map(|i| format!("{i}: insn"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = one_line(&format!("{log}\nprocessed 1000001 insns"));
+        assert!(!text.contains('\n'));
+        assert!(text.ends_with("processed 1000001 insns"), "{text}");
+        assert!(text.len() < 1100);
+        assert_eq!(one_line("plain"), "plain");
     }
 }

@@ -60,6 +60,16 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         inode_i_ino: field("inode", "i_ino")?,
         inode_i_sb: field("inode", "i_sb")?,
         sb_s_dev: field("super_block", "s_dev")?,
+        sb_s_magic: field("super_block", "s_magic")?,
+        file_dentry: field("file", "f_path")? + field("path", "dentry")?,
+        dentry_d_parent: field("dentry", "d_parent")?,
+        dentry_name_len: field("dentry", "d_name")? + field("qstr", "len")?,
+        dentry_name_ptr: field("dentry", "d_name")? + field("qstr", "name")?,
+        task_mm: field("task_struct", "mm")?,
+        mm_arg_start: field("mm_struct", "arg_start")?,
+        mm_arg_end: field("mm_struct", "arg_end")?,
+        mm_env_start: field("mm_struct", "env_start")?,
+        mm_env_end: field("mm_struct", "env_end")?,
     })
 }
 
@@ -139,6 +149,13 @@ mod tests {
         assert_eq!(off.task_tgid, off.task_pid + 4, "pid and tgid are adjacent");
         assert_ne!(off.task_loginuid, NO_OFFSET, "this kernel has CONFIG_AUDIT");
         assert!(off.file_f_inode > 0 && off.inode_i_sb > 0);
+        assert_eq!(off.mm_arg_end, off.mm_arg_start + 8);
+        assert_eq!(off.mm_env_start, off.mm_arg_end + 8);
+        assert_eq!(
+            off.dentry_name_ptr,
+            off.dentry_name_len + 4,
+            "qstr: hash, len, name"
+        );
     }
 
     #[test]

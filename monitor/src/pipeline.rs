@@ -1,17 +1,28 @@
 //! One kernel record in, zero or more events out: process table upkeep,
 //! attribution to a watched secret and an identity, and the JSON line.
 
-use std::{io, num::NonZeroUsize};
+use std::{
+    collections::HashMap,
+    io,
+    num::NonZeroUsize,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
 
 use chrono::{DateTime, Utc};
-use monitor_common::OpenEvent;
+use monitor_common::EventHeader;
 
 use crate::{
-    event::{self, Access, Event, Host, Process, SecretRead},
-    identity::user_identity,
+    event::{
+        self, Access, EnvSecret, EnvironRead, Event, Host, Process, SecretInArgv, SecretInEnv,
+        SecretRead, Target,
+    },
+    identity::{Identity, IdentityResolver},
     inventory::Inventory,
-    probes::KernelEvent,
+    probes::{DeniedOpen, Exec, KernelEvent},
+    process::ProcessInfo,
     process::ProcessTable,
+    redact::redact_args,
     sink::Sink,
 };
 
@@ -51,33 +62,47 @@ pub struct Stats {
     pub records: u64,
     pub malformed: u64,
     pub secret_reads: u64,
+    /// Denied opens whose path could not be resolved (process gone).
+    pub denied_unresolved: u64,
+    /// Execs whose environment was not scanned to its end.
+    pub env_truncated: u64,
 }
 
+/// Reads waiting to be folded: same process, secret and result.
+type FoldKey = (u32, u32, String);
+
 pub struct Pipeline {
-    pub inventory: Inventory,
+    pub watch: Inventory,
     pub procs: ProcessTable,
     pub host: Host,
-    pub trust_domain: String,
+    pub identities: IdentityResolver,
     pub clock: Clock,
     pub sink: Sink,
     pub stats: Stats,
+    folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead)>,
+    proc_root: PathBuf,
 }
+
+/// Pending folds are flushed early when this many are waiting.
+const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
     pub fn new(
-        inventory: Inventory,
+        watch: Inventory,
         host: Host,
-        trust_domain: String,
+        identities: IdentityResolver,
         sink: Sink,
     ) -> io::Result<Self> {
         Ok(Self {
-            inventory,
+            watch,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
             host,
-            trust_domain,
+            identities,
             clock: Clock::now()?,
             sink,
             stats: Stats::default(),
+            folds: HashMap::new(),
+            proc_root: PathBuf::from("/proc"),
         })
     }
 
@@ -89,88 +114,215 @@ impl Pipeline {
             return Ok(());
         };
         match ev {
-            KernelEvent::Exec { header, filename } => {
-                self.procs.on_exec(&header, &filename);
-                Ok(())
-            }
+            KernelEvent::Exec(exec) => self.exec(exec),
             KernelEvent::Fork { header, child_pid } => {
                 self.procs.on_fork(&header, child_pid);
                 Ok(())
             }
             KernelEvent::Exit(header) => {
                 self.procs.on_exit(header.pid);
+                self.identities.forget(header.pid);
                 Ok(())
             }
-            KernelEvent::Open(open) => self.secret_read(&open),
+            KernelEvent::Open(open) => {
+                // An id the watch list no longer has (a race with a later
+                // update) is not attributable: skip it rather than guess.
+                let Some(id) = self.watch.get(&open.key).map(|f| f.slot) else {
+                    self.stats.malformed += 1;
+                    return Ok(());
+                };
+                // The agent fingerprinting a rotated file is not a workload.
+                if open.header.pid == std::process::id() {
+                    return Ok(());
+                }
+                self.secret_read(&open.header, id, open.flags, "ok".into())
+            }
+            KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
+            KernelEvent::EnvironRead { header, target_pid } => {
+                let (process, identity, _) = self.who(&header);
+                let target = Target {
+                    pid: target_pid,
+                    exe: self.procs.peek_exe(target_pid),
+                };
+                let body = EnvironRead {
+                    process,
+                    identity,
+                    target,
+                };
+                self.emit("environ_read", header.boot_ns, &body)
+            }
         }
     }
 
-    fn secret_read(&mut self, open: &OpenEvent) -> io::Result<()> {
-        // A key the inventory no longer has (a race with a later update)
-        // is not attributable: skip it rather than guess.
-        let Some(file) = self.inventory.get(&open.key) else {
-            self.stats.malformed += 1;
+    /// Emit every folded read; called at least once a second.
+    pub fn flush_folds(&mut self) -> io::Result<()> {
+        let mut pending: Vec<_> = self.folds.drain().map(|(_, v)| v).collect();
+        pending.sort_by_key(|(time, _)| *time);
+        for (time, body) in pending {
+            self.sink
+                .emit(&Event::new("secret_read", time, &self.host, body))?;
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, exec: Exec) -> io::Result<()> {
+        if exec.env_truncated {
+            self.stats.env_truncated += 1;
+        }
+        let (args, found) = redact_args(&exec.args);
+        self.procs
+            .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        self.identities.forget(exec.header.pid);
+        for secret in found {
+            let (process, identity, _) = self.who(&exec.header);
+            let body = SecretInArgv {
+                process,
+                identity,
+                secret,
+            };
+            self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
+        }
+        for env_name in exec.env_names {
+            let (process, identity, _) = self.who(&exec.header);
+            let body = SecretInEnv {
+                process,
+                identity,
+                secret: EnvSecret { env_name },
+            };
+            self.emit("secret_in_env", exec.header.boot_ns, &body)?;
+        }
+        Ok(())
+    }
+
+    /// A denied open names a path, not an inode: resolve it as the process
+    /// saw it, and report it if it is a watched secret.
+    fn denied_open(&mut self, d: &DeniedOpen) -> io::Result<()> {
+        let Some(path) = resolve_open_path(&self.proc_root, d.header.pid, d.dfd, &d.filename)
+        else {
+            self.stats.denied_unresolved += 1;
             return Ok(());
         };
-        // The agent fingerprinting a rotated file is not a workload's use.
-        if open.header.pid == std::process::id() {
+        let Some(id) = self.watch.lookup_path(&path).map(|f| f.slot) else {
+            return Ok(());
+        };
+        self.secret_read(&d.header, id, d.flags, errno_name(d.errno))
+    }
+
+    fn secret_read(
+        &mut self,
+        h: &EventHeader,
+        file_id: u32,
+        flags: u32,
+        result: String,
+    ) -> io::Result<()> {
+        self.stats.secret_reads += 1;
+        let key = (h.pid, file_id, result);
+        if let Some((_, pending)) = self.folds.get_mut(&key) {
+            pending.access.count += 1;
             return Ok(());
         }
-        let h = &open.header;
+        let Some(file) = self.watch.by_slot(file_id) else {
+            return Ok(());
+        };
+        let path = file.path.clone();
+        let mut secret = file.event_secret();
+        let (process, identity, info) = self.who(h);
+        secret.container_path = self.identities.container_path(&info, &path);
+        let body = SecretRead {
+            process,
+            identity,
+            secret,
+            access: Access {
+                op: "open",
+                flags: event::open_flags(flags),
+                result: key.2.clone(),
+                count: 1,
+            },
+        };
+        self.folds.insert(key, (self.clock.wall(h.boot_ns), body));
+        if self.folds.len() >= MAX_PENDING_FOLDS {
+            self.flush_folds()?;
+        }
+        Ok(())
+    }
+
+    /// The process and identity of the header's process, and what the
+    /// table knows of it.
+    fn who(&mut self, h: &EventHeader) -> (Process, Identity, ProcessInfo) {
         let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
         let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
-        let exe_for_id = info.exe.as_deref().unwrap_or(&info.comm);
-        let identity = user_identity(
-            &self.trust_domain,
-            &self.host.name,
-            &user,
-            h.uid,
-            exe_for_id,
-        );
+        let identity = self.identities.resolve(&info, &user, &ancestors);
         let start_time = self
             .clock
             .wall(info.start_ns)
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let body = SecretRead {
-            process: Process {
-                pid: info.pid,
-                ppid: info.ppid,
-                uid: info.uid,
-                gid: info.gid,
-                user,
-                comm: info.comm,
-                exe: info.exe,
-                tty: info.tty,
-                loginuid: info.loginuid,
-                start_time,
-                ancestors,
-            },
-            identity,
-            secret: file.event_secret(),
-            access: Access {
-                op: "open",
-                flags: event::open_flags(open.flags),
-                result: "ok",
-            },
+        let process = Process {
+            pid: info.pid,
+            ppid: info.ppid,
+            uid: info.uid,
+            gid: info.gid,
+            user,
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            args: info.args.clone(),
+            args_truncated: info.args_truncated,
+            tty: info.tty,
+            loginuid: info.loginuid,
+            start_time,
+            ancestors,
         };
-        self.stats.secret_reads += 1;
-        let time = self.clock.wall(h.boot_ns);
-        self.sink
-            .emit(&Event::new("secret_read", time, &self.host, body))
+        (process, identity, info)
+    }
+
+    fn emit<B: serde::Serialize>(
+        &mut self,
+        kind: &'static str,
+        boot_ns: u64,
+        body: &B,
+    ) -> io::Result<()> {
+        let time = self.clock.wall(boot_ns);
+        self.sink.emit(&Event::new(kind, time, &self.host, body))
     }
 }
 
+/// The path a failed open asked for, absolute: relative names are taken
+/// from the process's cwd or its `dfd`, while it still exists.
+fn resolve_open_path(proc_root: &Path, pid: u32, dfd: i32, name: &[u8]) -> Option<PathBuf> {
+    let name = Path::new(std::ffi::OsStr::from_bytes(name));
+    if name.as_os_str().is_empty() {
+        return None;
+    }
+    if name.is_absolute() {
+        return Some(name.to_path_buf());
+    }
+    let proc_dir = proc_root.join(pid.to_string());
+    let base = if dfd == AT_FDCWD {
+        std::fs::read_link(proc_dir.join("cwd")).ok()?
+    } else {
+        std::fs::read_link(proc_dir.join("fd").join(dfd.to_string())).ok()?
+    };
+    Some(base.join(name))
+}
+
+/// `EACCES` for 13: the errno's name, as the event contract wants.
+fn errno_name(errno: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(errno))
+}
+
+const AT_FDCWD: i32 = -100;
+
 #[cfg(test)]
 mod tests {
-    use std::{
-        path::PathBuf,
-        sync::{Arc, Mutex},
+    use std::sync::{Arc, Mutex};
+
+    use monitor_common::{
+        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
+        OpenEvent,
     };
 
-    use monitor_common::{EventHeader, EventKind, ExecEvent, FILENAME_LEN};
-
     use super::*;
+    use crate::identity::{IdentityConfig, Naming, cgroup_tree::CgroupTree};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -207,15 +359,50 @@ mod tests {
     }
 
     #[test]
+    fn denied_paths_resolve_against_cwd_and_dfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_dir = dir.path().join("77");
+        std::fs::create_dir_all(proc_dir.join("fd")).unwrap();
+        std::os::unix::fs::symlink("/home/ana", proc_dir.join("cwd")).unwrap();
+        std::os::unix::fs::symlink("/srv", proc_dir.join("fd/5")).unwrap();
+        let r = |dfd, name: &[u8]| resolve_open_path(dir.path(), 77, dfd, name);
+        assert_eq!(r(AT_FDCWD, b"/etc/shadow"), Some("/etc/shadow".into()));
+        assert_eq!(
+            r(AT_FDCWD, b".aws/credentials"),
+            Some("/home/ana/.aws/credentials".into())
+        );
+        assert_eq!(r(5, b"app/.env"), Some("/srv/app/.env".into()));
+        assert_eq!(r(6, b"x"), None, "unknown fd");
+        assert_eq!(r(AT_FDCWD, b""), None);
+        assert_eq!(
+            resolve_open_path(dir.path(), 78, AT_FDCWD, b"x"),
+            None,
+            "gone"
+        );
+        assert_eq!(errno_name(13), "EACCES");
+        assert_eq!(errno_name(1), "EPERM");
+    }
+
+    #[test]
     fn exec_then_open_of_a_gone_process_is_attributed() {
-        let secret = PathBuf::from("/srv/app/credentials");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("credentials");
+        std::fs::write(&secret, "not-a-real-secret").unwrap();
         let record = crate::inventory::test_record(&secret, 77);
         let key = record.key;
+        let watch = Inventory::new(vec![record]);
         let out = Shared::default();
+        let identities = IdentityResolver::new(
+            Naming::new(Some("td"), "h").unwrap(),
+            IdentityConfig::default(),
+            dir.path(),
+            CgroupTree::at(None),
+            NonZeroUsize::new(8).unwrap(),
+        );
         let mut p = Pipeline::new(
-            crate::inventory::Inventory::new(vec![record]),
+            watch,
             Host { name: "h".into() },
-            "td".into(),
+            identities,
             Sink::to_writer(out.clone()),
         )
         .unwrap();
@@ -226,7 +413,17 @@ mod tests {
             old_pid: pid,
             filename_len: 12,
             filename: [0; FILENAME_LEN],
+            args_len: 0,
+            args_truncated: 0,
+            args: [0; ARGS_LEN],
+            env_count: 1,
+            env_truncated: 0,
+            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
         };
+        let argv = b"cat\0--token=not-a-real-token-0000\0";
+        exec.args[..argv.len()].copy_from_slice(argv);
+        exec.args_len = argv.len() as u32;
+        exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
         exec.filename[..12].copy_from_slice(b"/usr/bin/cat");
         p.handle(&bytes_of(&exec)).unwrap();
         let open = OpenEvent {
@@ -236,14 +433,28 @@ mod tests {
             ret: 3,
         };
         p.handle(&bytes_of(&open)).unwrap();
+        p.handle(&bytes_of(&open)).unwrap();
         p.handle(&bytes_of(&header(EventKind::Exit, pid))).unwrap();
         p.handle(&[1, 2, 3]).unwrap();
+        p.flush_folds().unwrap();
         p.sink.flush().unwrap();
 
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 1, "{text}");
-        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = lines.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["secret_in_argv", "secret_in_env", "secret_read"],
+            "{text}"
+        );
+        assert_eq!(lines[0]["secret"]["kind"], "secret_flag");
+        assert_eq!(lines[0]["secret"]["match"], "--token=…");
+        assert_eq!(lines[0]["process"]["args"][1], "--token=…");
+        assert_eq!(lines[1]["secret"]["env_name"], "GITHUB_TOKEN");
+        let v = &lines[2];
         assert_eq!(v["kind"], "secret_read");
         assert_eq!(v["process"]["pid"], pid);
         assert_eq!(v["process"]["exe"], "/usr/bin/cat");
@@ -253,7 +464,10 @@ mod tests {
         assert_eq!(v["secret"]["fingerprint"], "hmac-sha256:0123456789abcdef");
         assert_eq!(v["secret"]["lifetime"], "unknown");
         assert_eq!(v["access"]["result"], "ok");
+        assert_eq!(v["access"]["count"], 2, "two reads fold into one event");
+        assert!(!text.contains("not-a-real-secret"));
+        assert!(!text.contains("not-a-real-token"));
         assert_eq!(p.stats.malformed, 1);
-        assert_eq!(p.stats.secret_reads, 1);
+        assert_eq!(p.stats.secret_reads, 2);
     }
 }

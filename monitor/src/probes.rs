@@ -7,8 +7,11 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
+
+use crate::env_names::EnvPattern;
 use monitor_common::{
-    COMM_LEN, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, OpenEvent,
+    COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
+    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, OpenEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -20,6 +23,10 @@ pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_pro
 
 /// The tracepoints of the object: (program name, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
+    ("sys_enter_open", "syscalls", "sys_enter_open"),
+    ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
+    ("sys_enter_creat", "syscalls", "sys_enter_creat"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
     ("sys_exit_open", "syscalls", "sys_exit_open"),
     ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
@@ -34,6 +41,8 @@ pub enum ProbeError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
+    #[error("environment variable pattern {0:?} is empty or too long for the kernel filter")]
+    EnvName(String),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
     #[error("map {name}")]
@@ -56,6 +65,8 @@ pub struct Probes {
     // Keeps programs and their links alive: dropping it detaches everything.
     _ebpf: Ebpf,
     watched: HashMap<MapData, FileKey, u32>,
+    watched_env: HashMap<MapData, [u8; ENV_NAME_LEN], u8>,
+    watched_env_suffix: HashMap<MapData, [u8; ENV_SUFFIX_LEN], u8>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -108,11 +119,15 @@ impl Probes {
                 .map_err(attach_err)?;
         }
         let watched = take_map(&mut ebpf, "WATCHED")?;
+        let watched_env = take_map(&mut ebpf, "WATCHED_ENV")?;
+        let watched_env_suffix = take_map(&mut ebpf, "WATCHED_ENV_SUFFIX")?;
         let lost = take_map(&mut ebpf, "LOST")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok(Self {
             _ebpf: ebpf,
             watched,
+            watched_env,
+            watched_env_suffix,
             lost,
             events: Some(events),
         })
@@ -134,6 +149,28 @@ impl Probes {
             name: "WATCHED",
             source,
         })
+    }
+
+    /// Report the *name* of environment variable `name` at exec: an exact
+    /// name, or `*_SUFFIX` for every name ending in `_SUFFIX` (one or two
+    /// `_`-separated words). Names that do not fit the kernel's fixed
+    /// buffers are refused.
+    pub fn watch_env(&mut self, pattern: &EnvPattern) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "WATCHED_ENV",
+            source,
+        };
+        match pattern {
+            EnvPattern::Exact(name) => {
+                let key = padded::<ENV_NAME_LEN>(name).ok_or(ProbeError::EnvName(name.clone()))?;
+                self.watched_env.insert(&key, &1, 0).map_err(map_err)
+            }
+            EnvPattern::Suffix(suffix) => {
+                let key =
+                    padded::<ENV_SUFFIX_LEN>(suffix).ok_or(ProbeError::EnvName(suffix.clone()))?;
+                self.watched_env_suffix.insert(&key, &1, 0).map_err(map_err)
+            }
+        }
     }
 
     /// The ring buffer, handed over once to the reader, registered with
@@ -159,6 +196,17 @@ impl Probes {
     }
 }
 
+/// `s` NUL-padded to `N` bytes, if it fits with room for no NUL inside.
+fn padded<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || bytes.len() >= N || bytes.contains(&0) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    out[..bytes.len()].copy_from_slice(bytes);
+    Some(out)
+}
+
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -167,13 +215,39 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
+/// A decoded exec.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub header: EventHeader,
+    pub filename: Vec<u8>,
+    /// argv, lossily decoded; may hold secrets until redacted.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    /// Names of watched environment variables (never values).
+    pub env_names: Vec<String>,
+    pub env_truncated: bool,
+}
+
+/// A decoded denied open.
+#[derive(Debug, Clone)]
+pub struct DeniedOpen {
+    pub header: EventHeader,
+    pub flags: u32,
+    /// Positive errno.
+    pub errno: i32,
+    pub dfd: i32,
+    pub filename: Vec<u8>,
+}
+
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone)]
 pub enum KernelEvent {
     Open(OpenEvent),
-    Exec {
+    Exec(Exec),
+    DeniedOpen(DeniedOpen),
+    EnvironRead {
         header: EventHeader,
-        filename: Vec<u8>,
+        target_pid: u32,
     },
     Exit(EventHeader),
     /// `header` is the parent.
@@ -191,11 +265,44 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
         EventKind::Open => read_record(record).map(KernelEvent::Open),
         EventKind::Exec => {
             let ev: ExecEvent = read_record(record)?;
-            let len = (ev.filename_len as usize).min(ev.filename.len());
-            let filename = ev.filename[..len].to_vec();
-            Some(KernelEvent::Exec {
+            let args_len = (ev.args_len as usize).min(ev.args.len());
+            let mut args: Vec<String> = ev.args[..args_len]
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            // argv ends with a NUL, which leaves one empty piece.
+            if ev.args[..args_len].last() == Some(&0) {
+                args.pop();
+            }
+            let env_count = (ev.env_count as usize).min(ENV_NAMES_MAX);
+            let env_names = ev.env_names[..env_count]
+                .iter()
+                .map(|n| nul_terminated(n))
+                .collect();
+            Some(KernelEvent::Exec(Exec {
                 header: ev.header,
-                filename,
+                filename: bounded(&ev.filename, ev.filename_len).to_vec(),
+                args,
+                args_truncated: ev.args_truncated != 0,
+                env_names,
+                env_truncated: ev.env_truncated != 0,
+            }))
+        }
+        EventKind::DeniedOpen => {
+            let ev: DeniedOpenEvent = read_record(record)?;
+            Some(KernelEvent::DeniedOpen(DeniedOpen {
+                header: ev.header,
+                flags: ev.flags,
+                errno: -ev.ret,
+                dfd: ev.dfd,
+                filename: bounded(&ev.filename, ev.filename_len).to_vec(),
+            }))
+        }
+        EventKind::EnvironRead => {
+            let ev: EnvironReadEvent = read_record(record)?;
+            Some(KernelEvent::EnvironRead {
+                header: ev.header,
+                target_pid: ev.target_pid,
             })
         }
         EventKind::Exit => Some(KernelEvent::Exit(header)),
@@ -222,8 +329,17 @@ fn read_record<T: Copy>(record: &[u8]) -> Option<T> {
 
 /// `comm` up to its first NUL, lossily as UTF-8.
 pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    nul_terminated(comm)
+}
+
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The first `len` bytes of `buf`, never past its end.
+fn bounded(buf: &[u8], len: u32) -> &[u8] {
+    &buf[..(len as usize).min(buf.len())]
 }
 
 #[cfg(test)]
@@ -280,17 +396,61 @@ mod tests {
             old_pid: 42,
             filename_len: 9999,
             filename: [b'a'; monitor_common::FILENAME_LEN],
+            args_len: 9999,
+            args_truncated: 1,
+            args: [b'x'; monitor_common::ARGS_LEN],
+            env_count: 99,
+            env_truncated: 0,
+            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
         };
         ev.filename[..12].copy_from_slice(b"/usr/bin/cat");
-        let Some(KernelEvent::Exec { filename, .. }) = decode(&bytes_of(&ev)) else {
+        let Some(KernelEvent::Exec(exec)) = decode(&bytes_of(&ev)) else {
             panic!("not an exec");
         };
-        assert_eq!(filename.len(), monitor_common::FILENAME_LEN);
+        assert_eq!(exec.filename.len(), monitor_common::FILENAME_LEN);
+        assert_eq!(exec.args.len(), 1);
+        assert!(exec.args_truncated);
+        assert_eq!(exec.env_names.len(), ENV_NAMES_MAX);
+
         ev.filename_len = 12;
-        let Some(KernelEvent::Exec { filename, .. }) = decode(&bytes_of(&ev)) else {
+        ev.args[..13].copy_from_slice(b"cat\0-n\0file\0\0");
+        ev.args_len = 12;
+        ev.env_count = 1;
+        ev.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
+        let Some(KernelEvent::Exec(exec)) = decode(&bytes_of(&ev)) else {
             panic!("not an exec");
         };
-        assert_eq!(filename, b"/usr/bin/cat");
+        assert_eq!(exec.filename, b"/usr/bin/cat");
+        assert_eq!(exec.args, ["cat", "-n", "file"]);
+        assert_eq!(exec.env_names, ["GITHUB_TOKEN"]);
+    }
+
+    #[test]
+    fn decodes_denied_open() {
+        let mut ev = DeniedOpenEvent {
+            header: header(EventKind::DeniedOpen),
+            flags: 0,
+            ret: -13,
+            dfd: -100,
+            filename_len: 4,
+            filename: [0; monitor_common::FILENAME_LEN],
+        };
+        ev.filename[..4].copy_from_slice(b"/etc");
+        let Some(KernelEvent::DeniedOpen(d)) = decode(&bytes_of(&ev)) else {
+            panic!("not a denied open");
+        };
+        assert_eq!(
+            (d.errno, d.dfd, d.filename.as_slice()),
+            (13, -100, &b"/etc"[..])
+        );
+    }
+
+    #[test]
+    fn env_keys_are_padded_and_bounded() {
+        assert_eq!(&padded::<8>("AB").unwrap()[..3], b"AB\0");
+        assert!(padded::<8>("12345678").is_none());
+        assert!(padded::<8>("").is_none());
+        assert!(padded::<8>("A\0B").is_none());
     }
 
     #[test]

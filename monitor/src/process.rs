@@ -22,6 +22,9 @@ pub struct ProcessInfo {
     /// `/proc/<pid>/exe`; `None` when it could not be learned.
     pub exe: Option<String>,
     pub comm: String,
+    /// argv as seen at exec, already redacted.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
     pub uid: u32,
     pub gid: u32,
     /// Audit login uid, `None` when unset.
@@ -44,6 +47,8 @@ impl ProcessInfo {
             ppid: h.ppid,
             exe: None,
             comm: comm_str(&h.comm),
+            args: Vec::new(),
+            args_truncated: false,
             uid: h.uid,
             gid: h.gid,
             loginuid: (h.loginuid != UNSET_LOGINUID).then_some(h.loginuid),
@@ -92,15 +97,25 @@ impl ProcessTable {
         self.procs.put(child, info);
     }
 
-    /// The header's process replaced its image with `filename`.
-    pub fn on_exec(&mut self, h: &EventHeader, filename: &[u8]) {
+    /// The header's process replaced its image with `filename`, started
+    /// with the (redacted) `args`.
+    pub fn on_exec(
+        &mut self,
+        h: &EventHeader,
+        filename: &[u8],
+        args: Vec<String>,
+        args_truncated: bool,
+    ) -> ProcessInfo {
         let filename = String::from_utf8_lossy(filename);
         let exe = resolve_exe(&filename, || self.read_exe(h.pid));
         let info = ProcessInfo {
             exe,
+            args,
+            args_truncated,
             ..ProcessInfo::from_header(h)
         };
-        self.procs.put(h.pid, info);
+        self.procs.put(h.pid, info.clone());
+        info
     }
 
     pub fn on_exit(&mut self, pid: u32) {
@@ -113,16 +128,28 @@ impl ProcessTable {
     /// it, learning the executable from /proc on first sight.
     pub fn observe(&mut self, h: &EventHeader) -> ProcessInfo {
         let known = self.procs.get(&h.pid).filter(|p| !p.exited).cloned();
-        let exe = match known {
-            Some(p) => p.exe,
-            None => self.read_exe(h.pid),
-        };
-        let info = ProcessInfo {
-            exe,
-            ..ProcessInfo::from_header(h)
+        let info = match known {
+            Some(p) => ProcessInfo {
+                exe: p.exe,
+                args: p.args,
+                args_truncated: p.args_truncated,
+                ..ProcessInfo::from_header(h)
+            },
+            None => ProcessInfo {
+                exe: self.read_exe(h.pid),
+                ..ProcessInfo::from_header(h)
+            },
         };
         self.procs.put(h.pid, info.clone());
         info
+    }
+
+    /// The executable of `pid` if known, without touching recency.
+    pub fn peek_exe(&self, pid: u32) -> Option<String> {
+        match self.procs.peek(&pid) {
+            Some(p) => p.exe.clone(),
+            None => self.read_exe(pid),
+        }
     }
 
     /// Up to `max` ancestors of the process whose parent is `ppid`, parent
@@ -162,25 +189,19 @@ impl ProcessTable {
             .clone()
     }
 
+    fn proc(&self, pid: u32) -> Option<procfs::process::Process> {
+        procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()
+    }
+
     fn read_exe(&self, pid: u32) -> Option<String> {
-        let link = self.proc_root.join(pid.to_string()).join("exe");
-        std::fs::read_link(link)
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
+        let exe = self.proc(pid)?.exe().ok()?;
+        Some(exe.to_string_lossy().into_owned())
     }
 
     fn read_ppid(&self, pid: u32) -> Option<u32> {
-        let stat =
-            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
-        parse_stat_ppid(&stat)
+        let ppid = self.proc(pid)?.stat().ok()?.ppid;
+        u32::try_from(ppid).ok()
     }
-}
-
-/// The ppid field of `/proc/<pid>/stat`. The comm field may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The executable of an exec: the kernel's filename made canonical when it
@@ -227,7 +248,12 @@ mod tests {
         let link = dir.path().join("tool");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(7, 1), link.to_str().unwrap().as_bytes());
+        t.on_exec(
+            &header(7, 1),
+            link.to_str().unwrap().as_bytes(),
+            Vec::new(),
+            false,
+        );
         assert_eq!(t.observe(&header(7, 1)).exe.as_deref(), real.to_str());
     }
 
@@ -237,12 +263,12 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("9")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/true", dir.path().join("9/exe")).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(9, 1), b"./true");
+        t.on_exec(&header(9, 1), b"./true", Vec::new(), false);
         assert_eq!(
             t.observe(&header(9, 1)).exe.as_deref(),
             Some("/usr/bin/true")
         );
-        t.on_exec(&header(10, 1), b"./gone");
+        t.on_exec(&header(10, 1), b"./gone", Vec::new(), false);
         assert_eq!(t.observe(&header(10, 1)).exe.as_deref(), Some("./gone"));
     }
 
@@ -250,12 +276,12 @@ mod tests {
     fn fork_inherits_then_exec_replaces_and_ancestry_survives_exit() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(100, 1), b"/bin/sh");
+        t.on_exec(&header(100, 1), b"/bin/sh", Vec::new(), false);
         t.on_fork(&header(100, 1), 101);
         let parent_exe = t.procs.peek(&100).unwrap().exe.clone();
         assert!(parent_exe.is_some());
         assert_eq!(t.observe(&header(101, 100)).exe, parent_exe);
-        t.on_exec(&header(101, 100), b"/usr/bin/env");
+        t.on_exec(&header(101, 100), b"/usr/bin/env", Vec::new(), false);
         t.on_exit(100);
         let anc = t.ancestors(100, 5);
         assert_eq!(anc.len(), 1, "pid 1 is not in the fake /proc: {anc:?}");
@@ -275,9 +301,13 @@ mod tests {
         ] {
             let d = dir.path().join(pid.to_string());
             std::fs::create_dir_all(&d).unwrap();
+            // The comm field may hold spaces and parentheses.
             std::fs::write(
                 d.join("stat"),
-                format!("{pid} (a (weird) name) S {ppid} 1 1 0"),
+                format!(
+                    "{pid} (a (weird) name) S {ppid} 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                     1000 1000000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0"
+                ),
             )
             .unwrap();
             std::os::unix::fs::symlink(exe, d.join("exe")).unwrap();
@@ -291,18 +321,11 @@ mod tests {
     }
 
     #[test]
-    fn stat_ppid_parsing() {
-        assert_eq!(parse_stat_ppid("12 (cat) R 7 12 7 0"), Some(7));
-        assert_eq!(parse_stat_ppid("12 (a) b) (c) S 99 1"), Some(99));
-        assert_eq!(parse_stat_ppid("garbage"), None);
-    }
-
-    #[test]
     fn capacity_bounds_the_table() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
         for pid in 1..=10 {
-            t.on_exec(&header(pid, 1), b"/x");
+            t.on_exec(&header(pid, 1), b"/x", Vec::new(), false);
         }
         assert_eq!(t.procs.len(), 4);
     }

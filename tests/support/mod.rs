@@ -1,8 +1,13 @@
-//! The harness of the end-to-end tests: the real binary, started and
-//! stopped as a script would. Shared by the test files that need it.
+//! The harness the end-to-end test binaries share: the real agent started
+//! as a child, its JSON lines collected, secrets planted that must never be
+//! printed.
+
+// Each test binary uses its own part of the harness.
+#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -12,6 +17,8 @@ use std::{
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_secretmon");
+/// A fake secret planted in watched files: it must never be printed.
+pub const PLANTED: &str = "AKIAFAKEE2E0000SECRET+planted/value";
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -35,8 +42,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// `secretmon run ARGS` with `env` added, once it says "started".
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `secretmon run ARGS` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("run")
             .args(args)
@@ -67,7 +78,7 @@ impl Agent {
             seen: Vec::new(),
             stderr,
         };
-        agent.wait_for(Duration::from_secs(60), |v| {
+        agent.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["status"] == "started"
         });
         agent
@@ -103,6 +114,21 @@ impl Agent {
         }
     }
 
+    /// Freeze the agent (SIGSTOP): events wait in the ring buffer, so what
+    /// happens meanwhile is read only after `resume`, as a busy agent would.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
     /// Send `signal`, collect the rest of stdout and stderr, and return
     /// (exit code, all stdout lines, stderr).
     pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (Option<i32>, Vec<String>, String) {
@@ -124,5 +150,32 @@ impl Agent {
         }
         let stderr = self.stderr.join().unwrap();
         (status.code(), self.seen, stderr)
+    }
+}
+
+pub fn plant_secret(dir: &Path) -> PathBuf {
+    let aws = dir.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let path = aws.join("credentials");
+    std::fs::write(
+        &path,
+        format!("[default]\naws_access_key_id = AKIAFAKE\naws_secret_access_key = {PLANTED}\n"),
+    )
+    .unwrap();
+    path
+}
+
+pub fn which(program: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(out.stdout).unwrap();
+    std::fs::canonicalize(path.trim()).unwrap()
+}
+
+pub fn assert_no_planted(texts: &[&str]) {
+    for t in texts {
+        assert!(!t.contains(PLANTED), "planted secret leaked into output");
     }
 }

@@ -31,6 +31,9 @@ pub struct Record {
     pub path: PathBuf,
     /// What the kernel matches opens by.
     pub key: FileKey,
+    /// This file's number while it is watched: a new inode gets a new one.
+    /// Given by [`Inventory`]; events are folded by it.
+    pub slot: u32,
     pub secret_type: SecretType,
     pub lifetime: Lifetime,
     /// Why the lifetime is what it is.
@@ -53,6 +56,7 @@ impl Record {
         event::Secret {
             id: self.id.clone(),
             path: self.path.to_string_lossy().into_owned(),
+            container_path: None,
             secret_type: self.secret_type,
             fingerprint: self.fingerprint.clone(),
             lifetime: self.lifetime,
@@ -74,7 +78,8 @@ pub enum InventoryChange {
 /// a rotated secret is never unwatched in between.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MapEdit {
-    pub add: Option<FileKey>,
+    /// A key to watch, and its slot.
+    pub add: Option<(FileKey, u32)>,
     pub remove: Option<FileKey>,
 }
 
@@ -82,6 +87,8 @@ pub struct MapEdit {
 pub struct Inventory {
     by_key: HashMap<FileKey, Record>,
     keys: HashMap<PathBuf, FileKey>,
+    slots: HashMap<u32, FileKey>,
+    next_slot: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +111,20 @@ impl Inventory {
         self.by_key.get(key)
     }
 
+    pub fn by_slot(&self, slot: u32) -> Option<&Record> {
+        self.slots.get(&slot).and_then(|key| self.by_key.get(key))
+    }
+
+    /// The secret at `path` (symlinks followed), if any.
+    pub fn lookup_path(&self, path: &std::path::Path) -> Option<&Record> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        self.get(&FileKey {
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        })
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.by_key.values()
     }
@@ -115,7 +136,7 @@ impl Inventory {
     /// Apply a change; returns what the kernel map needs.
     pub fn apply(&mut self, change: InventoryChange) -> MapEdit {
         match change {
-            InventoryChange::Upsert(record) => {
+            InventoryChange::Upsert(mut record) => {
                 let mut edit = MapEdit::default();
                 // Another path to the same file (a rename onto it) loses it.
                 if let Some(other) = self.by_key.get(&record.key)
@@ -127,20 +148,31 @@ impl Inventory {
                 if let Some(old) = self.keys.insert(record.path.clone(), key)
                     && old != key
                 {
-                    self.by_key.remove(&old);
+                    self.forget(&old);
                     edit.remove = Some(old);
                 }
-                if self.by_key.insert(key, record).is_none() {
-                    edit.add = Some(key);
+                match self.by_key.get(&key) {
+                    Some(known) => record.slot = known.slot,
+                    None => {
+                        record.slot = self.next_slot;
+                        self.next_slot = self.next_slot.wrapping_add(1);
+                        self.slots.insert(record.slot, key);
+                        edit.add = Some((key, record.slot));
+                    }
                 }
+                self.by_key.insert(key, record);
                 edit
             }
             InventoryChange::Remove(path) => MapEdit {
                 add: None,
-                remove: self.keys.remove(&path).inspect(|key| {
-                    self.by_key.remove(key);
-                }),
+                remove: self.keys.remove(&path).inspect(|key| self.forget(key)),
             },
+        }
+    }
+
+    fn forget(&mut self, key: &FileKey) {
+        if let Some(record) = self.by_key.remove(key) {
+            self.slots.remove(&record.slot);
         }
     }
 }
@@ -179,6 +211,7 @@ pub fn test_record(path: &std::path::Path, ino: u64) -> Record {
         id: crate::secret::secret_id(path),
         path: path.to_path_buf(),
         key: FileKey { dev: 1, ino },
+        slot: 0,
         secret_type: SecretType::Generic,
         lifetime: Lifetime::Unknown,
         reason: String::new(),
@@ -220,14 +253,17 @@ mod tests {
         let key = |ino| FileKey { dev: 1, ino };
         // Atomic rename: same path, new inode and content.
         let edit = inv.apply(InventoryChange::Upsert(record("/s/a", 2, "f2")));
+        let slot = inv.get(&key(2)).unwrap().slot;
         assert_eq!(
             edit,
             MapEdit {
-                add: Some(key(2)),
+                add: Some((key(2), slot)),
                 remove: Some(key(1))
             }
         );
         assert!(inv.get(&key(1)).is_none());
+        assert_eq!(inv.by_slot(slot).unwrap().key, key(2));
+        assert!(inv.by_slot(0).is_none(), "the old inode's slot is gone");
         assert_eq!(inv.get(&key(2)).unwrap().fingerprint, "f2");
         assert_eq!(inv.get(&key(2)).unwrap().id, record("/s/a", 9, "").id);
         // In-place write: same inode, nothing for the kernel to do.

@@ -261,6 +261,7 @@ impl Scanner {
                 dev: kernel_dev(meta.dev()),
                 ino: meta.ino(),
             },
+            slot: 0,
             secret_type: class.secret_type,
             lifetime: class.lifetime,
             reason: class.reason,

@@ -1,0 +1,100 @@
+//! Which environment variables are secrets, by name. The kernel reports the
+//! names of those a process starts with; values never leave it.
+
+/// A watched name: exact, or `*_SUFFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvPattern {
+    Exact(String),
+    /// The part after `*`, starting with `_`.
+    Suffix(String),
+}
+
+/// The built-in watch list.
+pub const DEFAULT_ENV_NAMES: &[&str] = &[
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITLAB_TOKEN",
+    "VAULT_TOKEN",
+    "DATABASE_URL",
+    "PGPASSWORD",
+    "MYSQL_PWD",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "NPM_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "*_TOKEN",
+    "*_SECRET",
+    "*_PASSWORD",
+    "*_API_KEY",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "environment variable pattern {0:?}: use NAME or *_SUFFIX (letters, digits and _, the suffix one or two _-words)"
+)]
+pub struct BadEnvPattern(pub String);
+
+impl EnvPattern {
+    pub fn parse(s: &str) -> Result<Self, BadEnvPattern> {
+        let bad = || BadEnvPattern(s.to_string());
+        let valid =
+            |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        match s.strip_prefix('*') {
+            Some(suffix) => {
+                // The kernel checks the text from a name's last or second
+                // last `_`, so a suffix is `_WORD` or `_WORD_WORD`.
+                let words: Vec<&str> = suffix.split('_').skip(1).collect();
+                let well_formed = suffix.starts_with('_')
+                    && valid(suffix)
+                    && (1..=2).contains(&words.len())
+                    && words.iter().all(|w| !w.is_empty());
+                if !well_formed {
+                    return Err(bad());
+                }
+                Ok(Self::Suffix(suffix.to_string()))
+            }
+            None if valid(s) => Ok(Self::Exact(s.to_string())),
+            None => Err(bad()),
+        }
+    }
+}
+
+/// The built-in list plus `extra` from config.
+pub fn watch_list(extra: &[String]) -> Result<Vec<EnvPattern>, BadEnvPattern> {
+    DEFAULT_ENV_NAMES
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .map(EnvPattern::parse)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let list = watch_list(&[]).unwrap();
+        assert!(list.contains(&EnvPattern::Exact("GITHUB_TOKEN".into())));
+        assert!(list.contains(&EnvPattern::Suffix("_API_KEY".into())));
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(
+            EnvPattern::parse("MY_KEY"),
+            Ok(EnvPattern::Exact("MY_KEY".into()))
+        );
+        assert_eq!(
+            EnvPattern::parse("*_CREDS"),
+            Ok(EnvPattern::Suffix("_CREDS".into()))
+        );
+        for bad in ["", "*", "*TOKEN", "*_A_B_C", "A=B", "A B", "*_"] {
+            assert!(EnvPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
