@@ -34,6 +34,9 @@ pub enum EventKind {
     DeniedOpen = 5,
     /// Another process's `/proc/<pid>/environ` was opened: [`EnvironReadEvent`].
     EnvironRead = 6,
+    /// A process submitted an io_uring open, which the syscall tracepoints
+    /// do not see: [`IoUringOpenEvent`]. Once per process.
+    IoUringOpen = 7,
 }
 
 impl EventKind {
@@ -45,6 +48,7 @@ impl EventKind {
             4 => Some(Self::Fork),
             5 => Some(Self::DeniedOpen),
             6 => Some(Self::EnvironRead),
+            7 => Some(Self::IoUringOpen),
             _ => None,
         }
     }
@@ -127,6 +131,24 @@ pub struct EnvironReadEvent {
     pub header: EventHeader,
     pub target_pid: u32,
     pub _pad: u32,
+}
+
+/// The first io_uring open request (`IORING_OP_OPENAT`/`OPENAT2`) of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IoUringOpenEvent {
+    pub header: EventHeader,
+    pub opcode: u32,
+    pub _pad: u32,
+}
+
+/// Where `opcode` sits in the io_uring submit tracepoint's record, read by
+/// the agent from tracefs (the record's layout changed across kernels).
+/// `u32::MAX` when the kernel has no such tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoUringLayout {
+    pub opcode_offset: u32,
 }
 
 /// `sched_process_exec`: the new image's filename as the kernel resolved it,
@@ -215,4 +237,5 @@ mod pod {
     // holes that could leak uninitialised bytes into a map.
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::IoUringLayout {}
 }

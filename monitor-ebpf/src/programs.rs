@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ARGS_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
-    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, NO_OFFSET, OpenEvent,
-    UNSET_LOGINUID,
+    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
+    KernelOffsets, NO_OFFSET, OpenEvent, UNSET_LOGINUID,
 };
 
 /// Field offsets from the running kernel's BTF, written by the agent.
@@ -57,6 +57,19 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mm_env_start: 0,
     mm_env_end: 0,
 });
+
+/// Offset of `opcode` in the io_uring submit tracepoint, written by the agent.
+#[unsafe(no_mangle)]
+static IO_URING: Global<IoUringLayout> = Global::new(IoUringLayout {
+    opcode_offset: u32::MAX,
+});
+
+/// Processes already reported for io_uring opens: once each is enough.
+#[map]
+static IO_URING_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+const IORING_OP_OPENAT: u8 = 18;
+const IORING_OP_OPENAT2: u8 = 28;
 
 /// 4 MiB by default; the agent may resize it (`--ring-buffer-size`).
 #[map]
@@ -194,6 +207,41 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
     on_open_exit(&ctx)
+}
+
+/// io_uring opens bypass the syscall tracepoints: report processes that
+/// submit them. Attached by the agent to `io_uring:io_uring_submit_req`
+/// (`io_uring_submit_sqe` before 5.19).
+#[tracepoint]
+pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
+    let layout = IO_URING.load();
+    if layout.opcode_offset == u32::MAX {
+        return 0;
+    }
+    let Ok(opcode) = (unsafe { ctx.read_at::<u8>(layout.opcode_offset as usize) }) else {
+        return 0;
+    };
+    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { IO_URING_SEEN.get(&tgid) }.is_some() {
+        return 0;
+    }
+    let _ = IO_URING_SEEN.insert(&tgid, &1, 0);
+    match EVENTS.reserve::<IoUringOpenEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            fill_header(ev.cast(), EventKind::IoUringOpen);
+            unsafe {
+                (*ev).opcode = u32::from(opcode);
+                (*ev)._pad = 0;
+            }
+            entry.submit(0);
+        }
+        None => count_lost(),
+    }
+    0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]

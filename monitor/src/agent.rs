@@ -71,7 +71,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     })?;
 
-    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
+    let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
+    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes, &tracefs)?;
+    let io_uring = match probes.io_uring {
+        Some(tp) => format!("io_uring opens reported (io_uring:{tp})"),
+        None => {
+            tracing::warn!(
+                "this kernel has no io_uring submit tracepoint: io_uring opens are not seen"
+            );
+            "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
+        }
+    };
     let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
@@ -101,8 +111,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &mut pipeline,
         AgentStatus::Started,
         format!(
-            "probes attached ({} tracepoints); watching {watched} files",
-            crate::probes::TRACEPOINTS.len() + crate::probes::RAW_TRACEPOINTS.len()
+            "probes attached ({} tracepoints); watching {watched} files; {io_uring}",
+            crate::probes::TRACEPOINTS.len()
+                + crate::probes::RAW_TRACEPOINTS.len()
+                + usize::from(probes.io_uring.is_some())
         ),
         0,
         None,

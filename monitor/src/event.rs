@@ -140,6 +140,15 @@ pub struct EnvironRead {
     pub target: Target,
 }
 
+/// A blind spot stated out loud: this process opens files through io_uring.
+#[derive(Debug, Serialize)]
+pub struct IoUringOpen {
+    pub process: Process,
+    pub identity: Identity,
+    pub opcode: &'static str,
+    pub message: &'static str,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Target {
     pub pid: u32,

@@ -14,8 +14,8 @@ use monitor_common::EventHeader;
 
 use crate::{
     event::{
-        self, Access, EnvSecret, EnvironRead, Event, Host, Process, SecretInArgv, SecretInEnv,
-        SecretRead, Target,
+        self, Access, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process, SecretInArgv,
+        SecretInEnv, SecretRead, Target,
     },
     identity::{Identity, IdentityResolver},
     inventory::Inventory,
@@ -138,6 +138,20 @@ impl Pipeline {
                 self.secret_read(&open.header, id, open.flags, "ok".into())
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
+            KernelEvent::IoUringOpen { header, opcode } => {
+                let (process, identity, _) = self.who(&header);
+                let body = IoUringOpen {
+                    process,
+                    identity,
+                    opcode: if opcode == 28 {
+                        "IORING_OP_OPENAT2"
+                    } else {
+                        "IORING_OP_OPENAT"
+                    },
+                    message: "opens files through io_uring, which the syscall tracepoints do not see: its secret reads may be missing",
+                };
+                self.emit("io_uring_open", header.boot_ns, &body)
+            }
             KernelEvent::EnvironRead { header, target_pid } => {
                 let (process, identity, _) = self.who(&header);
                 let target = Target {

@@ -8,15 +8,35 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 
+use std::path::Path;
+
 use crate::env_names::EnvPattern;
 use monitor_common::{
     COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
-    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, KernelOffsets, OpenEvent,
+    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
+    KernelOffsets, OpenEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// The kernel object, built by build.rs for the BPF target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/secretmon"));
+
+/// The io_uring submit tracepoint, by kernel generation (5.19+, older).
+const IO_URING_TRACEPOINTS: &[&str] = &["io_uring_submit_req", "io_uring_submit_sqe"];
+
+/// The byte offset of `field` in a tracefs `format` description.
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        if name != field {
+            return None;
+        }
+        let off = line.split("offset:").nth(1)?.split(';').next()?;
+        off.trim().parse().ok()
+    })
+}
 
 /// The raw tracepoints of the object: (program name, tracepoint).
 pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
@@ -62,6 +82,8 @@ pub enum ProbeError {
 
 /// The loaded, attached kernel side.
 pub struct Probes {
+    /// The io_uring tracepoint attached, if this kernel has one.
+    pub io_uring: Option<&'static str>,
     // Keeps programs and their links alive: dropping it detaches everything.
     _ebpf: Ebpf,
     watched: HashMap<MapData, FileKey, u32>,
@@ -75,9 +97,22 @@ impl Probes {
     /// Load the object with this kernel's field offsets and attach every
     /// tracepoint. `ring_bytes` overrides the ring buffer size (a power of
     /// two multiple of the page size).
-    pub fn attach(offsets: KernelOffsets, ring_bytes: Option<u32>) -> Result<Self, ProbeError> {
+    pub fn attach(
+        offsets: KernelOffsets,
+        ring_bytes: Option<u32>,
+        tracefs: &Path,
+    ) -> Result<Self, ProbeError> {
+        let io_uring = IO_URING_TRACEPOINTS.iter().find_map(|&name| {
+            let format = tracefs.join("events/io_uring").join(name).join("format");
+            let text = std::fs::read_to_string(format).ok()?;
+            Some((name, field_offset(&text, "opcode")?))
+        });
+        let layout = IoUringLayout {
+            opcode_offset: io_uring.map_or(u32::MAX, |(_, off)| off),
+        };
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
+        loader.override_global("IO_URING", &layout, true);
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -118,6 +153,23 @@ impl Probes {
                 .and_then(|()| program.attach(name).map(drop))
                 .map_err(attach_err)?;
         }
+        if let Some((name, _)) = io_uring {
+            let category = "io_uring";
+            let attach_err = |source| ProbeError::Attach {
+                category,
+                name,
+                source,
+            };
+            let program: &mut TracePoint = ebpf
+                .program_mut("io_uring_submit")
+                .ok_or(ProbeError::MissingProgram("io_uring_submit"))?
+                .try_into()
+                .map_err(attach_err)?;
+            program
+                .load()
+                .and_then(|()| program.attach(category, name).map(drop))
+                .map_err(attach_err)?;
+        }
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let watched_env = take_map(&mut ebpf, "WATCHED_ENV")?;
         let watched_env_suffix = take_map(&mut ebpf, "WATCHED_ENV_SUFFIX")?;
@@ -125,6 +177,7 @@ impl Probes {
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok(Self {
             _ebpf: ebpf,
+            io_uring: io_uring.map(|(name, _)| name),
             watched,
             watched_env,
             watched_env_suffix,
@@ -249,6 +302,10 @@ pub enum KernelEvent {
         header: EventHeader,
         target_pid: u32,
     },
+    IoUringOpen {
+        header: EventHeader,
+        opcode: u32,
+    },
     Exit(EventHeader),
     /// `header` is the parent.
     Fork {
@@ -297,6 +354,13 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
                 dfd: ev.dfd,
                 filename: bounded(&ev.filename, ev.filename_len).to_vec(),
             }))
+        }
+        EventKind::IoUringOpen => {
+            let ev: IoUringOpenEvent = read_record(record)?;
+            Some(KernelEvent::IoUringOpen {
+                header: ev.header,
+                opcode: ev.opcode,
+            })
         }
         EventKind::EnvironRead => {
             let ev: EnvironReadEvent = read_record(record)?;
@@ -443,6 +507,23 @@ mod tests {
             (d.errno, d.dfd, d.filename.as_slice()),
             (13, -100, &b"/etc"[..])
         );
+    }
+
+    #[test]
+    fn tracefs_field_offsets() {
+        let format = "name: io_uring_submit_req
+ID: 2140
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:void * req;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:u8 opcode;\toffset:32;\tsize:1;\tsigned:0;
+\tfield:__data_loc char[] op_str;\toffset:52;\tsize:4;\tsigned:0;
+";
+        assert_eq!(field_offset(format, "opcode"), Some(32));
+        assert_eq!(field_offset(format, "req"), Some(16));
+        assert_eq!(field_offset(format, "op_str"), Some(52));
+        assert_eq!(field_offset(format, "missing"), None);
+        assert_eq!(field_offset("garbage", "opcode"), None);
     }
 
     #[test]

@@ -1,0 +1,327 @@
+//! Kernel capture end to end: every way a process reaches a watched secret
+//! is seen, with real programs. Root only; without root each test says why
+//! and returns.
+
+mod support;
+
+use std::{
+    cell::Cell,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{Agent, PLANTED, assert_no_planted, can_load_probes, plant_secret, which};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn run_ok(cmd: &mut Command) -> u32 {
+    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed");
+    pid
+}
+
+fn is_read_by(v: &Value, pid: u32) -> bool {
+    v["kind"] == "secret_read" && v["process"]["pid"] == pid
+}
+
+#[test]
+fn every_path_form_reaches_the_same_secret() {
+    if !can_load_probes("every_path_form_reaches_the_same_secret") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let shown = secret.to_str().unwrap();
+    let mut agent = Agent::start(&["--watch", shown]);
+
+    // Relative to the cwd.
+    let pid = run_ok(
+        Command::new("cat")
+            .current_dir(dir.path())
+            .arg(".aws/credentials"),
+    );
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], shown);
+
+    // Relative to a directory fd (openat with a real dirfd).
+    let script = "import os,sys\nd=os.open(sys.argv[1], os.O_RDONLY)\nos.close(os.open('credentials', os.O_RDONLY, dir_fd=d))";
+    let pid = run_ok(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(dir.path().join(".aws")),
+    );
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], shown);
+
+    // Through a symlink and through a hardlink.
+    let link = dir.path().join("innocent-looking");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let pid = run_ok(Command::new("cat").arg(&link));
+    agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    let hard = dir.path().join("hardlink");
+    std::fs::hard_link(&secret, &hard).unwrap();
+    let pid = run_ok(Command::new("cat").arg(&hard));
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], shown, "reported by the watched path");
+
+    // Through a bind mount in another mount namespace.
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let sh = format!(
+        "mount --bind {} {} && exec cat {}/.aws/credentials",
+        dir.path().display(),
+        mnt.display(),
+        mnt.display()
+    );
+    let pid = run_ok(Command::new("unshare").args(["-m", "sh", "-c", &sh]));
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], shown);
+
+    // A renamed copy of a binary is reported as what it is.
+    let kitty = dir.path().join("kitty");
+    std::fs::copy(which("cat"), &kitty).unwrap();
+    let pid = run_ok(Command::new(&kitty).arg(&secret));
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["process"]["exe"], kitty.to_str().unwrap());
+    assert_eq!(ev["process"]["comm"], "kitty");
+
+    let (code, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
+}
+
+#[test]
+fn a_burst_of_reads_is_counted_exactly() {
+    if !can_load_probes("a_burst_of_reads_is_counted_exactly") {
+        return;
+    }
+    const READS: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    let script = format!(
+        "import os,sys\nfor _ in range({READS}):\n    os.close(os.open(sys.argv[1], os.O_RDONLY))"
+    );
+    let pid = run_ok(Command::new("python3").args(["-c", &script]).arg(&secret));
+    let counted = Cell::new(0u64);
+    agent.wait_for(Duration::from_secs(60), |v| {
+        if is_read_by(v, pid) {
+            counted.set(counted.get() + v["access"]["count"].as_u64().unwrap());
+        }
+        counted.get() >= READS
+    });
+    let (code, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{stderr}");
+    // Nothing was lost, and nothing more arrived after the total.
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["kind"] == "agent" {
+            assert_eq!(v["lost"], 0, "{line}");
+        }
+    }
+    let total: u64 = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| is_read_by(v, pid))
+        .map(|v| v["access"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, READS);
+    assert!(
+        lines.len() < 200,
+        "{} lines: reads were not folded",
+        lines.len()
+    );
+}
+
+#[test]
+fn a_denied_open_is_reported_with_its_errno() {
+    if !can_load_probes("a_denied_open_is_reported_with_its_errno") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    let child = Command::new("cat")
+        .arg(&secret)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(!child.wait_with_output().unwrap().status.success());
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["access"]["result"], "EACCES");
+    assert_eq!(ev["access"]["flags"][0], "O_RDONLY");
+    assert_eq!(ev["process"]["uid"], 65534);
+    assert_eq!(ev["secret"]["path"], secret.to_str().unwrap());
+    agent.stop(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn secret_env_names_are_reported_and_values_never() {
+    if !can_load_probes("secret_env_names_are_reported_and_values_never") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    let pid = run_ok(
+        Command::new("true")
+            .env("GITHUB_TOKEN", PLANTED)
+            .env("BILLING_SERVICE_API_KEY", PLANTED)
+            .env("HARMLESS_SETTING", PLANTED),
+    );
+    let names = std::cell::RefCell::new(Vec::new());
+    agent.wait_for(WAIT, |v| {
+        if v["kind"] == "secret_in_env" && v["process"]["pid"] == pid {
+            names
+                .borrow_mut()
+                .push(v["secret"]["env_name"].as_str().unwrap().to_string());
+        }
+        names.borrow().len() == 2
+    });
+    let mut names = names.into_inner();
+    names.sort();
+    assert_eq!(names, ["BILLING_SERVICE_API_KEY", "GITHUB_TOKEN"]);
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    let all = lines.join("\n");
+    assert!(
+        !all.contains("HARMLESS_SETTING"),
+        "an unwatched name was reported"
+    );
+    assert_no_planted(&[&all, &stderr]);
+}
+
+#[test]
+fn a_token_on_a_command_line_is_reported_redacted() {
+    if !can_load_probes("a_token_on_a_command_line_is_reported_redacted") {
+        return;
+    }
+    let token = "ghp_FAKEfakeFAKEfakeFAKEfakeFAKEfake9999";
+    let mut agent = Agent::start(&[]);
+    let pid =
+        run_ok(Command::new("true").args(["--header", &format!("Authorization: token {token}")]));
+    let ev = agent.wait_for(WAIT, |v| {
+        v["kind"] == "secret_in_argv" && v["process"]["pid"] == pid
+    });
+    assert_eq!(ev["secret"]["kind"], "github_token");
+    assert_eq!(ev["secret"]["match"], "ghp_…");
+    assert_eq!(ev["process"]["args"][2], "Authorization: token ghp_…");
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(!lines.join("\n").contains(token) && !stderr.contains(token));
+}
+
+#[test]
+fn reading_another_process_environ_is_reported() {
+    if !can_load_probes("reading_another_process_environ_is_reported") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let target_pid = target.id();
+    let environ = format!("/proc/{target_pid}/environ");
+    let pid = run_ok(Command::new("cat").arg(&environ));
+    // Reading one's own environment is not reported.
+    let own = run_ok(Command::new("cat").arg("/proc/self/environ"));
+    let ev = agent.wait_for(WAIT, |v| {
+        v["kind"] == "environ_read" && v["process"]["pid"] == pid
+    });
+    assert_eq!(ev["target"]["pid"], target_pid);
+    assert_eq!(ev["target"]["exe"], which("sleep").to_str().unwrap());
+    target.kill().unwrap();
+    target.wait().unwrap();
+    let (_, lines, _) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("environ_read") && l.contains(&format!("\"pid\":{own},"))),
+        "own environ reported"
+    );
+}
+
+#[test]
+fn a_process_gone_before_its_event_is_read_keeps_its_exe() {
+    if !can_load_probes("a_process_gone_before_its_event_is_read_keeps_its_exe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    agent.pause();
+    let pid = run_ok(Command::new("cat").arg(&secret));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "reaped");
+    agent.resume();
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    let exe = which("cat");
+    assert_eq!(ev["process"]["exe"], exe.to_str().unwrap());
+    assert_eq!(ev["identity"]["id"], format!("user:root:{}", exe.display()));
+    agent.stop(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn overflow_of_a_tiny_ring_buffer_is_reported_as_lost() {
+    if !can_load_probes("overflow_of_a_tiny_ring_buffer_is_reported_as_lost") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&[
+        "--watch",
+        secret.to_str().unwrap(),
+        "--ring-buffer-size",
+        "4096",
+    ]);
+    // Frozen, the agent drains nothing: 2,000 reads cannot fit in 4 KiB.
+    agent.pause();
+    let script =
+        "import os,sys\nfor _ in range(2000):\n    os.close(os.open(sys.argv[1], os.O_RDONLY))";
+    run_ok(Command::new("python3").args(["-c", script]).arg(&secret));
+    agent.resume();
+    let ev = agent.wait_for(WAIT, |v| v["kind"] == "agent" && v["status"] == "lost");
+    assert!(ev["lost"].as_u64().unwrap() > 0, "{ev}");
+    let (code, lines, _) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert!(
+        last["lost"].as_u64().unwrap() > 0,
+        "the stop event carries the total"
+    );
+}
+
+#[test]
+fn io_uring_opens_are_a_stated_blind_spot() {
+    if !can_load_probes("io_uring_opens_are_a_stated_blind_spot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    // This test process opens the secret through io_uring itself.
+    let path = std::ffi::CString::new(secret.to_str().unwrap()).unwrap();
+    let mut ring = io_uring::IoUring::new(8).expect("io_uring is enabled here");
+    let open = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build();
+    // SAFETY: `path` outlives the request, which completes before it drops.
+    unsafe { ring.submission().push(&open).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let fd = ring.completion().next().unwrap().result();
+    assert!(fd >= 0, "io_uring open failed: {fd}");
+    // SAFETY: the fd was just opened by the ring and is ours.
+    unsafe { libc::close(fd) };
+    let ev = agent.wait_for(WAIT, |v| v["kind"] == "io_uring_open");
+    assert_eq!(ev["process"]["pid"], std::process::id());
+    assert_eq!(ev["opcode"], "IORING_OP_OPENAT");
+    agent.stop(nix::sys::signal::Signal::SIGTERM);
+}
