@@ -11,16 +11,24 @@ use crate::{
     env_names,
     event::{Agent, AgentStatus, Event, Host},
     identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    inventory::{
+        self, Inventory, InventoryChange, catalog::Catalog, listing, scan::Scanner,
+        settings::Settings, sync::Follower,
+    },
     offsets,
     pipeline::Pipeline,
     preflight,
     probes::Probes,
     sink::Sink,
-    watch::WatchList,
 };
+
+/// Inventory changes queued between the sync task and the agent.
+const CHANGES_QUEUE: usize = 1024;
 
 pub struct RunOptions {
     pub watch: Vec<PathBuf>,
+    pub state: PathBuf,
+    pub inventory: Settings,
     pub env_names: Vec<String>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
@@ -39,18 +47,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_else(|e| {
-        tracing::warn!("cannot read /etc/passwd ({e}); the catalog covers no home");
-        String::new()
-    });
-    let watch = WatchList::build(&passwd, &opts.watch)?;
+    let user = inventory::user_paths(&opts.watch)?;
+    let catalog = Catalog::new(&opts.inventory)?;
     let env_patterns = env_names::watch_list(&opts.env_names)?;
-    if watch.skipped > 0 {
-        tracing::warn!(
-            "{} catalog entries could not be read and are not watched",
-            watch.skipped
-        );
-    }
+    let key = listing::load_key(&opts.inventory, &opts.state)?;
+    let scanner = Scanner::new(
+        std::path::Path::new("/"),
+        catalog,
+        user,
+        key,
+        opts.inventory.limits(),
+        opts.inventory.policy(),
+    );
+    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(opts.output.as_deref()).with_context(|| {
         format!(
             "cannot open --output {}",
@@ -72,9 +82,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    for file in watch.files() {
-        probes.watch(file.key, file.id)?;
+    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
+    if sync.unwatched > 0 {
+        tracing::warn!(
+            "{} directories cannot be watched for new or rotated secrets",
+            sync.unwatched
+        );
     }
+    tracing::debug!("following {} directories", sync.watched());
+    let watch = Inventory::new(records);
+    for record in watch.records() {
+        probes.watch(record.key, record.slot)?;
+    }
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
+    tokio::spawn(sync.run(changes_tx));
     for pattern in &env_patterns {
         probes.watch_env(pattern)?;
     }
@@ -82,7 +103,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = watch.files().len();
+    let watched = watch.len();
     let identities = IdentityResolver::for_host(naming, opts.identity);
     let mut pipeline = Pipeline::new(watch, host, identities, sink)?;
     tracing::info!("watching {watched} files");
@@ -112,6 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
+            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
             _ = tick.tick() => {
                 pipeline.flush_folds().context("writing events")?;
                 pipeline.sink.flush()?;
@@ -148,6 +170,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     pipeline.sink.flush()?;
     Ok(())
+}
+
+/// Follow a created, rotated or removed secret: watch its new inode before
+/// unwatching the old one. A full map only loses that one file.
+fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
+    let edit = pipeline.watch.apply(change);
+    if let Some((key, slot)) = edit.add
+        && let Err(e) = probes.watch(key, slot)
+    {
+        tracing::warn!("cannot watch a new secret: {}", crate::error_text(&e));
+    }
+    if let Some(key) = edit.remove
+        && let Err(e) = probes.unwatch(&key)
+    {
+        tracing::warn!("cannot unwatch a removed secret: {}", crate::error_text(&e));
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> anyhow::Result<()> {

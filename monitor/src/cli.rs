@@ -23,13 +23,25 @@ pub struct Cli {
 pub enum Command {
     /// Attach the probes and print events as JSON lines until SIGINT/SIGTERM.
     ///
-    /// Watches the built-in catalog (~/.aws/credentials, ~/.ssh/id_*,
-    /// ~/.kube/config, ~/.docker/config.json, ~/.netrc, ~/.pgpass,
-    /// ~/.git-credentials for every home in /etc/passwd, and
-    /// /var/run/secrets/**/token) plus every --watch path. Prints an `agent`
+    /// Watches every secret `secretmon inventory` finds plus every --watch
+    /// path, and follows them as they are created, rotated and removed.
+    /// Prints an `agent`
     /// event with status "started" once the probes are attached, and one with
     /// "stopped" after draining the ring buffer on exit. Needs root.
     Run(RunArgs),
+    /// Scan once for secrets and print what they are and whether they are
+    /// static.
+    ///
+    /// Looks in every home in /etc/passwd and /root (cloud, kube, docker,
+    /// registry and tool credentials, SSH and PEM keys, .env files), /etc,
+    /// /var/run/secrets, /run/secrets and the kubelet's pod volumes, plus the
+    /// config's `[inventory]` globs. Prints a table (PATH TYPE LIFETIME AGE
+    /// MODE HINT), or with --json one JSON object per line with id, path,
+    /// type, lifetime, reason, fingerprint, hint, expires, uid, gid, mode,
+    /// size, mtime, dev and ino. Never prints a value: fingerprints are
+    /// HMAC-SHA256 with this host's key (or the fleet key), hints at most a
+    /// safe prefix such as `AKIA…`. A summary goes to stderr.
+    Inventory(InventoryArgs),
     /// Report what this kernel supports, what is missing, and how to fix it.
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
@@ -51,6 +63,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 
+    /// Keep state (the fingerprint key) here.
+    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+
     /// SPIFFE trust domain of identities [default: the host name].
     #[arg(long, value_name = "DOMAIN")]
     pub trust_domain: Option<String>,
@@ -61,6 +77,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InventoryArgs {
+    /// One JSON object per secret per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Scan the filesystem under DIR (a mounted image, a fixture tree)
+    /// instead of /; paths are shown relative to it.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Read the fingerprint key from here (made on first use). When it
+    /// cannot be written, a one-time key is used and stderr says so.
+    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+
+    /// Read settings (the `[inventory]` section) from this TOML file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

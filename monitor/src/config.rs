@@ -14,6 +14,8 @@ pub struct Config {
     pub trust_domain: Option<String>,
     /// Extra files or directories to watch, as `--watch` does.
     pub watch: Vec<PathBuf>,
+    /// Catalog extensions, scan limits, fingerprint key, lifetime policy.
+    pub inventory: crate::inventory::settings::Settings,
     /// Extra environment variable names to report at exec: `NAME` or
     /// `*_SUFFIX`, added to the built-in list.
     pub env_names: Vec<String>,

@@ -7,7 +7,7 @@ use crate::{
     identity::{CacheStats, Identity},
     process::Ancestor,
     redact::ArgSecret,
-    secret::SecretType,
+    secret::{Lifetime, SecretType},
 };
 
 pub const SCHEMA: &str = "secretmon/v1";
@@ -95,6 +95,12 @@ pub struct Secret {
     pub container_path: Option<String>,
     #[serde(rename = "type")]
     pub secret_type: SecretType,
+    /// `hmac-sha256:` and a hex prefix: keyed, so it reveals nothing.
+    pub fingerprint: String,
+    pub lifetime: Lifetime,
+    /// A safe prefix or label such as `AKIA…`, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

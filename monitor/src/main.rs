@@ -1,6 +1,6 @@
 //! secretmon: an eBPF monitor of static-secret use.
 //!
-//! Pipeline: `probes` (kernel) → `pipeline` (process table, watch list,
+//! Pipeline: `probes` (kernel) → `pipeline` (process table, inventory,
 //! identity) → `sink` (JSON lines). `agent` drives it; `check` reports what
 //! the kernel supports.
 
@@ -11,6 +11,7 @@ mod config;
 mod env_names;
 mod event;
 mod identity;
+mod inventory;
 mod offsets;
 mod pipeline;
 mod preflight;
@@ -19,7 +20,6 @@ mod process;
 mod redact;
 mod secret;
 mod sink;
-mod watch;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
@@ -126,12 +126,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watch.extend(args.watch);
             rt.block_on(agent::run(agent::RunOptions {
                 watch,
+                state: args.state,
+                inventory: config.inventory,
                 env_names: config.env_names,
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 trust_domain: args.trust_domain.or(config.trust_domain),
                 identity: config.identity,
             }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory(args) => {
+            let config = config::Config::load(args.config.as_deref())?;
+            inventory::listing::run(inventory::listing::Options {
+                json: args.json,
+                root: args.root,
+                state: args.state,
+                settings: config.inventory,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

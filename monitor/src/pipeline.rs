@@ -14,16 +14,16 @@ use monitor_common::EventHeader;
 
 use crate::{
     event::{
-        self, Access, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process, Secret,
-        SecretInArgv, SecretInEnv, SecretRead, Target,
+        self, Access, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process, SecretInArgv,
+        SecretInEnv, SecretRead, Target,
     },
     identity::{Identity, IdentityResolver},
+    inventory::Inventory,
     probes::{DeniedOpen, Exec, KernelEvent},
     process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
     sink::Sink,
-    watch::WatchList,
 };
 
 /// Ancestors listed on each event, parent first.
@@ -72,7 +72,7 @@ pub struct Stats {
 type FoldKey = (u32, u32, String);
 
 pub struct Pipeline {
-    pub watch: WatchList,
+    pub watch: Inventory,
     pub procs: ProcessTable,
     pub host: Host,
     pub identities: IdentityResolver,
@@ -88,7 +88,7 @@ const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
     pub fn new(
-        watch: WatchList,
+        watch: Inventory,
         host: Host,
         identities: IdentityResolver,
         sink: Sink,
@@ -127,10 +127,14 @@ impl Pipeline {
             KernelEvent::Open(open) => {
                 // An id the watch list no longer has (a race with a later
                 // update) is not attributable: skip it rather than guess.
-                let Some(id) = self.watch.get(&open.key).map(|f| f.id) else {
+                let Some(id) = self.watch.get(&open.key).map(|f| f.slot) else {
                     self.stats.malformed += 1;
                     return Ok(());
                 };
+                // The agent fingerprinting a rotated file is not a workload.
+                if open.header.pid == std::process::id() {
+                    return Ok(());
+                }
                 self.secret_read(&open.header, id, open.flags, "ok".into())
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
@@ -212,7 +216,7 @@ impl Pipeline {
             self.stats.denied_unresolved += 1;
             return Ok(());
         };
-        let Some(id) = self.watch.lookup_path(&path).map(|f| f.id) else {
+        let Some(id) = self.watch.lookup_path(&path).map(|f| f.slot) else {
             return Ok(());
         };
         self.secret_read(&d.header, id, d.flags, errno_name(d.errno))
@@ -231,16 +235,11 @@ impl Pipeline {
             pending.access.count += 1;
             return Ok(());
         }
-        let Some(file) = self.watch.by_id(file_id) else {
+        let Some(file) = self.watch.by_slot(file_id) else {
             return Ok(());
         };
         let path = file.path.clone();
-        let mut secret = Secret {
-            id: file.secret_id.clone(),
-            path: file.path.to_string_lossy().into_owned(),
-            container_path: None,
-            secret_type: file.secret_type,
-        };
+        let mut secret = file.event_secret();
         let (process, identity, info) = self.who(h);
         secret.container_path = self.identities.container_path(&info, &path);
         let body = SecretRead {
@@ -329,10 +328,7 @@ const AT_FDCWD: i32 = -100;
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        path::PathBuf,
-        sync::{Arc, Mutex},
-    };
+    use std::sync::{Arc, Mutex};
 
     use monitor_common::{
         ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
@@ -406,8 +402,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("credentials");
         std::fs::write(&secret, "not-a-real-secret").unwrap();
-        let watch = WatchList::build("", &[PathBuf::from(&secret)]).unwrap();
-        let key = watch.files()[0].key;
+        let record = crate::inventory::test_record(&secret, 77);
+        let key = record.key;
+        let watch = Inventory::new(vec![record]);
         let out = Shared::default();
         let identities = IdentityResolver::new(
             Naming::new(Some("td"), "h").unwrap(),
@@ -478,6 +475,8 @@ mod tests {
         assert_eq!(v["process"]["user"], "root");
         assert_eq!(v["identity"]["id"], "user:root:/usr/bin/cat");
         assert_eq!(v["secret"]["path"], secret.to_str().unwrap());
+        assert_eq!(v["secret"]["fingerprint"], "hmac-sha256:0123456789abcdef");
+        assert_eq!(v["secret"]["lifetime"], "unknown");
         assert_eq!(v["access"]["result"], "ok");
         assert_eq!(v["access"]["count"], 2, "two reads fold into one event");
         assert!(!text.contains("not-a-real-secret"));

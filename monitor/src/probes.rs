@@ -196,6 +196,14 @@ impl Probes {
             })
     }
 
+    /// Stop reporting opens of `key` (a deleted or rotated-away file).
+    pub fn unwatch(&mut self, key: &FileKey) -> Result<(), ProbeError> {
+        self.watched.remove(key).map_err(|source| ProbeError::Map {
+            name: "WATCHED",
+            source,
+        })
+    }
+
     /// Report the *name* of environment variable `name` at exec: an exact
     /// name, or `*_SUFFIX` for every name ending in `_SUFFIX` (one or two
     /// `_`-separated words). Names that do not fit the kernel's fixed

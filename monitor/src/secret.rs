@@ -1,50 +1,90 @@
-//! What a watched file is: its type, from where it lives, and a stable id.
+//! The vocabulary of secrets shared by the inventory and the events: what
+//! a secret is, how long it lives, and its stable id.
 
-use std::path::Path;
+use std::{fmt, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The design's secret types, as they appear in `secret.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The design's secret types, as they appear in `secret.type` and in the
+/// catalog's `type = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretType {
     AwsCredentials,
+    GcpCredentials,
+    AzureTokenCache,
     SshPrivateKey,
     Kubeconfig,
     DockerAuth,
     Netrc,
     Pgpass,
+    MysqlCnf,
     GitCredentials,
+    Npmrc,
+    Pypirc,
+    CargoCredentials,
+    TerraformCredentials,
+    VaultToken,
     K8sSaToken,
+    SpiffeSvid,
     EnvFile,
     PrivateKey,
+    Pkcs12,
     Generic,
 }
 
-/// Classify by location and name alone; content-based classification is the
-/// inventory's job.
-pub fn classify_path(path: &Path) -> SecretType {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let parent = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    match (parent, name) {
-        (".aws", "credentials") => SecretType::AwsCredentials,
-        (".ssh", n) if n.starts_with("id_") && !n.ends_with(".pub") => SecretType::SshPrivateKey,
-        (".kube", "config") => SecretType::Kubeconfig,
-        (".docker", "config.json") => SecretType::DockerAuth,
-        (_, ".netrc") => SecretType::Netrc,
-        (_, ".pgpass") => SecretType::Pgpass,
-        (_, ".git-credentials") => SecretType::GitCredentials,
-        (_, "token") if path.components().any(|c| c.as_os_str() == "serviceaccount") => {
-            SecretType::K8sSaToken
+impl SecretType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwsCredentials => "aws_credentials",
+            Self::GcpCredentials => "gcp_credentials",
+            Self::AzureTokenCache => "azure_token_cache",
+            Self::SshPrivateKey => "ssh_private_key",
+            Self::Kubeconfig => "kubeconfig",
+            Self::DockerAuth => "docker_auth",
+            Self::Netrc => "netrc",
+            Self::Pgpass => "pgpass",
+            Self::MysqlCnf => "mysql_cnf",
+            Self::GitCredentials => "git_credentials",
+            Self::Npmrc => "npmrc",
+            Self::Pypirc => "pypirc",
+            Self::CargoCredentials => "cargo_credentials",
+            Self::TerraformCredentials => "terraform_credentials",
+            Self::VaultToken => "vault_token",
+            Self::K8sSaToken => "k8s_sa_token",
+            Self::SpiffeSvid => "spiffe_svid",
+            Self::EnvFile => "env_file",
+            Self::PrivateKey => "private_key",
+            Self::Pkcs12 => "pkcs12",
+            Self::Generic => "generic",
         }
-        (_, ".env") => SecretType::EnvFile,
-        (_, n) if n.ends_with(".pem") || n.ends_with(".key") => SecretType::PrivateKey,
-        _ => SecretType::Generic,
+    }
+}
+
+impl fmt::Display for SecretType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a secret is long-lived (`static`), rotated or short-lived by
+/// construction (`dynamic`), or neither is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifetime {
+    Static,
+    Dynamic,
+    Unknown,
+}
+
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Static => "static",
+            Self::Dynamic => "dynamic",
+            Self::Unknown => "unknown",
+        })
     }
 }
 
@@ -60,29 +100,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_the_builtin_catalog() {
-        let cases = [
-            ("/home/ana/.aws/credentials", SecretType::AwsCredentials),
-            ("/root/.ssh/id_ed25519", SecretType::SshPrivateKey),
-            ("/root/.ssh/id_rsa", SecretType::SshPrivateKey),
-            ("/root/.ssh/id_ed25519.pub", SecretType::Generic),
-            ("/home/ana/.kube/config", SecretType::Kubeconfig),
-            ("/home/ana/.docker/config.json", SecretType::DockerAuth),
-            ("/home/ana/.netrc", SecretType::Netrc),
-            ("/var/lib/postgresql/.pgpass", SecretType::Pgpass),
-            ("/home/ana/.git-credentials", SecretType::GitCredentials),
-            (
-                "/var/run/secrets/kubernetes.io/serviceaccount/token",
-                SecretType::K8sSaToken,
-            ),
-            ("/srv/app/.env", SecretType::EnvFile),
-            ("/etc/ssl/private/server.key", SecretType::PrivateKey),
-            ("/etc/ssl/private/server.pem", SecretType::PrivateKey),
-            ("/srv/app/api-token.txt", SecretType::Generic),
-            ("/", SecretType::Generic),
-        ];
-        for (path, want) in cases {
-            assert_eq!(classify_path(Path::new(path)), want, "{path}");
+    fn names_match_serde() {
+        use SecretType::*;
+        for t in [
+            AwsCredentials,
+            GcpCredentials,
+            AzureTokenCache,
+            SshPrivateKey,
+            Kubeconfig,
+            DockerAuth,
+            Netrc,
+            Pgpass,
+            MysqlCnf,
+            GitCredentials,
+            Npmrc,
+            Pypirc,
+            CargoCredentials,
+            TerraformCredentials,
+            VaultToken,
+            K8sSaToken,
+            SpiffeSvid,
+            EnvFile,
+            PrivateKey,
+            Pkcs12,
+            Generic,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        for l in [Lifetime::Static, Lifetime::Dynamic, Lifetime::Unknown] {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.to_string());
         }
     }
 

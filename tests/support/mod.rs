@@ -43,9 +43,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `secretmon run ARGS` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -80,25 +86,30 @@ impl Agent {
 
     /// The first new event matching `pred`, or a failure with what was seen.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.try_wait_for(timeout, pred).unwrap_or_else(|| {
+            let status = self.child.try_wait().ok().flatten();
+            panic!(
+                "no matching event within {timeout:?} (agent exit: {status:?}); seen:\n{}",
+                self.seen.join("\n")
+            )
+        })
+    }
+
+    /// The first new event matching `pred` within `timeout`, if any.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    let v: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(_) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!(
-                        "no matching event within {timeout:?} (agent exit: {status:?}); seen:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if pred(&v) {
+                return Some(v);
             }
         }
     }
