@@ -173,7 +173,9 @@ fn count_reads(out: &Path) -> Result<(u64, u64)> {
 /// flat output, so a full parser is not needed here.
 fn json_u64(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -246,12 +248,12 @@ struct AuditRule {
 
 impl AuditRule {
     fn add(path: &Path) -> Result<Self> {
-        cargo::run(
-            Command::new("auditctl")
-                .args(["-w"])
-                .arg(path)
-                .args(["-p", "r", "-k", "secretmon-bench"]),
-        )?;
+        cargo::run(Command::new("auditctl").args(["-w"]).arg(path).args([
+            "-p",
+            "r",
+            "-k",
+            "secretmon-bench",
+        ]))?;
         Ok(Self {
             path: path.to_path_buf(),
         })
