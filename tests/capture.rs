@@ -325,3 +325,63 @@ fn io_uring_opens_are_a_stated_blind_spot() {
     assert_eq!(ev["opcode"], "IORING_OP_OPENAT");
     agent.stop(nix::sys::signal::Signal::SIGTERM);
 }
+
+#[test]
+fn name_rules_find_credential_files_the_inventory_did_not_know() {
+    if !can_load_probes("name_rules_find_credential_files_the_inventory_did_not_know") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    // Created after the agent started, in a place no catalog scan covers.
+    let dir = tempfile::tempdir().unwrap();
+    let aws = dir.path().join("app/.aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let creds = aws.join("credentials");
+    std::fs::write(
+        &creds,
+        format!("[default]\naws_access_key_id = AKIAFAKEFAKEFAKE0000\naws_secret_access_key = {PLANTED}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("app/.ssh")).unwrap();
+    let public = dir.path().join("app/.ssh/id_ed25519.pub");
+    std::fs::write(&public, "ssh-ed25519 AAAAC3NzaFAKE user@host\n").unwrap();
+    let bundle = dir.path().join("ca-bundle.pem");
+    std::fs::write(
+        &bundle,
+        "-----BEGIN CERTIFICATE-----\nMIIFAKE\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+
+    // A relative open: the kernel walks the real path from the file.
+    let pid = run_ok(
+        Command::new("cat")
+            .current_dir(dir.path().join("app"))
+            .arg(".aws/credentials"),
+    );
+    let first = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(first["secret"]["path"], creds.to_str().unwrap());
+    assert_eq!(first["secret"]["type"], "aws_credentials");
+    assert!(
+        first["secret"]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:")
+    );
+
+    // Inventoried now: the next read is matched by inode, with the same id.
+    let pid2 = run_ok(Command::new("cat").arg(&creds));
+    let second = agent.wait_for(WAIT, |v| is_read_by(v, pid2));
+    assert_eq!(second["secret"]["id"], first["secret"]["id"]);
+
+    // A certificate named *.pem and a public key are not secrets.
+    let pid3 = run_ok(Command::new("cat").arg(&bundle).arg(&public));
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        !lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| is_read_by(&v, pid3)),
+        "a non-secret was reported"
+    );
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
+}

@@ -37,6 +37,9 @@ pub enum EventKind {
     /// A process submitted an io_uring open, which the syscall tracepoints
     /// do not see: [`IoUringOpenEvent`]. Once per process.
     IoUringOpen = 7,
+    /// A successful open of a file not in the watch map whose name matches
+    /// a credential-file rule: [`NameRuleOpenEvent`].
+    NameRuleOpen = 8,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             5 => Some(Self::DeniedOpen),
             6 => Some(Self::EnvironRead),
             7 => Some(Self::IoUringOpen),
+            8 => Some(Self::NameRuleOpen),
             _ => None,
         }
     }
@@ -133,6 +137,72 @@ pub struct EnvironReadEvent {
     pub _pad: u32,
 }
 
+/// Bytes of a basename a name rule sees (NUL included); longer names match
+/// no exact or prefix rule.
+pub const RULE_NAME_LEN: usize = 32;
+/// Bytes of a parent directory name a rule can require (NUL included).
+pub const RULE_PARENT_LEN: usize = 16;
+/// Suffix rules (`*.pem`), at most, each at most 8 bytes.
+pub const SUFFIX_RULES_MAX: usize = 8;
+/// Path components a name-rule event carries, innermost first.
+pub const PATH_COMPONENTS: usize = 16;
+/// Bytes kept of one path component (NUL included).
+pub const COMPONENT_LEN: usize = 32;
+
+/// What a name rule requires besides the name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameRule {
+    /// The agent's rule number, reported back.
+    pub id: u32,
+    /// Bytes of `not_suffix` used; 0 for none.
+    pub not_suffix_len: u32,
+    /// The parent directory's name, NUL-padded; all zero for any.
+    pub parent: [u8; RULE_PARENT_LEN],
+    /// Names ending so are excluded (`.pub` for `id_*`).
+    pub not_suffix: [u8; 8],
+}
+
+/// A `*SUFFIX` rule: names whose last `len` bytes are `bytes[..len]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SuffixRule {
+    /// 0 marks an unused slot.
+    pub len: u32,
+    pub id: u32,
+    pub bytes: [u8; 8],
+}
+
+/// The suffix rules and the first bytes the exact/prefix rules start with:
+/// cheap tests that spare most opens the full name lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameFilter {
+    /// Bit `b` of word `b / 64`: some exact/prefix rule starts with byte `b`.
+    pub first_bytes: [u64; 4],
+    pub suffixes: [SuffixRule; SUFFIX_RULES_MAX],
+}
+
+/// A name-rule match, with the path walked in the kernel from the opened
+/// file up to its mount namespace's root: race-free, whatever the process
+/// does next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NameRuleOpenEvent {
+    pub header: EventHeader,
+    pub key: FileKey,
+    pub flags: u32,
+    pub ret: i32,
+    pub rule: u32,
+    /// Components used in `components`.
+    pub depth: u32,
+    /// 1 when the walk did not reach the root or a name was cut.
+    pub truncated: u32,
+    pub _pad: u32,
+    /// Innermost (the file's own name) first, each NUL-terminated.
+    pub components: [[u8; COMPONENT_LEN]; PATH_COMPONENTS],
+}
+
 /// The first io_uring open request (`IORING_OP_OPENAT`/`OPENAT2`) of a process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -176,6 +246,10 @@ pub struct ExecEvent {
     /// NUL-padded names.
     pub env_names: [[u8; ENV_NAME_LEN]; ENV_NAMES_MAX],
 }
+
+/// Watch-map value of a file known not to be a secret (a certificate named
+/// `*.pem`): the kernel ignores its opens instead of asking again.
+pub const IGNORED_SLOT: u32 = u32::MAX;
 
 /// Key of the watch map: a file as the kernel sees it.
 ///
@@ -229,6 +303,13 @@ pub struct KernelOffsets {
     pub mm_arg_end: u32,
     pub mm_env_start: u32,
     pub mm_env_end: u32,
+    /// `file.f_path` + `path.mnt`.
+    pub file_vfsmount: u32,
+    pub vfsmount_mnt_root: u32,
+    /// Where `struct vfsmount` sits inside `struct mount`.
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
 }
 
 #[cfg(feature = "user")]
@@ -238,4 +319,6 @@ mod pod {
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::IoUringLayout {}
+    unsafe impl aya::Pod for super::NameRule {}
+    unsafe impl aya::Pod for super::NameFilter {}
 }

@@ -16,13 +16,18 @@ use aya_ebpf::{
         },
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        HashMap, LruHashMap, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{RawTracePointContext, TracePointContext},
 };
 use monitor_common::{
-    ARGS_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
-    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
-    KernelOffsets, NO_OFFSET, OpenEvent, UNSET_LOGINUID,
+    ARGS_LEN, COMPONENT_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
+    EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IGNORED_SLOT,
+    IoUringLayout, IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule,
+    NameRuleOpenEvent, OpenEvent, PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN,
+    SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID,
 };
 
 /// Field offsets from the running kernel's BTF, written by the agent.
@@ -56,7 +61,34 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mm_arg_end: 0,
     mm_env_start: 0,
     mm_env_end: 0,
+    file_vfsmount: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
 });
+
+/// The cheap pre-tests of the name rules, written by the agent.
+#[unsafe(no_mangle)]
+static NAME_FILTER: Global<NameFilter> = Global::new(NameFilter {
+    first_bytes: [0; 4],
+    suffixes: [SuffixRule {
+        len: 0,
+        id: 0,
+        bytes: [0; 8],
+    }; SUFFIX_RULES_MAX],
+});
+
+/// Exact (`credentials`) and prefix (`id_`) name rules. Filled by the agent.
+#[map]
+static NAME_RULES: LpmTrie<[u8; RULE_NAME_LEN], NameRule> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Per-CPU room to build a name-rule event's path before reserving it.
+#[map]
+static NAME_SCRATCH: PerCpuArray<[u8; RULE_NAME_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Offset of `opcode` in the io_uring submit tracepoint, written by the agent.
 #[unsafe(no_mangle)]
@@ -325,12 +357,16 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let inode: u64 = unsafe { read(file + off.file_f_inode as u64) }?;
     let sb: u64 = unsafe { read(inode + off.inode_i_sb as u64) }?;
     let key = unsafe { inode_key(&off, inode, sb) }?;
-    if unsafe { WATCHED.get(&key) }.is_none() {
+    let watched = unsafe { WATCHED.get(&key) }.copied();
+    if watched == Some(IGNORED_SLOT) {
+        return Ok(());
+    }
+    if watched.is_none() {
         let magic: u64 = unsafe { read(sb + off.sb_s_magic as u64) }?;
         if magic == PROC_SUPER_MAGIC {
             return unsafe { proc_open(&off, file) };
         }
-        return Ok(());
+        return unsafe { name_rule_open(&off, file, key, ret) };
     }
     let flags: u32 = unsafe { read(file + off.file_f_flags as u64) }?;
     match EVENTS.reserve::<OpenEvent>(0) {
@@ -347,6 +383,157 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         None => count_lost(),
     }
     Ok(())
+}
+
+/// A successful open of an unwatched file: does its name match a
+/// credential-file rule? Cheap tests on the first and last bytes first, so
+/// most opens cost a few reads; then the rule lookup, the parent check and
+/// the path walk.
+unsafe fn name_rule_open(
+    off: &KernelOffsets,
+    file: u64,
+    key: FileKey,
+    ret: i64,
+) -> Result<(), i64> {
+    let dentry: u64 = unsafe { read(file + off.file_dentry as u64) }?;
+    let len: u32 = unsafe { read(dentry + off.dentry_name_len as u64) }?;
+    if len == 0 || len > 255 {
+        return Ok(());
+    }
+    let name_ptr: u64 = unsafe { read(dentry + off.dentry_name_ptr as u64) }?;
+    let filter = NAME_FILTER.load();
+    let first: u8 = unsafe { read(name_ptr) }?;
+    let by_name = filter.first_bytes[usize::from(first >> 6)] & (1u64 << (first & 63)) != 0;
+    // The last 8 bytes (or the whole name, NUL-padded, if shorter).
+    let tail: u64 = if len >= 8 {
+        unsafe { read(name_ptr + u64::from(len) - 8) }?
+    } else {
+        let mut buf = [0u8; 8];
+        unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut buf) }
+            .map_err(i64::from)?;
+        u64::from_le_bytes(buf) << (8 * (8 - len))
+    };
+    let mut rule_id = u32::MAX;
+    for s in filter.suffixes.iter() {
+        if s.len == 0 || s.len > len {
+            continue;
+        }
+        let want = u64::from_le_bytes(s.bytes) << (8 * (8 - s.len));
+        let mask = u64::MAX << (8 * (8 - s.len));
+        if tail & mask == want {
+            rule_id = s.id;
+            break;
+        }
+    }
+    if rule_id == u32::MAX {
+        if !by_name || len as usize >= RULE_NAME_LEN {
+            return Ok(());
+        }
+        let name = NAME_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+        unsafe {
+            *name = [0; RULE_NAME_LEN];
+            bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut *name)
+                .map_err(i64::from)?;
+        }
+        let lookup = Key::new((RULE_NAME_LEN * 8) as u32, unsafe { *name });
+        let Some(rule) = NAME_RULES.get(&lookup).copied() else {
+            return Ok(());
+        };
+        if rule.not_suffix_len > 0 && rule.not_suffix_len <= len {
+            let n = rule.not_suffix_len;
+            let mask = u64::MAX << (8 * (8 - n));
+            if tail & mask == u64::from_le_bytes(rule.not_suffix) << (8 * (8 - n)) {
+                return Ok(());
+            }
+        }
+        if rule.parent[0] != 0 {
+            let parent: u64 = unsafe { read(dentry + off.dentry_d_parent as u64) }?;
+            let pname_ptr: u64 = unsafe { read(parent + off.dentry_name_ptr as u64) }?;
+            let mut pname = [0u8; RULE_PARENT_LEN];
+            let _ = unsafe { bpf_probe_read_kernel_str_bytes(pname_ptr as *const u8, &mut pname) };
+            if pname != rule.parent {
+                return Ok(());
+            }
+        }
+        rule_id = rule.id;
+    }
+    let flags: u32 = unsafe { read(file + off.file_f_flags as u64) }?;
+    let Some(mut entry) = EVENTS.reserve::<NameRuleOpenEvent>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    fill_header(ev.cast(), EventKind::NameRuleOpen);
+    unsafe {
+        (*ev).key = key;
+        (*ev).flags = flags;
+        (*ev).ret = ret as i32;
+        (*ev).rule = rule_id;
+        (*ev).depth = 0;
+        (*ev).truncated = 0;
+        (*ev)._pad = 0;
+        walk_path(off, file, ev);
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// The opened file's path, component by component, from its dentry up
+/// through the mounts to the root of the mount namespace, as `d_path` would
+/// (which tracepoints may not call).
+unsafe fn walk_path(off: &KernelOffsets, file: u64, ev: *mut NameRuleOpenEvent) {
+    let Ok(mut dentry) = (unsafe { read::<u64>(file + off.file_dentry as u64) }) else {
+        return;
+    };
+    let Ok(mut vfsmnt) = (unsafe { read::<u64>(file + off.file_vfsmount as u64) }) else {
+        return;
+    };
+    // The depth lives in the event, read and written volatile: a value the
+    // verifier cannot know keeps it from tracking every (turn, depth) pair.
+    let depth = unsafe { &raw mut (*ev).depth };
+    // Mount crossings take a turn without a component; bound both.
+    for _ in 0..(PATH_COMPONENTS + 8) {
+        let Ok(mnt_root) = (unsafe { read::<u64>(vfsmnt + off.vfsmount_mnt_root as u64) }) else {
+            break;
+        };
+        if dentry == mnt_root {
+            let mnt = vfsmnt - off.mount_mnt as u64;
+            let Ok(parent) = (unsafe { read::<u64>(mnt + off.mount_mnt_parent as u64) }) else {
+                break;
+            };
+            if parent == mnt {
+                // The root of the namespace: the path is whole.
+                return;
+            }
+            let Ok(mountpoint) = (unsafe { read::<u64>(mnt + off.mount_mnt_mountpoint as u64) })
+            else {
+                break;
+            };
+            dentry = mountpoint;
+            vfsmnt = parent + off.mount_mnt as u64;
+            continue;
+        }
+        let Ok(parent) = (unsafe { read::<u64>(dentry + off.dentry_d_parent as u64) }) else {
+            break;
+        };
+        let d = unsafe { core::ptr::read_volatile(depth) } as usize;
+        if parent == dentry || d >= PATH_COMPONENTS {
+            break;
+        }
+        let Ok(name_ptr) = (unsafe { read::<u64>(dentry + off.dentry_name_ptr as u64) }) else {
+            break;
+        };
+        let slot = unsafe { &mut (*ev).components[d & (PATH_COMPONENTS - 1)] };
+        if !matches!(
+            unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, slot) },
+            Ok(s) if s.len() < COMPONENT_LEN - 1
+        ) {
+            unsafe { (*ev).truncated = 1 };
+        }
+        unsafe { core::ptr::write_volatile(depth, d as u32 + 1) };
+        dentry = parent;
+    }
+    unsafe { (*ev).truncated = 1 };
 }
 
 /// An open refused with EACCES/EPERM: report what was asked for. Only

@@ -12,9 +12,10 @@ use crate::{
     event::{Agent, AgentStatus, Event, Host},
     identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
     inventory::{
-        self, Inventory, InventoryChange, catalog::Catalog, listing, scan::Scanner,
+        self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         settings::Settings, sync::Follower,
     },
+    name_rules::{self, NameRuleSpec},
     offsets,
     pipeline::Pipeline,
     preflight,
@@ -30,6 +31,7 @@ pub struct RunOptions {
     pub state: PathBuf,
     pub inventory: Settings,
     pub env_names: Vec<String>,
+    pub name_rules: Vec<NameRuleSpec>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
@@ -72,7 +74,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
-    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes, &tracefs)?;
+    let name_rules = name_rules::rules(&opts.name_rules)?;
+    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes, &tracefs, &name_rules)?;
     let io_uring = match probes.io_uring {
         Some(tp) => format!("io_uring opens reported (io_uring:{tp})"),
         None => {
@@ -105,7 +108,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("cannot poll the ring buffer")?;
     let watched = watch.len();
     let identities = IdentityResolver::for_host(naming, opts.identity);
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?;
+    let discoverer = Scanner::new(
+        std::path::Path::new("/"),
+        Catalog::new(&opts.inventory)?,
+        inventory::user_paths(&opts.watch)?,
+        listing::load_key(&opts.inventory, &opts.state)?,
+        opts.inventory.limits(),
+        opts.inventory.policy(),
+    );
+    let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -129,7 +140,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -144,7 +155,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
     pipeline.flush_folds().context("writing events")?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
     let stats = pipeline.stats;
@@ -176,6 +187,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
     let edit = pipeline.watch.apply(change);
+    apply_edit(probes, edit);
+}
+
+fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     if let Some((key, slot)) = edit.add
         && let Err(e) = probes.watch(key, slot)
     {
@@ -188,9 +203,24 @@ fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) 
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    probes: &mut Probes,
+) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+    }
+    // Files the name rules found are watched by inode from now on, and
+    // those that hold no secret are ignored in the kernel.
+    let (edits, ignored) = pipeline.take_edits();
+    for edit in edits {
+        apply_edit(probes, edit);
+    }
+    for key in ignored {
+        if let Err(e) = probes.watch(key, monitor_common::IGNORED_SLOT) {
+            tracing::warn!("cannot ignore a non-secret file: {}", crate::error_text(&e));
+        }
     }
     Ok(())
 }

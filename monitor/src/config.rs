@@ -19,6 +19,10 @@ pub struct Config {
     /// Extra environment variable names to report at exec: `NAME` or
     /// `*_SUFFIX`, added to the built-in list.
     pub env_names: Vec<String>,
+    /// Extra credential-file name rules the kernel applies to files not
+    /// inventoried yet: `{ name = "sa.json" }`, `{ prefix = "id_", parent =
+    /// ".ssh", not_suffix = ".pub" }`, `{ suffix = ".jks" }`.
+    pub name_rules: Vec<crate::name_rules::NameRuleSpec>,
     /// Where workload identities come from on this node.
     pub identity: IdentityConfig,
 }

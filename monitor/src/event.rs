@@ -96,6 +96,8 @@ pub struct Secret {
     #[serde(rename = "type")]
     pub secret_type: SecretType,
     /// `hmac-sha256:` and a hex prefix: keyed, so it reveals nothing.
+    /// Absent for a file the inventory could not read.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,
     pub lifetime: Lifetime,
     /// A safe prefix or label such as `AKIA…`, when there is one.

@@ -12,6 +12,7 @@ mod env_names;
 mod event;
 mod identity;
 mod inventory;
+mod name_rules;
 mod offsets;
 mod pipeline;
 mod preflight;
@@ -129,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state: args.state,
                 inventory: config.inventory,
                 env_names: config.env_names,
+                name_rules: config.name_rules,
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 trust_domain: args.trust_domain.or(config.trust_domain),

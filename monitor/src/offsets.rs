@@ -70,6 +70,11 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         mm_arg_end: field("mm_struct", "arg_end")?,
         mm_env_start: field("mm_struct", "env_start")?,
         mm_env_end: field("mm_struct", "env_end")?,
+        file_vfsmount: field("file", "f_path")? + field("path", "mnt")?,
+        vfsmount_mnt_root: field("vfsmount", "mnt_root")?,
+        mount_mnt: field("mount", "mnt")?,
+        mount_mnt_parent: field("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: field("mount", "mnt_mountpoint")?,
     })
 }
 

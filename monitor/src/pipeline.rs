@@ -5,12 +5,12 @@ use std::{
     collections::HashMap,
     io,
     num::NonZeroUsize,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
 use chrono::{DateTime, Utc};
-use monitor_common::EventHeader;
+use monitor_common::{EventHeader, FileKey};
 
 use crate::{
     event::{
@@ -19,7 +19,11 @@ use crate::{
     },
     identity::{Identity, IdentityResolver},
     inventory::Inventory,
-    probes::{DeniedOpen, Exec, KernelEvent},
+    inventory::{
+        InventoryChange, MapEdit,
+        scan::{Scanner, Skip},
+    },
+    probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
@@ -81,6 +85,13 @@ pub struct Pipeline {
     pub stats: Stats,
     folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead)>,
     proc_root: PathBuf,
+    /// Inspects files the kernel's name rules found, to inventory them.
+    discoverer: Option<Scanner>,
+    /// Watch-map edits for the agent to apply after this batch.
+    edits: Vec<MapEdit>,
+    /// Files the name rules matched that hold no secret, for the kernel
+    /// to ignore.
+    ignored: Vec<FileKey>,
 }
 
 /// Pending folds are flushed early when this many are waiting.
@@ -103,7 +114,25 @@ impl Pipeline {
             stats: Stats::default(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
+            discoverer: None,
+            edits: Vec::new(),
+            ignored: Vec::new(),
         })
+    }
+
+    /// Inventory the files the name rules find with `scanner`.
+    pub fn with_discoverer(mut self, scanner: Scanner) -> Self {
+        self.discoverer = Some(scanner);
+        self
+    }
+
+    /// The watch-map edits of the records handled since the last call,
+    /// and the files found to hold no secret.
+    pub fn take_edits(&mut self) -> (Vec<MapEdit>, Vec<FileKey>) {
+        (
+            std::mem::take(&mut self.edits),
+            std::mem::take(&mut self.ignored),
+        )
     }
 
     /// Handle one ring-buffer record.
@@ -138,6 +167,7 @@ impl Pipeline {
                 self.secret_read(&open.header, id, open.flags, "ok".into())
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
+            KernelEvent::NameRuleOpen(found) => self.name_rule_open(found),
             KernelEvent::IoUringOpen { header, opcode } => {
                 let (process, identity, _) = self.who(&header);
                 let body = IoUringOpen {
@@ -206,6 +236,71 @@ impl Pipeline {
             self.emit("secret_in_env", exec.header.boot_ns, &body)?;
         }
         Ok(())
+    }
+
+    /// An unwatched file whose name says credential: inventory it, so later
+    /// reads match by inode, and report this read. The kernel's path is the
+    /// one in the opener's mount namespace; it is the host's path when the
+    /// host sees the same inode there.
+    fn name_rule_open(&mut self, found: NameRuleOpen) -> io::Result<()> {
+        if found.header.pid == std::process::id() {
+            return Ok(());
+        }
+        if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
+            return self.secret_read(&found.header, slot, found.flags, "ok".into());
+        }
+        let same_inode = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
+            })
+        };
+        if !found.truncated
+            && same_inode(&found.path)
+            && let Some(scanner) = &self.discoverer
+        {
+            match scanner.inspect_discovered(&found.path) {
+                Ok(record) => {
+                    let edit = self.watch.apply(InventoryChange::Upsert(record));
+                    let slot = edit.add.map(|(_, slot)| slot);
+                    self.edits.push(edit);
+                    if let Some(slot) = slot {
+                        return self.secret_read(&found.header, slot, found.flags, "ok".into());
+                    }
+                }
+                // A name that looked like a secret but holds none (a CA
+                // bundle named *.pem): the kernel ignores it from now on.
+                Err(Skip::NoSecret) => {
+                    self.ignored.push(found.key);
+                    return Ok(());
+                }
+                Err(_) => {}
+            }
+        }
+        // Not inventoried (another namespace's file, unreadable, cut path):
+        // report what the kernel saw.
+        self.stats.secret_reads += 1;
+        let (process, identity, _) = self.who(&found.header);
+        let shown = found.path.to_string_lossy().into_owned();
+        let body = SecretRead {
+            process,
+            identity,
+            secret: event::Secret {
+                id: crate::secret::secret_id(&found.path),
+                path: shown.clone(),
+                container_path: (!same_inode(&found.path)).then_some(shown),
+                secret_type: crate::secret::SecretType::Generic,
+                fingerprint: String::new(),
+                lifetime: crate::secret::Lifetime::Unknown,
+                hint: None,
+            },
+            access: Access {
+                op: "open",
+                flags: event::open_flags(found.flags),
+                result: "ok".into(),
+                count: 1,
+            },
+        };
+        self.emit("secret_read", found.header.boot_ns, &body)
     }
 
     /// A denied open names a path, not an inode: resolve it as the process

@@ -4,17 +4,23 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{RawTracePoint, TracePoint},
 };
 
-use std::path::Path;
+use std::{
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
 
-use crate::env_names::EnvPattern;
+use crate::{env_names::EnvPattern, name_rules::CompiledRules};
 use monitor_common::{
     COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
     EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
-    KernelOffsets, OpenEvent,
+    KernelOffsets, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -101,6 +107,7 @@ impl Probes {
         offsets: KernelOffsets,
         ring_bytes: Option<u32>,
         tracefs: &Path,
+        name_rules: &CompiledRules,
     ) -> Result<Self, ProbeError> {
         let io_uring = IO_URING_TRACEPOINTS.iter().find_map(|&name| {
             let format = tracefs.join("events/io_uring").join(name).join("format");
@@ -113,6 +120,7 @@ impl Probes {
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
         loader.override_global("IO_URING", &layout, true);
+        loader.override_global("NAME_FILTER", &name_rules.filter, true);
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -169,6 +177,15 @@ impl Probes {
                 .load()
                 .and_then(|()| program.attach(category, name).map(drop))
                 .map_err(attach_err)?;
+        }
+        let mut trie: LpmTrie<MapData, [u8; RULE_NAME_LEN], NameRule> =
+            take_map(&mut ebpf, "NAME_RULES")?;
+        for (bits, name, rule) in &name_rules.trie {
+            trie.insert(&LpmKey::new(*bits, *name), rule, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "NAME_RULES",
+                    source,
+                })?;
         }
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let watched_env = take_map(&mut ebpf, "WATCHED_ENV")?;
@@ -281,6 +298,18 @@ pub struct Exec {
     pub env_truncated: bool,
 }
 
+/// A decoded name-rule match.
+#[derive(Debug, Clone)]
+pub struct NameRuleOpen {
+    pub header: EventHeader,
+    pub key: FileKey,
+    pub flags: u32,
+    /// The path in the opener's mount namespace, walked by the kernel.
+    pub path: PathBuf,
+    /// The walk stopped short or cut a name: `path` is not the whole path.
+    pub truncated: bool,
+}
+
 /// A decoded denied open.
 #[derive(Debug, Clone)]
 pub struct DeniedOpen {
@@ -306,6 +335,7 @@ pub enum KernelEvent {
         header: EventHeader,
         opcode: u32,
     },
+    NameRuleOpen(NameRuleOpen),
     Exit(EventHeader),
     /// `header` is the parent.
     Fork {
@@ -353,6 +383,22 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
                 errno: -ev.ret,
                 dfd: ev.dfd,
                 filename: bounded(&ev.filename, ev.filename_len).to_vec(),
+            }))
+        }
+        EventKind::NameRuleOpen => {
+            let ev: NameRuleOpenEvent = read_record(record)?;
+            let depth = (ev.depth as usize).min(ev.components.len());
+            let mut path = PathBuf::from("/");
+            for c in ev.components[..depth].iter().rev() {
+                let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+                path.push(std::ffi::OsStr::from_bytes(&c[..end]));
+            }
+            Some(KernelEvent::NameRuleOpen(NameRuleOpen {
+                header: ev.header,
+                key: ev.key,
+                flags: ev.flags,
+                path,
+                truncated: ev.truncated != 0,
             }))
         }
         EventKind::IoUringOpen => {
@@ -507,6 +553,30 @@ mod tests {
             (d.errno, d.dfd, d.filename.as_slice()),
             (13, -100, &b"/etc"[..])
         );
+    }
+
+    #[test]
+    fn name_rule_paths_are_joined_outermost_first() {
+        let mut ev = NameRuleOpenEvent {
+            header: header(EventKind::NameRuleOpen),
+            key: FileKey { dev: 1, ino: 2 },
+            flags: 0,
+            ret: 3,
+            rule: 0,
+            depth: 3,
+            truncated: 0,
+            _pad: 0,
+            components: [[0; monitor_common::COMPONENT_LEN]; monitor_common::PATH_COMPONENTS],
+        };
+        for (i, c) in ["credentials", ".aws", "ana"].iter().enumerate() {
+            ev.components[i][..c.len()].copy_from_slice(c.as_bytes());
+        }
+        let Some(KernelEvent::NameRuleOpen(n)) = decode(&bytes_of(&ev)) else {
+            panic!("not a name-rule open");
+        };
+        assert_eq!(n.path, PathBuf::from("/ana/.aws/credentials"));
+        ev.depth = 99;
+        assert!(decode(&bytes_of(&ev)).is_some(), "depth is bounded");
     }
 
     #[test]

@@ -182,6 +182,14 @@ impl Scanner {
         self.catalog.rule_for(shown, home_rel).map(|r| (r, false))
     }
 
+    /// Inspect a file found outside the scan (by the kernel's name rules):
+    /// with the catalog's rule for its name, else the generic one. Content
+    /// decides: a file that holds nothing secret-shaped is `NoSecret`.
+    pub fn inspect_discovered(&self, shown: &Path) -> Result<Record, Skip> {
+        let rule = self.catalog.rule_for_tail(shown).unwrap_or(&self.generic);
+        self.inspect(shown, rule, false, None, false)
+    }
+
     pub fn skips_dir(&self, shown: &Path) -> bool {
         self.catalog.skips_dir(shown)
     }
