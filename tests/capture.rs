@@ -230,6 +230,10 @@ fn reading_another_process_environ_is_reported() {
     let mut agent = Agent::start(&[]);
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let target_pid = target.id();
+    // spawn() returns at exec's point of no return, a moment before the
+    // kernel reports the exec: let the report come first, so the target is
+    // known as `sleep` and not as this test binary it was forked from.
+    std::thread::sleep(Duration::from_millis(300));
     let environ = format!("/proc/{target_pid}/environ");
     let pid = run_ok(Command::new("cat").arg(&environ));
     // Reading one's own environment is not reported.

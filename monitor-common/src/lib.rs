@@ -247,10 +247,6 @@ pub struct ExecEvent {
     pub env_names: [[u8; ENV_NAME_LEN]; ENV_NAMES_MAX],
 }
 
-/// Watch-map value of a file known not to be a secret (a certificate named
-/// `*.pem`): the kernel ignores its opens instead of asking again.
-pub const IGNORED_SLOT: u32 = u32::MAX;
-
 /// Key of the watch map: a file as the kernel sees it.
 ///
 /// `dev` is the kernel's internal `dev_t` (`major << 20 | minor`), which is
@@ -310,6 +306,11 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    /// `struct pt_regs` (x86_64): the first syscall arguments;
+    /// [`NO_OFFSET`] on other architectures.
+    pub regs_di: u32,
+    pub regs_si: u32,
+    pub regs_dx: u32,
 }
 
 #[cfg(feature = "user")]

@@ -24,10 +24,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ARGS_LEN, COMPONENT_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
-    EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IGNORED_SLOT,
-    IoUringLayout, IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule,
-    NameRuleOpenEvent, OpenEvent, PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN,
-    SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID,
+    EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
+    IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule, NameRuleOpenEvent, OpenEvent,
+    PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN, SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID,
 };
 
 /// Field offsets from the running kernel's BTF, written by the agent.
@@ -66,6 +65,9 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
+    regs_di: 0,
+    regs_si: 0,
+    regs_dx: 0,
 });
 
 /// The cheap pre-tests of the name rules, written by the agent.
@@ -223,22 +225,61 @@ fn remember_open(filename: u64, flags: u32, dfd: i32) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
+    on_open_exit(&ctx, ArgsFrom::EnterHook)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
+    on_open_exit(&ctx, ArgsFrom::EnterHook)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
+    on_open_exit(&ctx, ArgsFrom::EnterHook)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
+    on_open_exit(&ctx, ArgsFrom::EnterHook)
+}
+
+// The same exits for kernels with `bpf_task_pt_regs` (5.15+): a denied
+// open's arguments come from the registers saved at syscall entry, so no
+// enter hook runs on every open. The agent loads one set or the other.
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_openat_regs(ctx: TracePointContext) -> u32 {
+    on_open_exit(&ctx, ArgsFrom::Registers(OpenSyscall::OpenAt))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open_regs(ctx: TracePointContext) -> u32 {
+    on_open_exit(&ctx, ArgsFrom::Registers(OpenSyscall::Open))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2_regs(ctx: TracePointContext) -> u32 {
+    on_open_exit(&ctx, ArgsFrom::Registers(OpenSyscall::OpenAt2))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_creat")]
+pub fn sys_exit_creat_regs(ctx: TracePointContext) -> u32 {
+    on_open_exit(&ctx, ArgsFrom::Registers(OpenSyscall::Creat))
+}
+
+#[derive(Clone, Copy)]
+enum OpenSyscall {
+    Open,
+    OpenAt,
+    Creat,
+    OpenAt2,
+}
+
+/// Where a denied open's arguments come from.
+#[derive(Clone, Copy)]
+enum ArgsFrom {
+    EnterHook,
+    Registers(OpenSyscall),
 }
 
 /// io_uring opens bypass the syscall tracepoints: report processes that
@@ -333,15 +374,23 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_open_exit(ctx: &TracePointContext) -> u32 {
-    let _ = try_open_exit(ctx);
+fn on_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> u32 {
+    let _ = try_open_exit(ctx, from);
     0
 }
 
-fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+#[inline(always)]
+fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(i64::from)?;
     if ret == -EACCES || ret == -EPERM {
-        return denied_open(ret);
+        let args = match from {
+            ArgsFrom::EnterHook => unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }.copied(),
+            ArgsFrom::Registers(syscall) => unsafe { args_from_regs(syscall) }.ok(),
+        };
+        return match args {
+            Some(args) => denied_open(ret, args),
+            None => Ok(()),
+        };
     }
     if ret < 0 {
         return Ok(());
@@ -357,11 +406,7 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let inode: u64 = unsafe { read(file + off.file_f_inode as u64) }?;
     let sb: u64 = unsafe { read(inode + off.inode_i_sb as u64) }?;
     let key = unsafe { inode_key(&off, inode, sb) }?;
-    let watched = unsafe { WATCHED.get(&key) }.copied();
-    if watched == Some(IGNORED_SLOT) {
-        return Ok(());
-    }
-    if watched.is_none() {
+    if unsafe { WATCHED.get(&key) }.is_none() {
         let magic: u64 = unsafe { read(sb + off.sb_s_magic as u64) }?;
         if magic == PROC_SUPER_MAGIC {
             return unsafe { proc_open(&off, file) };
@@ -538,10 +583,40 @@ unsafe fn walk_path(off: &KernelOffsets, file: u64, ev: *mut NameRuleOpenEvent) 
 
 /// An open refused with EACCES/EPERM: report what was asked for. Only
 /// denials cross, not the far commoner ENOENT of path searches.
-fn denied_open(ret: i64) -> Result<(), i64> {
-    let Some(args) = (unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }).copied() else {
-        return Ok(());
-    };
+/// The open's arguments from the user registers saved at syscall entry.
+unsafe fn args_from_regs(syscall: OpenSyscall) -> Result<PendingOpen, i64> {
+    let off = OFFSETS.load();
+    let task = unsafe { helper::bpf_get_current_task_btf() };
+    let regs = unsafe { helper::bpf_task_pt_regs(task) } as u64;
+    let arg0: u64 = unsafe { read(regs + off.regs_di as u64) }?;
+    let arg1: u64 = unsafe { read(regs + off.regs_si as u64) }?;
+    let arg2: u64 = unsafe { read(regs + off.regs_dx as u64) }?;
+    Ok(match syscall {
+        OpenSyscall::Open => PendingOpen {
+            filename: arg0,
+            flags: arg1 as u32,
+            dfd: AT_FDCWD,
+        },
+        OpenSyscall::Creat => PendingOpen {
+            filename: arg0,
+            flags: CREAT_FLAGS,
+            dfd: AT_FDCWD,
+        },
+        OpenSyscall::OpenAt => PendingOpen {
+            filename: arg1,
+            flags: arg2 as u32,
+            dfd: arg0 as i32,
+        },
+        OpenSyscall::OpenAt2 => PendingOpen {
+            filename: arg1,
+            // `struct open_how` starts with `__u64 flags`.
+            flags: unsafe { bpf_probe_read_user(arg2 as *const u64) }.unwrap_or(0) as u32,
+            dfd: arg0 as i32,
+        },
+    })
+}
+
+fn denied_open(ret: i64, args: PendingOpen) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<DeniedOpenEvent>(0) else {
         count_lost();
         return Ok(());

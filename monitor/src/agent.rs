@@ -122,10 +122,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &mut pipeline,
         AgentStatus::Started,
         format!(
-            "probes attached ({} tracepoints); watching {watched} files; {io_uring}",
-            crate::probes::TRACEPOINTS.len()
-                + crate::probes::RAW_TRACEPOINTS.len()
-                + usize::from(probes.io_uring.is_some())
+            "probes attached ({} tracepoints, denied opens read from {}); watching {watched} files; {io_uring}",
+            probes.hooks + usize::from(probes.io_uring.is_some()),
+            if probes.from_registers {
+                "saved registers"
+            } else {
+                "enter hooks"
+            }
         ),
         0,
         None,
@@ -211,16 +214,9 @@ fn drain(
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
     }
-    // Files the name rules found are watched by inode from now on, and
-    // those that hold no secret are ignored in the kernel.
-    let (edits, ignored) = pipeline.take_edits();
-    for edit in edits {
+    // Files the name rules found are watched by inode from now on.
+    for edit in pipeline.take_edits() {
         apply_edit(probes, edit);
-    }
-    for key in ignored {
-        if let Err(e) = probes.watch(key, monitor_common::IGNORED_SLOT) {
-            tracing::warn!("cannot ignore a non-secret file: {}", crate::error_text(&e));
-        }
     }
     Ok(())
 }

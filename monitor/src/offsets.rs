@@ -75,6 +75,10 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         mount_mnt: field("mount", "mnt")?,
         mount_mnt_parent: field("mount", "mnt_parent")?,
         mount_mnt_mountpoint: field("mount", "mnt_mountpoint")?,
+        // x86_64 names; elsewhere the agent keeps its enter hooks.
+        regs_di: field("pt_regs", "di").unwrap_or(NO_OFFSET),
+        regs_si: field("pt_regs", "si").unwrap_or(NO_OFFSET),
+        regs_dx: field("pt_regs", "dx").unwrap_or(NO_OFFSET),
     })
 }
 

@@ -10,6 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use lru::LruCache;
 use monitor_common::{EventHeader, FileKey};
 
 use crate::{
@@ -89,9 +90,20 @@ pub struct Pipeline {
     discoverer: Option<Scanner>,
     /// Watch-map edits for the agent to apply after this batch.
     edits: Vec<MapEdit>,
-    /// Files the name rules matched that hold no secret, for the kernel
-    /// to ignore.
-    ignored: Vec<FileKey>,
+    /// Files the name rules matched that hold no secret (a CA bundle named
+    /// `*.pem`), so that their opens are not inspected again and again.
+    /// Keyed by what changes when the file does, or when its inode is
+    /// recycled for another file.
+    not_secrets: LruCache<FileVersion, ()>,
+}
+
+/// A file's identity and state: (dev, ino) can be reused after a delete,
+/// the change time then differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileVersion {
+    key: FileKey,
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 /// Pending folds are flushed early when this many are waiting.
@@ -116,7 +128,7 @@ impl Pipeline {
             proc_root: PathBuf::from("/proc"),
             discoverer: None,
             edits: Vec::new(),
-            ignored: Vec::new(),
+            not_secrets: LruCache::new(NonZeroUsize::new(4096).expect("nonzero")),
         })
     }
 
@@ -126,13 +138,9 @@ impl Pipeline {
         self
     }
 
-    /// The watch-map edits of the records handled since the last call,
-    /// and the files found to hold no secret.
-    pub fn take_edits(&mut self) -> (Vec<MapEdit>, Vec<FileKey>) {
-        (
-            std::mem::take(&mut self.edits),
-            std::mem::take(&mut self.ignored),
-        )
+    /// The watch-map edits of the records handled since the last call.
+    pub fn take_edits(&mut self) -> Vec<MapEdit> {
+        std::mem::take(&mut self.edits)
     }
 
     /// Handle one ring-buffer record.
@@ -249,13 +257,21 @@ impl Pipeline {
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
             return self.secret_read(&found.header, slot, found.flags, "ok".into());
         }
-        let same_inode = |p: &Path| {
-            std::fs::metadata(p).is_ok_and(|m| {
-                crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
-            })
-        };
+        let meta = std::fs::metadata(&found.path).ok().filter(|m| {
+            crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
+        });
+        let version = meta.as_ref().map(|m| FileVersion {
+            key: found.key,
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        });
+        if let Some(v) = version
+            && self.not_secrets.get(&v).is_some()
+        {
+            return Ok(());
+        }
         if !found.truncated
-            && same_inode(&found.path)
+            && let Some(version) = version
             && let Some(scanner) = &self.discoverer
         {
             match scanner.inspect_discovered(&found.path) {
@@ -267,10 +283,9 @@ impl Pipeline {
                         return self.secret_read(&found.header, slot, found.flags, "ok".into());
                     }
                 }
-                // A name that looked like a secret but holds none (a CA
-                // bundle named *.pem): the kernel ignores it from now on.
+                // A name that looked like a secret but holds none.
                 Err(Skip::NoSecret) => {
-                    self.ignored.push(found.key);
+                    self.not_secrets.put(version, ());
                     return Ok(());
                 }
                 Err(_) => {}
@@ -287,7 +302,7 @@ impl Pipeline {
             secret: event::Secret {
                 id: crate::secret::secret_id(&found.path),
                 path: shown.clone(),
-                container_path: (!same_inode(&found.path)).then_some(shown),
+                container_path: meta.is_none().then_some(shown),
                 secret_type: crate::secret::SecretType::Generic,
                 fingerprint: String::new(),
                 lifetime: crate::secret::Lifetime::Unknown,

@@ -20,7 +20,7 @@ use crate::{env_names::EnvPattern, name_rules::CompiledRules};
 use monitor_common::{
     COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
     EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
-    KernelOffsets, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN,
+    KernelOffsets, NO_OFFSET, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -44,11 +44,9 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-/// The raw tracepoints of the object: (program name, tracepoint).
-pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
-
-/// The tracepoints of the object: (program name, category, tracepoint).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+/// The open-family hooks when a denied open's arguments come from enter
+/// hooks (kernels before 5.15).
+const OPEN_HOOKS_ENTER: &[(&str, &str, &str)] = &[
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_enter_open", "syscalls", "sys_enter_open"),
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
@@ -57,6 +55,33 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_open", "syscalls", "sys_exit_open"),
     ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+];
+
+/// The open-family hooks when they come from the saved user registers:
+/// exits only, half the hooks on every open.
+const OPEN_HOOKS_REGS: &[(&str, &str, &str)] = &[
+    ("sys_exit_openat_regs", "syscalls", "sys_exit_openat"),
+    ("sys_exit_open_regs", "syscalls", "sys_exit_open"),
+    ("sys_exit_openat2_regs", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_creat_regs", "syscalls", "sys_exit_creat"),
+];
+
+/// Whether this kernel lets tracepoint programs read a task's saved user
+/// registers (`bpf_task_pt_regs`, 5.15+) and the architecture is one whose
+/// register names the agent knows.
+fn registers_readable(offsets: &KernelOffsets) -> bool {
+    use aya::{programs::ProgramType, sys::BpfHelper};
+    let supported = |h| aya::sys::is_helper_supported(ProgramType::TracePoint, h).unwrap_or(false);
+    offsets.regs_di != NO_OFFSET
+        && supported(BpfHelper::BPF_FUNC_task_pt_regs)
+        && supported(BpfHelper::BPF_FUNC_get_current_task_btf)
+}
+
+/// The raw tracepoints of the object: (program name, tracepoint).
+pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
+
+/// The tracepoints of the object: (program name, category, tracepoint).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
@@ -88,6 +113,10 @@ pub enum ProbeError {
 
 /// The loaded, attached kernel side.
 pub struct Probes {
+    /// Hooks attached, io_uring's aside.
+    pub hooks: usize,
+    /// Denied opens' arguments come from saved registers, not enter hooks.
+    pub from_registers: bool,
     /// The io_uring tracepoint attached, if this kernel has one.
     pub io_uring: Option<&'static str>,
     // Keeps programs and their links alive: dropping it detaches everything.
@@ -125,7 +154,13 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
-        for &(prog, category, name) in TRACEPOINTS {
+        let from_registers = registers_readable(&offsets);
+        let open_hooks = if from_registers {
+            OPEN_HOOKS_REGS
+        } else {
+            OPEN_HOOKS_ENTER
+        };
+        for &(prog, category, name) in TRACEPOINTS.iter().chain(open_hooks) {
             let program: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(ProbeError::MissingProgram(prog))?
@@ -194,6 +229,8 @@ impl Probes {
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok(Self {
             _ebpf: ebpf,
+            hooks: TRACEPOINTS.len() + open_hooks.len() + RAW_TRACEPOINTS.len(),
+            from_registers,
             io_uring: io_uring.map(|(name, _)| name),
             watched,
             watched_env,
