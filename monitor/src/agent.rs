@@ -10,7 +10,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     env_names,
     event::{Agent, AgentStatus, Event, Host},
+    findings::{
+        FindingsConfig,
+        engine::{self, Engine, Scope},
+    },
     identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    ledger::LedgerConfig,
     offsets,
     pipeline::Pipeline,
     preflight,
@@ -26,6 +31,9 @@ pub struct RunOptions {
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
     pub identity: IdentityConfig,
+    pub state: PathBuf,
+    pub ledger: LedgerConfig,
+    pub findings: FindingsConfig,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -37,6 +45,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // A bad trust domain is a configuration error: say so before anything
     // else is checked.
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
+    let settings = opts.findings.settings()?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_else(|e| {
@@ -61,6 +70,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     })?;
 
+    // Before the probes watch anything: taking the inventory reads the files.
+    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
     let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes)?;
     for file in watch.files() {
         probes.watch(file.key, file.id)?;
@@ -91,6 +102,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The clock-driven rules and the inventory refresh; the first tick is
+    // at once.
+    let mut periodic = tokio::time::interval(opts.findings.interval);
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
@@ -102,8 +116,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 pipeline.flush_folds().context("writing events")?;
+                record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+            }
+            _ = periodic.tick() => {
+                let now = chrono::Utc::now();
+                engine.refresh(&pipeline.watch, now);
+                engine.check_liveness(now);
+                engine.prune_daily(now);
+                record(&mut pipeline, &mut engine, Scope::All)?;
+                pipeline.sink.flush()?;
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
@@ -112,7 +135,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     drain(ring.get_mut(), &mut pipeline)?;
     pipeline.flush_folds().context("writing events")?;
+    record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    let ledger = engine.close();
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
@@ -121,7 +146,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         format!(
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
-             identity cache {}/{} entries, {:.0}% hits",
+             identity cache {}/{} entries, {:.0}% hits; \
+             ledger {} rows in {} commits, {} dropped, {} failed",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -129,7 +155,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             stats.env_truncated,
             cache.size,
             cache.capacity,
-            cache.hit_rate * 100.0
+            cache.hit_rate * 100.0,
+            ledger.rows,
+            ledger.batches,
+            ledger.dropped,
+            ledger.failed,
         ),
         lost_reported,
         Some(cache),
@@ -143,6 +173,16 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> anyhow::Result
         pipeline.handle(&record).context("writing events")?;
     }
     Ok(())
+}
+
+/// Hand what the pipeline observed to the ledger, and emit the findings
+/// that now hold for the first time.
+fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow::Result<()> {
+    for o in pipeline.observed.drain(..) {
+        engine.observe(&o);
+    }
+    let new = engine.check(chrono::Utc::now(), scope);
+    engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
 }
 
 /// Emit an `agent` event with `lost` when the kernel dropped events since

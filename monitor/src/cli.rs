@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +30,16 @@ pub enum Command {
     /// event with status "started" once the probes are attached, and one with
     /// "stopped" after draining the ring buffer on exit. Needs root.
     Run(RunArgs),
+    /// Print which workload reads which secret, and what is wrong with it.
+    ///
+    /// Reads the ledger that `secretmon run` keeps in its state dir, while
+    /// the agent runs or after it stopped. For each secret: its readers
+    /// (identity, count, first and last seen) and its findings: orphaned,
+    /// shared, duplicated, long-lived, read by a person, loose permissions,
+    /// unexpected readers, static despite federation; and secrets seen in
+    /// environments and on command lines. Worst first. Never prints a
+    /// secret's value: paths, fingerprints and redacted hints only.
+    Report(ReportArgs),
     /// Report what this kernel supports, what is missing, and how to fix it.
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
@@ -51,6 +61,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 
+    /// Keep the ledger (ledger.db) and the fingerprint key here; created
+    /// 0700 when missing. `secretmon report --state DIR` reads it.
+    #[arg(long, value_name = "DIR", default_value = crate::ledger::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+
     /// SPIFFE trust domain of identities [default: the host name].
     #[arg(long, value_name = "DOMAIN")]
     pub trust_domain: Option<String>,
@@ -61,6 +76,31 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// One JSON document (schema `secretmon/report/v1`) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Observation window of the orphaned and long-lived rules: a secret
+    /// nobody read for this long is orphaned, one unrotated for longer is
+    /// long-lived. E.g. `30d`, `12h` [default: the agent's, 30d and 90d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<Duration>,
+
+    /// Only the long-lived rule's age limit (after --window).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// The agent's state dir.
+    #[arg(long, value_name = "DIR", default_value = crate::ledger::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 30d, 12h, 90s)"))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -91,5 +131,12 @@ mod tests {
         assert!(parse_ring_size("5000").is_err());
         assert!(parse_ring_size("1024").is_err());
         assert!(parse_ring_size("lots").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("a month").is_err());
     }
 }

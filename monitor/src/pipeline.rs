@@ -18,6 +18,7 @@ use crate::{
         SecretInEnv, SecretRead, Target,
     },
     identity::{Identity, IdentityResolver},
+    ledger::{ExposureKind, Observation, Seen},
     probes::{DeniedOpen, Exec, KernelEvent},
     process::ProcessInfo,
     process::ProcessTable,
@@ -79,8 +80,13 @@ pub struct Pipeline {
     pub clock: Clock,
     pub sink: Sink,
     pub stats: Stats,
-    folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead)>,
+    /// What the ledger should record, taken by the agent after each batch.
+    pub observed: Vec<Observation>,
+    /// Folded reads, with the reader's cgroup id for the ledger.
+    folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead, u64)>,
     proc_root: PathBuf,
+    /// The agent reads secret files to fingerprint them: not a use.
+    own_pid: u32,
 }
 
 /// Pending folds are flushed early when this many are waiting.
@@ -101,8 +107,10 @@ impl Pipeline {
             clock: Clock::now()?,
             sink,
             stats: Stats::default(),
+            observed: Vec::new(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
+            own_pid: std::process::id(),
         })
     }
 
@@ -135,11 +143,20 @@ impl Pipeline {
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
             KernelEvent::EnvironRead { header, target_pid } => {
-                let (process, identity, _) = self.who(&header);
+                let (process, identity, info) = self.who(&header);
                 let target = Target {
                     pid: target_pid,
                     exe: self.procs.peek_exe(target_pid),
                 };
+                let subject = target.exe.clone().unwrap_or_else(|| target_pid.to_string());
+                self.observe(
+                    &header,
+                    ExposureKind::Environ,
+                    subject,
+                    None,
+                    &identity,
+                    &info,
+                );
                 let body = EnvironRead {
                     process,
                     identity,
@@ -153,8 +170,17 @@ impl Pipeline {
     /// Emit every folded read; called at least once a second.
     pub fn flush_folds(&mut self) -> io::Result<()> {
         let mut pending: Vec<_> = self.folds.drain().map(|(_, v)| v).collect();
-        pending.sort_by_key(|(time, _)| *time);
-        for (time, body) in pending {
+        pending.sort_by_key(|(time, _, _)| *time);
+        for (time, body, cgroup_id) in pending {
+            self.observed.push(Observation::Read {
+                at: time,
+                secret_id: body.secret.id.clone(),
+                who: Seen::new(&body.identity, cgroup_id, body.process.exe.clone()),
+                pid: body.process.pid,
+                uid: body.process.uid,
+                count: body.access.count,
+                denied: body.access.result != "ok",
+            });
             self.sink
                 .emit(&Event::new("secret_read", time, &self.host, body))?;
         }
@@ -170,7 +196,16 @@ impl Pipeline {
             .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
         self.identities.forget(exec.header.pid);
         for secret in found {
-            let (process, identity, _) = self.who(&exec.header);
+            let (process, identity, info) = self.who(&exec.header);
+            let (kind, shown) = (secret.kind.to_string(), Some(secret.redacted.clone()));
+            self.observe(
+                &exec.header,
+                ExposureKind::Argv,
+                kind,
+                shown,
+                &identity,
+                &info,
+            );
             let body = SecretInArgv {
                 process,
                 identity,
@@ -179,7 +214,15 @@ impl Pipeline {
             self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
         }
         for env_name in exec.env_names {
-            let (process, identity, _) = self.who(&exec.header);
+            let (process, identity, info) = self.who(&exec.header);
+            self.observe(
+                &exec.header,
+                ExposureKind::Env,
+                env_name.clone(),
+                None,
+                &identity,
+                &info,
+            );
             let body = SecretInEnv {
                 process,
                 identity,
@@ -211,9 +254,12 @@ impl Pipeline {
         flags: u32,
         result: String,
     ) -> io::Result<()> {
+        if h.pid == self.own_pid {
+            return Ok(());
+        }
         self.stats.secret_reads += 1;
         let key = (h.pid, file_id, result);
-        if let Some((_, pending)) = self.folds.get_mut(&key) {
+        if let Some((_, pending, _)) = self.folds.get_mut(&key) {
             pending.access.count += 1;
             return Ok(());
         }
@@ -240,11 +286,32 @@ impl Pipeline {
                 count: 1,
             },
         };
-        self.folds.insert(key, (self.clock.wall(h.boot_ns), body));
+        self.folds
+            .insert(key, (self.clock.wall(h.boot_ns), body, info.cgroup_id));
         if self.folds.len() >= MAX_PENDING_FOLDS {
             self.flush_folds()?;
         }
         Ok(())
+    }
+
+    /// Record a secret seen outside a file for the ledger.
+    fn observe(
+        &mut self,
+        h: &EventHeader,
+        kind: ExposureKind,
+        subject: String,
+        detail: Option<String>,
+        identity: &Identity,
+        info: &ProcessInfo,
+    ) {
+        self.observed.push(Observation::Exposure {
+            at: self.clock.wall(h.boot_ns),
+            kind,
+            subject,
+            detail,
+            who: Seen::new(identity, info.cgroup_id, info.exe.clone()),
+            pid: h.pid,
+        });
     }
 
     /// The process and identity of the header's process, and what the
