@@ -39,13 +39,21 @@ pub struct Agent {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     stderr: thread::JoinHandle<String>,
+    /// The ledger of a test that gave no `--state`, removed with it.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Agent {
+    /// `secretmon run ARGS`; with a state dir of its own unless ARGS name one,
+    /// so that tests do not share a ledger.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(args)
+        let state = (!args.contains(&"--state")).then(|| tempfile::tempdir().unwrap());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(args);
+        if let Some(dir) = &state {
+            cmd.arg("--state").arg(dir.path());
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,6 +79,7 @@ impl Agent {
             lines,
             seen: Vec::new(),
             stderr,
+            _state: state,
         };
         agent.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["status"] == "started"

@@ -66,6 +66,18 @@ impl FindingType {
         }
     }
 
+    /// A new set of identities makes it a new finding (a third sharer);
+    /// for the others it is one fact about the secret whoever reads it.
+    fn keyed_by_identities(self) -> bool {
+        !matches!(
+            self,
+            Self::OrphanedSecret
+                | Self::DuplicatedSecret
+                | Self::LongLivedSecret
+                | Self::WeakPermissions
+        )
+    }
+
     /// How bad it is, unless the rule knows better (world-readable is worse
     /// than group-readable).
     pub fn severity(self) -> Severity {
@@ -160,7 +172,7 @@ pub struct Evidence {
 
 impl Finding {
     /// `state` is what else makes this finding new when it changes (a
-    /// mode, a set of paths); the identities always do.
+    /// mode, a set of paths); so do the identities, where they define it.
     pub fn new(
         finding_type: FindingType,
         subject: String,
@@ -175,9 +187,11 @@ impl Finding {
             h.update(part.as_bytes());
             h.update([0]);
         }
-        for i in &identities {
-            h.update(i.id.as_bytes());
-            h.update([0]);
+        if finding_type.keyed_by_identities() {
+            for i in &identities {
+                h.update(i.id.as_bytes());
+                h.update([0]);
+            }
         }
         Self {
             id: format!("fnd-{}", hex::encode(&h.finalize()[..8])),
@@ -343,28 +357,36 @@ mod tests {
 
     #[test]
     fn ids_depend_on_identities_and_state() {
-        let f = |ids: &[&str], state| {
-            Finding::new(
-                FindingType::SharedSecret,
-                "sec-1".into(),
-                state,
-                FindingSecret::default(),
-                ids.iter()
-                    .map(|i| FindingIdentity {
-                        id: i.to_string(),
-                        kind: "user".into(),
-                        spiffe_id: String::new(),
-                        gone: false,
-                    })
-                    .collect(),
-                Evidence::default(),
-                String::new(),
-            )
-            .id
-        };
+        let f = |ids: &[&str], state| id(FindingType::SharedSecret, ids, state);
         assert_eq!(f(&["a", "b"], ""), f(&["a", "b"], ""));
         assert_ne!(f(&["a", "b"], ""), f(&["a", "b", "c"], ""));
-        assert_ne!(f(&["a"], "0644"), f(&["a"], "0640"));
         assert!(f(&["a"], "").starts_with("fnd-"));
+        let w = |ids: &[&str], state| id(FindingType::WeakPermissions, ids, state);
+        assert_eq!(
+            w(&[], "644"),
+            w(&["a"], "644"),
+            "a new reader, the same mode"
+        );
+        assert_ne!(w(&["a"], "644"), w(&["a"], "640"));
+    }
+
+    fn id(ty: FindingType, ids: &[&str], state: &str) -> String {
+        Finding::new(
+            ty,
+            "sec-1".into(),
+            state,
+            FindingSecret::default(),
+            ids.iter()
+                .map(|i| FindingIdentity {
+                    id: i.to_string(),
+                    kind: "user".into(),
+                    spiffe_id: String::new(),
+                    gone: false,
+                })
+                .collect(),
+            Evidence::default(),
+            String::new(),
+        )
+        .id
     }
 }
