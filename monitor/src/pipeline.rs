@@ -537,5 +537,43 @@ mod tests {
         assert!(!text.contains("not-a-real-token"));
         assert_eq!(p.stats.malformed, 1);
         assert_eq!(p.stats.secret_reads, 2);
+
+        // The same, for the ledger: redacted, the read folded.
+        let observed: Vec<String> = p
+            .observed
+            .iter()
+            .map(|o| match o {
+                Observation::Exposure {
+                    kind,
+                    subject,
+                    detail,
+                    who,
+                    ..
+                } => {
+                    format!("{} {subject} {detail:?} {}", kind.as_str(), who.id)
+                }
+                Observation::Read {
+                    secret_id,
+                    count,
+                    denied,
+                    who,
+                    ..
+                } => {
+                    format!(
+                        "read {} {count} {denied} {}",
+                        secret_id == v["secret"]["id"].as_str().unwrap(),
+                        who.id
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(
+            observed,
+            [
+                "argv secret_flag Some(\"--token=…\") user:root:/usr/bin/cat",
+                "env GITHUB_TOKEN None user:root:/usr/bin/cat",
+                "read true 2 false user:root:/usr/bin/cat",
+            ]
+        );
     }
 }

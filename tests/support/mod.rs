@@ -38,7 +38,8 @@ pub struct Agent {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
-    stderr: thread::JoinHandle<String>,
+    /// Taken when a failure needs it to explain an exit.
+    stderr: Option<thread::JoinHandle<String>>,
     /// The ledger of a test that gave no `--state`, removed with it.
     _state: Option<tempfile::TempDir>,
 }
@@ -78,7 +79,7 @@ impl Agent {
             child,
             lines,
             seen: Vec::new(),
-            stderr,
+            stderr: Some(stderr),
             _state: state,
         };
         agent.wait_for(Duration::from_secs(30), |v| {
@@ -103,8 +104,13 @@ impl Agent {
                 }
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
+                    // An agent that exited said why on stderr.
+                    let stderr = match (status, self.stderr.take()) {
+                        (Some(_), Some(h)) => h.join().unwrap_or_default(),
+                        _ => String::new(),
+                    };
                     panic!(
-                        "no matching event within {timeout:?} (agent exit: {status:?}); seen:\n{}",
+                        "no matching event within {timeout:?} (agent exit: {status:?}, stderr: {stderr}); seen:\n{}",
                         self.seen.join("\n")
                     );
                 }
@@ -146,7 +152,11 @@ impl Agent {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }
-        let stderr = self.stderr.join().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         (status.code(), self.seen, stderr)
     }
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
 use serde::Serialize;
 
-use super::{Finding, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules};
+use super::{
+    Finding, FindingType, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules,
+};
 use crate::ledger::{ExposureKind, Ledger, LedgerError, Snapshot};
 
 pub const SCHEMA: &str = "secretmon/report/v1";
@@ -53,8 +55,16 @@ pub struct SecretEntry {
     /// When the inventory stopped finding it.
     pub removed: Option<String>,
     pub readers: Vec<Reader>,
-    /// The findings about it (also in the top-level list).
-    pub findings: Vec<Finding>,
+    /// The findings about it, in full in the top-level list.
+    pub findings: Vec<FindingRef>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingRef {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub finding_type: FindingType,
+    pub severity: Severity,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,10 +153,14 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                     }
                 })
                 .collect();
-            let about: Vec<Finding> = findings
+            let about = findings
                 .iter()
                 .filter(|x| x.secret.id == f.id || x.evidence.paths.contains(&f.path))
-                .cloned()
+                .map(|x| FindingRef {
+                    id: x.id.clone(),
+                    finding_type: x.finding_type,
+                    severity: x.severity,
+                })
                 .collect();
             SecretEntry {
                 id: f.id.clone(),
@@ -197,7 +211,7 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
 }
 
 pub fn write_json(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, report)?;
+    serde_json::to_writer(&mut *out, report)?;
     writeln!(out)
 }
 
@@ -417,9 +431,16 @@ mod tests {
         let a = &v["secrets"][1];
         assert_eq!(a["readers"].as_array().unwrap().len(), 2);
         assert_eq!(a["findings"][0]["type"], "shared_secret");
-        assert_eq!(a["findings"][0]["owasp"][0], "NHI9");
+        let id = &a["findings"][0]["id"];
+        let full = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == *id)
+            .unwrap();
+        assert_eq!(full["owasp"][0], "NHI9");
         assert!(
-            a["findings"][0]["recommendation"]
+            full["recommendation"]
                 .as_str()
                 .unwrap()
                 .contains("own credential")
