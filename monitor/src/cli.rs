@@ -90,7 +90,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub window: Option<Duration>,
 
-    /// Only the long-lived rule's age limit (after --window).
+    /// Age after which a static secret in use is long-lived, e.g. `90d`;
+    /// overrides --window for that rule alone.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
 

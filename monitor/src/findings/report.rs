@@ -54,9 +54,18 @@ pub struct SecretEntry {
     pub first_seen: String,
     /// When the inventory stopped finding it.
     pub removed: Option<String>,
+    /// Its values over time, oldest first: a new one is a rotation.
+    pub fingerprints: Vec<FingerprintSpan>,
     pub readers: Vec<Reader>,
     /// The findings about it, in full in the top-level list.
     pub findings: Vec<FindingRef>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FingerprintSpan {
+    pub fingerprint: String,
+    pub first_seen: String,
+    pub last_seen: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,7 +171,21 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                     severity: x.severity,
                 })
                 .collect();
+            let mut fingerprints: Vec<_> = s
+                .fingerprints
+                .range((f.id.clone(), String::new())..)
+                .take_while(|((id, _), _)| *id == f.id)
+                .collect();
+            fingerprints.sort_by_key(|(_, span)| span.first_seen);
             SecretEntry {
+                fingerprints: fingerprints
+                    .into_iter()
+                    .map(|((_, fp), span)| FingerprintSpan {
+                        fingerprint: fp.clone(),
+                        first_seen: rfc3339(span.first_seen),
+                        last_seen: rfc3339(span.last_seen),
+                    })
+                    .collect(),
                 id: f.id.clone(),
                 path: f.path.clone(),
                 secret_type: f.secret_type.clone(),
@@ -430,6 +453,7 @@ mod tests {
         assert_eq!(v["secrets"][0]["mode"], "0644");
         let a = &v["secrets"][1];
         assert_eq!(a["readers"].as_array().unwrap().len(), 2);
+        assert_eq!(a["fingerprints"][0]["fingerprint"], "hmac-sha256:a");
         assert_eq!(a["findings"][0]["type"], "shared_secret");
         let id = &a["findings"][0]["id"];
         let full = v["findings"]
