@@ -10,11 +10,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     env_names,
     event::{Agent, AgentStatus, Event, Host},
+    findings::{
+        FindingsConfig,
+        engine::{self, Engine, Scope},
+    },
     identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
     inventory::{
         self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         settings::Settings, sync::Follower,
     },
+    ledger::LedgerConfig,
     name_rules::{self, NameRuleSpec},
     offsets,
     pipeline::Pipeline,
@@ -36,6 +41,8 @@ pub struct RunOptions {
     pub ring_buffer_bytes: Option<u32>,
     pub trust_domain: Option<String>,
     pub identity: IdentityConfig,
+    pub ledger: LedgerConfig,
+    pub findings: FindingsConfig,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -47,6 +54,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // A bad trust domain is a configuration error: say so before anything
     // else is checked.
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
+    let settings = opts.findings.settings()?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let user = inventory::user_paths(&opts.watch)?;
@@ -94,6 +102,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
+    // Before the probes watch anything: taking the inventory reads the files.
+    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
@@ -138,6 +148,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The clock-driven rules and the inventory refresh; the first tick is
+    // at once.
+    let mut periodic = tokio::time::interval(opts.findings.interval);
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
@@ -150,8 +163,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
             _ = tick.tick() => {
                 pipeline.flush_folds().context("writing events")?;
+                record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+            }
+            _ = periodic.tick() => {
+                let now = chrono::Utc::now();
+                engine.refresh(&pipeline.watch, now);
+                engine.check_liveness(now);
+                engine.prune_daily(now);
+                record(&mut pipeline, &mut engine, Scope::All)?;
+                pipeline.sink.flush()?;
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
@@ -160,7 +182,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     drain(ring.get_mut(), &mut pipeline, &mut probes)?;
     pipeline.flush_folds().context("writing events")?;
+    record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    let ledger = engine.close();
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
@@ -169,7 +193,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         format!(
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
-             identity cache {}/{} entries, {:.0}% hits",
+             identity cache {}/{} entries, {:.0}% hits; \
+             ledger {} rows in {} commits, {} dropped, {} failed",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -177,7 +202,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             stats.env_truncated,
             cache.size,
             cache.capacity,
-            cache.hit_rate * 100.0
+            cache.hit_rate * 100.0,
+            ledger.rows,
+            ledger.batches,
+            ledger.dropped,
+            ledger.failed,
         ),
         lost_reported,
         Some(cache),
@@ -219,6 +248,16 @@ fn drain(
         apply_edit(probes, edit);
     }
     Ok(())
+}
+
+/// Hand what the pipeline observed to the ledger, and emit the findings
+/// that now hold for the first time.
+fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow::Result<()> {
+    for o in pipeline.observed.drain(..) {
+        engine.observe(&o);
+    }
+    let new = engine.check(chrono::Utc::now(), scope);
+    engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
 }
 
 /// Emit an `agent` event with `lost` when the kernel dropped events since

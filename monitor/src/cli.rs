@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +42,16 @@ pub enum Command {
     /// HMAC-SHA256 with this host's key (or the fleet key), hints at most a
     /// safe prefix such as `AKIA…`. A summary goes to stderr.
     Inventory(InventoryArgs),
+    /// Print which workload reads which secret, and what is wrong with it.
+    ///
+    /// Reads the ledger that `secretmon run` keeps in its state dir, while
+    /// the agent runs or after it stopped. For each secret: its readers
+    /// (identity, count, first and last seen) and its findings: orphaned,
+    /// shared, duplicated, long-lived, read by a person, loose permissions,
+    /// unexpected readers, static despite federation; and secrets seen in
+    /// environments and on command lines. Worst first. Never prints a
+    /// secret's value: paths, fingerprints and redacted hints only.
+    Report(ReportArgs),
     /// Report what this kernel supports, what is missing, and how to fix it.
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
@@ -63,7 +73,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 
-    /// Keep state (the fingerprint key) here.
+    /// Keep the ledger (ledger.db) and the fingerprint key here; created
+    /// 0700 when missing. `secretmon report --state DIR` reads it.
     #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
 
@@ -100,6 +111,32 @@ pub struct InventoryArgs {
     pub config: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// One JSON document (schema `secretmon/report/v1`) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Observation window of the orphaned and long-lived rules: a secret
+    /// nobody read for this long is orphaned, one unrotated for longer is
+    /// long-lived. E.g. `30d`, `12h` [default: the agent's, 30d and 90d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<Duration>,
+
+    /// Age after which a static secret in use is long-lived, e.g. `90d`;
+    /// overrides --window for that rule alone.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// The agent's state dir.
+    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 30d, 12h, 90s)"))
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -128,5 +165,12 @@ mod tests {
         assert!(parse_ring_size("5000").is_err());
         assert!(parse_ring_size("1024").is_err());
         assert!(parse_ring_size("lots").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("a month").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::identity::IdentityConfig;
+use crate::{findings::FindingsConfig, identity::IdentityConfig, ledger::LedgerConfig};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +25,10 @@ pub struct Config {
     pub name_rules: Vec<crate::name_rules::NameRuleSpec>,
     /// Where workload identities come from on this node.
     pub identity: IdentityConfig,
+    /// The ledger's retention.
+    pub ledger: LedgerConfig,
+    /// Windows, baseline and policy of the findings.
+    pub findings: FindingsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +90,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pod_logs"), "{err}");
+    }
+
+    #[test]
+    fn ledger_and_findings_sections() {
+        let c = Config::parse(
+            "[ledger]\nretention = \"7d\"\n[findings]\nbaseline = \"1h\"\npolicy = \"/etc/p.toml\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ledger.retention,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
+        assert_eq!(c.findings.policy, Some(PathBuf::from("/etc/p.toml")));
     }
 
     #[test]

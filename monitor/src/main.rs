@@ -1,8 +1,9 @@
 //! secretmon: an eBPF monitor of static-secret use.
 //!
 //! Pipeline: `probes` (kernel) → `pipeline` (process table, inventory,
-//! identity) → `sink` (JSON lines). `agent` drives it; `check` reports what
-//! the kernel supports.
+//! identity) → `ledger` → `findings` → `sink` (JSON lines). `agent` drives
+//! it; `check` reports what the kernel supports; `findings::report` prints
+//! the ledger's picture.
 
 mod agent;
 mod check;
@@ -10,8 +11,10 @@ mod cli;
 mod config;
 mod env_names;
 mod event;
+mod findings;
 mod identity;
 mod inventory;
+mod ledger;
 mod name_rules;
 mod offsets;
 mod pipeline;
@@ -135,6 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 trust_domain: args.trust_domain.or(config.trust_domain),
                 identity: config.identity,
+                ledger: config.ledger,
+                findings: config.findings,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -146,6 +151,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state: args.state,
                 settings: config.inventory,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => {
+            use findings::report;
+            let opts = report::ReportOptions {
+                window: args.window,
+                max_age: args.max_age,
+            };
+            let r = report::build(&args.state, &opts, chrono::Utc::now())?;
+            let mut out = std::io::stdout().lock();
+            let written = if args.json {
+                report::write_json(&r, &mut out)
+            } else {
+                let terminal = out.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                report::write_text(&r, &mut out, terminal)
+            };
+            match written.and_then(|()| std::io::Write::flush(&mut out)) {
+                // `report | head` closed the pipe: nothing more to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

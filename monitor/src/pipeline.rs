@@ -24,6 +24,7 @@ use crate::{
         InventoryChange, MapEdit,
         scan::{Scanner, Skip},
     },
+    ledger::{ExposureKind, Observation, Seen},
     probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
@@ -84,7 +85,10 @@ pub struct Pipeline {
     pub clock: Clock,
     pub sink: Sink,
     pub stats: Stats,
-    folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead)>,
+    /// What the ledger should record, taken by the agent after each batch.
+    pub observed: Vec<Observation>,
+    /// Folded reads, with the reader's cgroup id for the ledger.
+    folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead, u64)>,
     proc_root: PathBuf,
     /// Inspects files the kernel's name rules found, to inventory them.
     discoverer: Option<Scanner>,
@@ -95,6 +99,8 @@ pub struct Pipeline {
     /// Keyed by what changes when the file does, or when its inode is
     /// recycled for another file.
     not_secrets: LruCache<FileVersion, ()>,
+    /// The agent reads secret files to fingerprint them: not a use.
+    own_pid: u32,
 }
 
 /// A file's identity and state: (dev, ino) can be reused after a delete,
@@ -124,11 +130,13 @@ impl Pipeline {
             clock: Clock::now()?,
             sink,
             stats: Stats::default(),
+            observed: Vec::new(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
             discoverer: None,
             edits: Vec::new(),
             not_secrets: LruCache::new(NonZeroUsize::new(4096).expect("nonzero")),
+            own_pid: std::process::id(),
         })
     }
 
@@ -169,7 +177,7 @@ impl Pipeline {
                     return Ok(());
                 };
                 // The agent fingerprinting a rotated file is not a workload.
-                if open.header.pid == std::process::id() {
+                if open.header.pid == self.own_pid {
                     return Ok(());
                 }
                 self.secret_read(&open.header, id, open.flags, "ok".into())
@@ -191,11 +199,20 @@ impl Pipeline {
                 self.emit("io_uring_open", header.boot_ns, &body)
             }
             KernelEvent::EnvironRead { header, target_pid } => {
-                let (process, identity, _) = self.who(&header);
+                let (process, identity, info) = self.who(&header);
                 let target = Target {
                     pid: target_pid,
                     exe: self.procs.peek_exe(target_pid),
                 };
+                let subject = target.exe.clone().unwrap_or_else(|| target_pid.to_string());
+                self.observe(
+                    &header,
+                    ExposureKind::Environ,
+                    subject,
+                    None,
+                    &identity,
+                    &info,
+                );
                 let body = EnvironRead {
                     process,
                     identity,
@@ -209,8 +226,17 @@ impl Pipeline {
     /// Emit every folded read; called at least once a second.
     pub fn flush_folds(&mut self) -> io::Result<()> {
         let mut pending: Vec<_> = self.folds.drain().map(|(_, v)| v).collect();
-        pending.sort_by_key(|(time, _)| *time);
-        for (time, body) in pending {
+        pending.sort_by_key(|(time, _, _)| *time);
+        for (time, body, cgroup_id) in pending {
+            self.observed.push(Observation::Read {
+                at: time,
+                secret_id: body.secret.id.clone(),
+                who: Seen::new(&body.identity, cgroup_id, body.process.exe.clone()),
+                pid: body.process.pid,
+                uid: body.process.uid,
+                count: body.access.count,
+                denied: body.access.result != "ok",
+            });
             self.sink
                 .emit(&Event::new("secret_read", time, &self.host, body))?;
         }
@@ -226,7 +252,16 @@ impl Pipeline {
             .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
         self.identities.forget(exec.header.pid);
         for secret in found {
-            let (process, identity, _) = self.who(&exec.header);
+            let (process, identity, info) = self.who(&exec.header);
+            let (kind, shown) = (secret.kind.to_string(), Some(secret.redacted.clone()));
+            self.observe(
+                &exec.header,
+                ExposureKind::Argv,
+                kind,
+                shown,
+                &identity,
+                &info,
+            );
             let body = SecretInArgv {
                 process,
                 identity,
@@ -235,7 +270,15 @@ impl Pipeline {
             self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
         }
         for env_name in exec.env_names {
-            let (process, identity, _) = self.who(&exec.header);
+            let (process, identity, info) = self.who(&exec.header);
+            self.observe(
+                &exec.header,
+                ExposureKind::Env,
+                env_name.clone(),
+                None,
+                &identity,
+                &info,
+            );
             let body = SecretInEnv {
                 process,
                 identity,
@@ -251,7 +294,7 @@ impl Pipeline {
     /// one in the opener's mount namespace; it is the host's path when the
     /// host sees the same inode there.
     fn name_rule_open(&mut self, found: NameRuleOpen) -> io::Result<()> {
-        if found.header.pid == std::process::id() {
+        if found.header.pid == self.own_pid {
             return Ok(());
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
@@ -339,9 +382,12 @@ impl Pipeline {
         flags: u32,
         result: String,
     ) -> io::Result<()> {
+        if h.pid == self.own_pid {
+            return Ok(());
+        }
         self.stats.secret_reads += 1;
         let key = (h.pid, file_id, result);
-        if let Some((_, pending)) = self.folds.get_mut(&key) {
+        if let Some((_, pending, _)) = self.folds.get_mut(&key) {
             pending.access.count += 1;
             return Ok(());
         }
@@ -363,11 +409,32 @@ impl Pipeline {
                 count: 1,
             },
         };
-        self.folds.insert(key, (self.clock.wall(h.boot_ns), body));
+        self.folds
+            .insert(key, (self.clock.wall(h.boot_ns), body, info.cgroup_id));
         if self.folds.len() >= MAX_PENDING_FOLDS {
             self.flush_folds()?;
         }
         Ok(())
+    }
+
+    /// Record a secret seen outside a file for the ledger.
+    fn observe(
+        &mut self,
+        h: &EventHeader,
+        kind: ExposureKind,
+        subject: String,
+        detail: Option<String>,
+        identity: &Identity,
+        info: &ProcessInfo,
+    ) {
+        self.observed.push(Observation::Exposure {
+            at: self.clock.wall(h.boot_ns),
+            kind,
+            subject,
+            detail,
+            who: Seen::new(identity, info.cgroup_id, info.exe.clone()),
+            pid: h.pid,
+        });
     }
 
     /// The process and identity of the header's process, and what the
@@ -593,5 +660,43 @@ mod tests {
         assert!(!text.contains("not-a-real-token"));
         assert_eq!(p.stats.malformed, 1);
         assert_eq!(p.stats.secret_reads, 2);
+
+        // The same, for the ledger: redacted, the read folded.
+        let observed: Vec<String> = p
+            .observed
+            .iter()
+            .map(|o| match o {
+                Observation::Exposure {
+                    kind,
+                    subject,
+                    detail,
+                    who,
+                    ..
+                } => {
+                    format!("{} {subject} {detail:?} {}", kind.as_str(), who.id)
+                }
+                Observation::Read {
+                    secret_id,
+                    count,
+                    denied,
+                    who,
+                    ..
+                } => {
+                    format!(
+                        "read {} {count} {denied} {}",
+                        secret_id == v["secret"]["id"].as_str().unwrap(),
+                        who.id
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(
+            observed,
+            [
+                "argv secret_flag Some(\"--token=…\") user:root:/usr/bin/cat",
+                "env GITHUB_TOKEN None user:root:/usr/bin/cat",
+                "read true 2 false user:root:/usr/bin/cat",
+            ]
+        );
     }
 }

@@ -38,20 +38,28 @@ pub struct Agent {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
-    stderr: thread::JoinHandle<String>,
+    /// Taken when a failure needs it to explain an exit.
+    stderr: Option<thread::JoinHandle<String>>,
+    /// The ledger of a test that gave no `--state`, removed with it.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Agent {
+    /// `secretmon run ARGS`; with a state dir of its own unless ARGS name one,
+    /// so that tests do not share a ledger.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
     }
 
-    /// `secretmon run ARGS` with `env` added to its environment.
+    /// As [`Agent::start`], with `env` added to the agent's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(args)
-            .envs(env.iter().copied())
+        let state = (!args.contains(&"--state")).then(|| tempfile::tempdir().unwrap());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(args).envs(env.iter().copied());
+        if let Some(dir) = &state {
+            cmd.arg("--state").arg(dir.path());
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -76,7 +84,8 @@ impl Agent {
             child,
             lines,
             seen: Vec::new(),
-            stderr,
+            stderr: Some(stderr),
+            _state: state,
         };
         agent.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["status"] == "started"
@@ -88,8 +97,13 @@ impl Agent {
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         self.try_wait_for(timeout, pred).unwrap_or_else(|| {
             let status = self.child.try_wait().ok().flatten();
+            // An agent that exited said why on stderr.
+            let stderr = match (status, self.stderr.take()) {
+                (Some(_), Some(h)) => h.join().unwrap_or_default(),
+                _ => String::new(),
+            };
             panic!(
-                "no matching event within {timeout:?} (agent exit: {status:?}); seen:\n{}",
+                "no matching event within {timeout:?} (agent exit: {status:?}, stderr: {stderr}); seen:\n{}",
                 self.seen.join("\n")
             )
         })
@@ -148,7 +162,11 @@ impl Agent {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }
-        let stderr = self.stderr.join().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         (status.code(), self.seen, stderr)
     }
 }

@@ -154,6 +154,10 @@ fn test(args: &[String]) -> Result<()> {
     let start = Instant::now();
     let mut cmd = cargo::cargo()?;
     cmd.args(["test", "--workspace"]).args(args);
+    // Every end-to-end test runs a real agent that sees the whole host, so
+    // one test's burst of reads lands in another's ring buffer: one test at
+    // a time keeps their results their own.
+    cmd.env("RUST_TEST_THREADS", "1");
     let result = cargo::run(&mut cmd);
     let elapsed = secs(start.elapsed());
     match result {

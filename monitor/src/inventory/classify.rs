@@ -84,8 +84,13 @@ pub fn classify(
             })
         })
         .or_else(|| {
-            (ev.key_material && facts.age > policy.static_after)
-                .then(|| Verdict::long_lived(format!("key unchanged for {}", approx(facts.age))))
+            // A key, or a file of no known kind (a `--watch` path): no
+            // rotation in all that time is evidence of a long-lived secret.
+            let generic = ev.secret_type == SecretType::Generic;
+            ((ev.key_material || generic) && facts.age > policy.static_after).then(|| {
+                let what = if ev.key_material { "key" } else { "value" };
+                Verdict::long_lived(format!("{what} unchanged for {}", approx(facts.age)))
+            })
         })
         .or(ev.verdict)
         .unwrap_or_else(|| Verdict::unknown("no lifetime evidence"));
@@ -1110,10 +1115,10 @@ mod tests {
             (
                 "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/kubernetes.io~secret/api-credentials/api-key",
                 T::Generic,
-                U,
+                S,
                 None,
             ),
-            ("/run/secrets/db_password", T::Generic, U, None),
+            ("/run/secrets/db_password", T::Generic, S, None),
             ("/run/spire/svid.pem", T::SpiffeSvid, D, Some("X.509-SVID")),
             (
                 "/run/spire/svid_key.pem",

@@ -1,0 +1,473 @@
+//! `secretmon report`: the current picture from the ledger, while the agent
+//! runs or after it stopped. For each secret: who read it and what is wrong
+//! with it. A table for people (coloured on a terminal, worst first), or
+//! one JSON document for machines.
+
+use std::{io::Write, path::Path, time::Duration};
+
+use chrono::{DateTime, Utc};
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
+use serde::Serialize;
+
+use super::{
+    Finding, FindingType, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules,
+};
+use crate::ledger::{ExposureKind, Ledger, LedgerError, Snapshot};
+
+pub const SCHEMA: &str = "secretmon/report/v1";
+const NON_TERMINAL_WIDTH: u16 = 160;
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Overrides the orphaned (and, without `max_age`, the long-lived) window.
+    pub window: Option<Duration>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub generated: String,
+    pub ledger: String,
+    pub observing_since: String,
+    /// The windows the rules used, in seconds.
+    pub orphan_window_secs: u64,
+    pub max_age_secs: u64,
+    pub secrets: Vec<SecretEntry>,
+    pub exposures: Vec<ExposureEntry>,
+    /// Every finding, worst first.
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretEntry {
+    pub id: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub secret_type: String,
+    pub fingerprint: Option<String>,
+    pub lifetime: Option<String>,
+    pub hint: Option<String>,
+    /// Octal, e.g. `0600`.
+    pub mode: Option<String>,
+    pub uid: Option<u32>,
+    pub first_seen: String,
+    /// When the inventory stopped finding it.
+    pub removed: Option<String>,
+    /// Its values over time, oldest first: a new one is a rotation.
+    pub fingerprints: Vec<FingerprintSpan>,
+    pub readers: Vec<Reader>,
+    /// The findings about it, in full in the top-level list.
+    pub findings: Vec<FindingRef>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FingerprintSpan {
+    pub fingerprint: String,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingRef {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub finding_type: FindingType,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reader {
+    pub identity: String,
+    pub kind: String,
+    pub spiffe_id: String,
+    pub count: u64,
+    pub denied: u64,
+    pub human: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_pid: u32,
+    pub last_exe: Option<String>,
+    pub gone: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExposureEntry {
+    pub kind: ExposureKind,
+    /// The variable, the token kind, or the environment's owner.
+    pub subject: String,
+    pub identity: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_exe: Option<String>,
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Read the ledger in `state_dir` and build the report as of `now`.
+pub fn build(
+    state_dir: &Path,
+    opts: &ReportOptions,
+    now: DateTime<Utc>,
+) -> Result<Report, LedgerError> {
+    let ledger = Ledger::open_read_only(state_dir)?;
+    let snapshot = ledger.snapshot()?;
+    // The agent's settings (its policy, its baseline); the defaults when it
+    // stored none.
+    let stored = ledger
+        .meta("settings")?
+        .and_then(|t| Settings::from_json(&t));
+    let mut settings = match stored {
+        Some(s) => s,
+        None => FindingsConfig::default()
+            .settings()
+            .expect("the default settings have no policy to fail"),
+    };
+    if let Some(w) = opts.window {
+        settings.orphan_window = w;
+        settings.max_age = w;
+    }
+    if let Some(m) = opts.max_age {
+        settings.max_age = m;
+    }
+    Ok(assemble(&snapshot, &settings, now, ledger.path()))
+}
+
+fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) -> Report {
+    let findings = rules::evaluate(s, settings, now, rules::Scope::All);
+    let mut secrets: Vec<SecretEntry> = s
+        .secrets
+        .values()
+        .map(|r| {
+            let f = &r.facts;
+            let readers = s
+                .accesses
+                .range((f.id.clone(), String::new())..)
+                .take_while(|((id, _), _)| *id == f.id)
+                .map(|((_, who), a)| {
+                    let i = s.identities.get(who);
+                    Reader {
+                        identity: who.clone(),
+                        kind: i.map(|i| i.kind.clone()).unwrap_or_default(),
+                        spiffe_id: i.map(|i| i.spiffe_id.clone()).unwrap_or_default(),
+                        count: a.count,
+                        denied: a.denied,
+                        human: a.human,
+                        first_seen: rfc3339(a.first_seen),
+                        last_seen: rfc3339(a.last_seen),
+                        last_pid: a.last_pid,
+                        last_exe: a.last_exe.clone(),
+                        gone: i.is_some_and(|i| i.gone_since.is_some()),
+                    }
+                })
+                .collect();
+            let about = findings
+                .iter()
+                .filter(|x| x.secret.id == f.id || x.evidence.paths.contains(&f.path))
+                .map(|x| FindingRef {
+                    id: x.id.clone(),
+                    finding_type: x.finding_type,
+                    severity: x.severity,
+                })
+                .collect();
+            let mut fingerprints: Vec<_> = s
+                .fingerprints
+                .range((f.id.clone(), String::new())..)
+                .take_while(|((id, _), _)| *id == f.id)
+                .collect();
+            fingerprints.sort_by_key(|(_, span)| span.first_seen);
+            SecretEntry {
+                fingerprints: fingerprints
+                    .into_iter()
+                    .map(|((_, fp), span)| FingerprintSpan {
+                        fingerprint: fp.clone(),
+                        first_seen: rfc3339(span.first_seen),
+                        last_seen: rfc3339(span.last_seen),
+                    })
+                    .collect(),
+                id: f.id.clone(),
+                path: f.path.clone(),
+                secret_type: f.secret_type.clone(),
+                fingerprint: f.fingerprint.clone(),
+                lifetime: f.lifetime.clone(),
+                hint: f.hint.clone(),
+                mode: f.mode.map(|m| format!("{m:04o}")),
+                uid: f.uid,
+                first_seen: rfc3339(r.first_seen),
+                removed: r.removed.map(rfc3339),
+                readers,
+                findings: about,
+            }
+        })
+        .collect();
+    // Worst first, then by path.
+    secrets.sort_by(|a, b| {
+        let worst = |e: &SecretEntry| e.findings.iter().map(|f| f.severity).max();
+        worst(b).cmp(&worst(a)).then_with(|| a.path.cmp(&b.path))
+    });
+    let exposures = s
+        .exposures
+        .iter()
+        .map(|((kind, subject, who), e)| ExposureEntry {
+            kind: *kind,
+            subject: subject.clone(),
+            identity: who.clone(),
+            count: e.count,
+            first_seen: rfc3339(e.first_seen),
+            last_seen: rfc3339(e.last_seen),
+            last_exe: e.last_exe.clone(),
+            detail: e.detail.clone(),
+        })
+        .collect();
+    Report {
+        schema: SCHEMA,
+        generated: rfc3339(now),
+        ledger: path.display().to_string(),
+        observing_since: rfc3339(s.created),
+        orphan_window_secs: settings.orphan_window.as_secs(),
+        max_age_secs: settings.max_age.as_secs(),
+        secrets,
+        exposures,
+        findings,
+    }
+}
+
+pub fn write_json(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, report)?;
+    writeln!(out)
+}
+
+fn severity_cell(s: Severity) -> Cell {
+    let color = match s {
+        Severity::High => Color::Red,
+        Severity::Medium => Color::Yellow,
+        Severity::Low => Color::Cyan,
+    };
+    Cell::new(s.as_str().to_uppercase()).fg(color)
+}
+
+fn table(header: &[&str], terminal: bool) -> Table {
+    let mut t = Table::new();
+    if !terminal {
+        // Off a terminal there is no width to fit: wrap at one a pager or
+        // a CI log shows whole.
+        t.force_no_tty().set_width(NON_TERMINAL_WIDTH);
+    }
+    t.load_style(UTF8_HORIZONTAL_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    t
+}
+
+/// The tables for people; `terminal`: fit its width, and colour.
+pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "secretmon report of {}: observing since {}; orphaned after {} without a read, long-lived after {} unrotated",
+        report.ledger,
+        report.observing_since,
+        human_duration(Duration::from_secs(report.orphan_window_secs)),
+        human_duration(Duration::from_secs(report.max_age_secs)),
+    )?;
+    writeln!(out, "\nFINDINGS ({})", report.findings.len())?;
+    if report.findings.is_empty() {
+        writeln!(out, "none")?;
+    } else {
+        let mut t = table(
+            &[
+                "SEVERITY",
+                "FINDING",
+                "SECRET",
+                "IDENTITIES",
+                "EVIDENCE",
+                "RECOMMENDATION",
+            ],
+            terminal,
+        );
+        for f in &report.findings {
+            let secret = f
+                .secret
+                .path
+                .clone()
+                .or_else(|| f.secret.env_name.as_ref().map(|n| format!("${n}")))
+                .unwrap_or_else(|| f.secret.id.clone());
+            let ids = f
+                .identities
+                .iter()
+                .map(|i| {
+                    if i.gone {
+                        format!("{} (gone)", i.id)
+                    } else {
+                        i.id.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            t.add_row(vec![
+                severity_cell(f.severity),
+                Cell::new(format!(
+                    "{}\n{}",
+                    f.finding_type.as_str(),
+                    f.owasp.join(", ")
+                )),
+                Cell::new(secret),
+                Cell::new(ids),
+                Cell::new(format!("{} (×{})", f.evidence.reason, f.evidence.count)),
+                Cell::new(&f.recommendation),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+    }
+    writeln!(out, "\nSECRETS ({})", report.secrets.len())?;
+    let mut t = table(&["SECRET", "TYPE", "READERS", "FINDINGS"], terminal);
+    for s in &report.secrets {
+        let mut name = s.path.clone();
+        if let Some(r) = &s.removed {
+            name.push_str(&format!("\n(removed {r})"));
+        }
+        let readers = if s.readers.is_empty() {
+            "none".to_string()
+        } else {
+            s.readers
+                .iter()
+                .map(|r| format!("{} ×{}, last {}", r.identity, r.count, r.last_seen))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let findings = s
+            .findings
+            .iter()
+            .map(|f| f.finding_type.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        t.add_row(vec![
+            Cell::new(name),
+            Cell::new(&s.secret_type),
+            Cell::new(readers),
+            Cell::new(findings),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    if !report.exposures.is_empty() {
+        writeln!(out, "\nOUTSIDE FILES ({})", report.exposures.len())?;
+        let mut t = table(&["WHERE", "WHAT", "IDENTITY", "SEEN"], terminal);
+        for e in &report.exposures {
+            let what = match (&e.kind, &e.detail) {
+                (ExposureKind::Argv, Some(m)) => format!("{} {m}", e.subject),
+                _ => e.subject.clone(),
+            };
+            t.add_row(vec![
+                e.kind.as_str().to_string(),
+                what,
+                e.identity.clone(),
+                format!("×{}, last {}", e.count, e.last_seen),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Observation, SecretFacts, Seen};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn fixture() -> Snapshot {
+        let mut s = Snapshot::new(t(0));
+        for (name, mode) in [("a", 0o600), ("b", 0o644)] {
+            s.observe_secret(
+                SecretFacts {
+                    id: format!("sec-{name}"),
+                    path: format!("/srv/{name}"),
+                    secret_type: "generic".into(),
+                    fingerprint: Some(format!("hmac-sha256:{name}")),
+                    lifetime: Some("static".into()),
+                    hint: None,
+                    uid: Some(0),
+                    gid: Some(0),
+                    mode: Some(mode),
+                    mtime: Some(t(0)),
+                    expires: None,
+                },
+                t(0),
+            );
+        }
+        for who in ["systemd:app.service", "user:ana:/usr/bin/cat"] {
+            s.observe(&Observation::Read {
+                at: t(10),
+                secret_id: "sec-a".into(),
+                who: Seen {
+                    id: who.into(),
+                    kind: "systemd".into(),
+                    spiffe_id: String::new(),
+                    unit: None,
+                    user_manager: false,
+                    cgroup_id: 0,
+                    exe: None,
+                    human: false,
+                },
+                pid: 3,
+                uid: 0,
+                count: 2,
+                denied: false,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn text_and_json_show_readers_and_findings_worst_first() {
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&fixture(), &settings, t(20), Path::new("/state/ledger.db"));
+        let mut text = Vec::new();
+        write_text(&r, &mut text, false).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for want in [
+            "shared_secret",
+            "weak_permissions",
+            "/srv/a",
+            "/srv/b",
+            "systemd:app.service ×2",
+            "HIGH",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert!(
+            !text.contains('\u{1b}'),
+            "no colours off a terminal:\n{text}"
+        );
+        // Weak permissions (high) come before sharing (medium).
+        assert!(text.find("weak_permissions").unwrap() < text.find("shared_secret").unwrap());
+
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["schema"], SCHEMA);
+        assert_eq!(v["secrets"][0]["path"], "/srv/b", "worst first");
+        assert_eq!(v["secrets"][0]["mode"], "0644");
+        let a = &v["secrets"][1];
+        assert_eq!(a["readers"].as_array().unwrap().len(), 2);
+        assert_eq!(a["fingerprints"][0]["fingerprint"], "hmac-sha256:a");
+        assert_eq!(a["findings"][0]["type"], "shared_secret");
+        let id = &a["findings"][0]["id"];
+        let full = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == *id)
+            .unwrap();
+        assert_eq!(full["owasp"][0], "NHI9");
+        assert!(
+            full["recommendation"]
+                .as_str()
+                .unwrap()
+                .contains("own credential")
+        );
+    }
+}

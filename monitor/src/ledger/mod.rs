@@ -1,0 +1,604 @@
+//! The ledger: who read which secret, when and how often, and what each
+//! secret looked like over time, in SQLite (WAL) in the state dir.
+//!
+//! The agent keeps a [`Snapshot`] in memory and sends the rows it changes to
+//! a [`Writer`] thread that commits them in batches, off the event path.
+//! `report` reads the same file, while the agent runs or after it stopped.
+//! A crash (kill -9) loses at most the last uncommitted batch, never
+//! corrupts the file, and a restart replays nothing, so nothing is counted
+//! twice.
+
+pub mod facts;
+pub mod schema;
+mod snapshot;
+mod writer;
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+use serde::Deserialize;
+
+pub use self::{
+    snapshot::{
+        AccessRow, ExposureKind, ExposureRow, Fired, IdentityRow, Observation, Row, SecretFacts,
+        SecretRow, Seen, Snapshot, Span,
+    },
+    writer::{Batching, Writer, WriterStats},
+};
+
+const FILE: &str = "ledger.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("state dir {path}: {}", crate::error_text(err))]
+    StateDir { path: String, err: std::io::Error },
+    #[error("no ledger at {0}: has `secretmon run --state {1}` run here?")]
+    Missing(String, String),
+    #[error("ledger {path}: {}", crate::error_text(err))]
+    Open { path: String, err: rusqlite::Error },
+    #[error("the ledger's schema is v{found}, newer than this secretmon knows (v{known})")]
+    TooNew { found: u32, known: u32 },
+    #[error(
+        "the ledger's schema is v{found}, older than v{known}: run the agent once to migrate it"
+    )]
+    TooOld { found: u32, known: u32 },
+    #[error("ledger: {}", crate::error_text(.0))]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// `[ledger]` of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Rows last seen longer ago than this are deleted.
+    #[serde(with = "crate::ledger::duration")]
+    pub retention: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// `"90d"`, `"24h"`, `"10s"` in TOML.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}`: {e} (write e.g. \"90d\", \"24h\")"))
+        })
+    }
+}
+
+/// An open ledger file.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Open (and create, and migrate) the ledger in `state_dir`, which is
+    /// made 0700 when missing.
+    pub fn open(state_dir: &Path) -> Result<Self, LedgerError> {
+        let dir_err = |err| LedgerError::StateDir {
+            path: state_dir.display().to_string(),
+            err,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(dir_err)?;
+        let path = state_dir.join(FILE);
+        let mut conn = Connection::open(&path).map_err(|err| LedgerError::Open {
+            path: path.display().to_string(),
+            err,
+        })?;
+        // Ledger rows name secrets and workloads: keep them private.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(dir_err)?;
+        // WAL: readers (`report`) never block the writer, and a crash
+        // leaves the last committed transaction intact. NORMAL skips the
+        // fsync per commit; a power loss may lose the last commits, never
+        // the file.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        schema::migrate(&mut conn, schema::MIGRATIONS)?;
+        let ledger = Self { conn, path };
+        if ledger.meta("created")?.is_none() {
+            ledger.set_meta("created", &to_ns(Utc::now()).to_string())?;
+        }
+        Ok(ledger)
+    }
+
+    /// Open the ledger in `state_dir` for reading only, as `report` does
+    /// while the agent may be writing.
+    pub fn open_read_only(state_dir: &Path) -> Result<Self, LedgerError> {
+        let path = state_dir.join(FILE);
+        if !path.exists() {
+            return Err(LedgerError::Missing(
+                path.display().to_string(),
+                state_dir.display().to_string(),
+            ));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|err| LedgerError::Open {
+            path: path.display().to_string(),
+            err,
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let found = schema::version(&conn)?;
+        let known = schema::MIGRATIONS.len() as u32;
+        if found > known {
+            return Err(LedgerError::TooNew { found, known });
+        }
+        if found < known {
+            return Err(LedgerError::TooOld { found, known });
+        }
+        Ok(Self { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the file is sound.
+    #[cfg(test)]
+    pub fn integrity(&self) -> Result<String, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Write `rows` in one transaction.
+    pub fn write(&mut self, rows: &[Row]) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction()?;
+        for row in rows {
+            write_row(&tx, row)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Everything the ledger holds.
+    pub fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        let created = self
+            .meta("created")?
+            .and_then(|v| v.parse().ok())
+            .map_or_else(Utc::now, from_ns);
+        let mut s = Snapshot::new(created);
+        let c = &self.conn;
+        let mut q = c.prepare(
+            "SELECT id, path, type, fingerprint, lifetime, hint, uid, gid, mode, mtime, \
+             expires, first_seen, last_seen, removed FROM secret",
+        )?;
+        let rows = q.query_map([], |r| {
+            Ok(SecretRow {
+                facts: SecretFacts {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    secret_type: r.get(2)?,
+                    fingerprint: r.get(3)?,
+                    lifetime: r.get(4)?,
+                    hint: r.get(5)?,
+                    uid: r.get(6)?,
+                    gid: r.get(7)?,
+                    mode: r.get(8)?,
+                    mtime: r.get::<_, Option<i64>>(9)?.map(from_ns),
+                    expires: r.get::<_, Option<i64>>(10)?.map(from_ns),
+                },
+                first_seen: from_ns(r.get(11)?),
+                last_seen: from_ns(r.get(12)?),
+                removed: r.get::<_, Option<i64>>(13)?.map(from_ns),
+            })
+        })?;
+        for row in rows {
+            let row = row?;
+            s.secrets.insert(row.facts.id.clone(), row);
+        }
+        let mut q = c.prepare(
+            "SELECT secret_id, fingerprint, first_seen, last_seen FROM secret_fingerprint",
+        )?;
+        let rows = q.query_map([], |r| {
+            Ok((
+                (r.get(0)?, r.get(1)?),
+                Span {
+                    first_seen: from_ns(r.get(2)?),
+                    last_seen: from_ns(r.get(3)?),
+                },
+            ))
+        })?;
+        for row in rows {
+            let (k, v) = row?;
+            s.fingerprints.insert(k, v);
+        }
+        let mut q = c.prepare(
+            "SELECT id, kind, spiffe_id, unit, user_manager, cgroup_id, exe, first_seen, \
+             last_seen, gone_since FROM identity",
+        )?;
+        let rows = q.query_map([], |r| {
+            Ok(IdentityRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                spiffe_id: r.get(2)?,
+                unit: r.get(3)?,
+                user_manager: r.get(4)?,
+                cgroup_id: r.get::<_, i64>(5)? as u64,
+                exe: r.get(6)?,
+                first_seen: from_ns(r.get(7)?),
+                last_seen: from_ns(r.get(8)?),
+                gone_since: r.get::<_, Option<i64>>(9)?.map(from_ns),
+            })
+        })?;
+        for row in rows {
+            let row = row?;
+            s.identities.insert(row.id.clone(), row);
+        }
+        let mut q = c.prepare(
+            "SELECT secret_id, identity_id, first_seen, last_seen, count, denied, human, \
+             last_pid, last_uid, last_exe FROM access",
+        )?;
+        let rows = q.query_map([], |r| {
+            Ok((
+                (r.get(0)?, r.get(1)?),
+                AccessRow {
+                    first_seen: from_ns(r.get(2)?),
+                    last_seen: from_ns(r.get(3)?),
+                    count: r.get::<_, i64>(4)? as u64,
+                    denied: r.get::<_, i64>(5)? as u64,
+                    human: r.get::<_, i64>(6)? as u64,
+                    last_pid: r.get(7)?,
+                    last_uid: r.get(8)?,
+                    last_exe: r.get(9)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (k, v) = row?;
+            s.accesses.insert(k, v);
+        }
+        let mut q = c.prepare(
+            "SELECT kind, subject, identity_id, detail, first_seen, last_seen, count, last_pid, \
+             last_exe FROM exposure",
+        )?;
+        let rows = q.query_map([], |r| {
+            let kind: String = r.get(0)?;
+            Ok((
+                kind,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                ExposureRow {
+                    detail: r.get(3)?,
+                    first_seen: from_ns(r.get(4)?),
+                    last_seen: from_ns(r.get(5)?),
+                    count: r.get::<_, i64>(6)? as u64,
+                    last_pid: r.get(7)?,
+                    last_exe: r.get(8)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (kind, subject, identity, v) = row?;
+            // A kind from a later release is not ours to judge.
+            if let Some(kind) = ExposureKind::parse(&kind) {
+                s.exposures.insert((kind, subject, identity), v);
+            }
+        }
+        let mut q = c.prepare("SELECT key, fired_at FROM fired")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, from_ns(r.get(1)?))))?;
+        for row in rows {
+            let (k, at) = row?;
+            s.fired.insert(k, at);
+        }
+        Ok(s)
+    }
+
+    /// Rows in the access table.
+    #[cfg(test)]
+    pub fn access_rows(&self) -> Result<u64, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM access", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+}
+
+fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::Error> {
+    match row {
+        Row::Meta(k, v) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                .execute(params![k, v])?;
+        }
+        Row::Secret(s) => {
+            let f = &s.facts;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO secret (id, path, type, fingerprint, lifetime, hint, uid, \
+                 gid, mode, mtime, expires, first_seen, last_seen, removed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                f.id,
+                f.path,
+                f.secret_type,
+                f.fingerprint,
+                f.lifetime,
+                f.hint,
+                f.uid,
+                f.gid,
+                f.mode,
+                f.mtime.map(to_ns),
+                f.expires.map(to_ns),
+                to_ns(s.first_seen),
+                to_ns(s.last_seen),
+                s.removed.map(to_ns),
+            ])?;
+        }
+        Row::Fingerprint(id, fp, span) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO secret_fingerprint (secret_id, fingerprint, first_seen, \
+                 last_seen) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                id,
+                fp,
+                to_ns(span.first_seen),
+                to_ns(span.last_seen)
+            ])?;
+        }
+        Row::Identity(i) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO identity (id, kind, spiffe_id, unit, user_manager, \
+                 cgroup_id, exe, first_seen, last_seen, gone_since) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                i.id,
+                i.kind,
+                i.spiffe_id,
+                i.unit,
+                i.user_manager,
+                i.cgroup_id as i64,
+                i.exe,
+                to_ns(i.first_seen),
+                to_ns(i.last_seen),
+                i.gone_since.map(to_ns),
+            ])?;
+        }
+        Row::Access((secret, identity), a) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO access (secret_id, identity_id, first_seen, last_seen, \
+                 count, denied, human, last_pid, last_uid, last_exe) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                secret,
+                identity,
+                to_ns(a.first_seen),
+                to_ns(a.last_seen),
+                a.count as i64,
+                a.denied as i64,
+                a.human as i64,
+                a.last_pid,
+                a.last_uid,
+                a.last_exe,
+            ])?;
+        }
+        Row::Exposure((kind, subject, identity), e) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO exposure (kind, subject, identity_id, detail, first_seen, \
+                 last_seen, count, last_pid, last_exe) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                kind.as_str(),
+                subject,
+                identity,
+                e.detail,
+                to_ns(e.first_seen),
+                to_ns(e.last_seen),
+                e.count as i64,
+                e.last_pid,
+                e.last_exe,
+            ])?;
+        }
+        Row::Fired(f) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO fired (key, type, subject, fired_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![f.key, f.finding_type, f.subject, to_ns(f.at)])?;
+        }
+        Row::Prune(cutoff) => {
+            // The same criteria as `Snapshot::prune`.
+            let c = to_ns(*cutoff);
+            for sql in [
+                "DELETE FROM access WHERE last_seen < ?1",
+                "DELETE FROM exposure WHERE last_seen < ?1",
+                "DELETE FROM secret_fingerprint WHERE last_seen < ?1",
+                "DELETE FROM secret WHERE removed IS NOT NULL AND removed < ?1",
+                "DELETE FROM identity WHERE last_seen < ?1 \
+                 AND id NOT IN (SELECT identity_id FROM access) \
+                 AND id NOT IN (SELECT identity_id FROM exposure)",
+                "DELETE FROM fired WHERE fired_at < ?1",
+            ] {
+                tx.prepare_cached(sql)?.execute([c])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn to_ns(t: DateTime<Utc>) -> i64 {
+    // Beyond 2262 a timestamp saturates rather than wraps.
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+pub fn from_ns(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn facts(id: &str, fp: &str) -> SecretFacts {
+        SecretFacts {
+            id: id.into(),
+            path: format!("/srv/{id}"),
+            secret_type: "generic".into(),
+            fingerprint: Some(fp.into()),
+            lifetime: Some("static".into()),
+            hint: None,
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(0o600),
+            mtime: Some(at(-100)),
+            expires: None,
+        }
+    }
+
+    fn seen(id: &str) -> Seen {
+        Seen {
+            id: id.into(),
+            kind: "systemd".into(),
+            spiffe_id: format!("spiffe://td/{id}"),
+            unit: Some("app.service".into()),
+            user_manager: false,
+            cgroup_id: 42,
+            exe: Some("/usr/bin/app".into()),
+            human: false,
+        }
+    }
+
+    fn read(secs: i64, secret: &str, who: &str, count: u64) -> Observation {
+        Observation::Read {
+            at: at(secs),
+            secret_id: secret.into(),
+            who: seen(who),
+            pid: 7,
+            uid: 0,
+            count,
+            denied: false,
+        }
+    }
+
+    /// What the agent holds in memory is what `report` loads from disk.
+    #[test]
+    fn disk_and_memory_agree_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut ledger = Ledger::open(&state).unwrap();
+        let mode = fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let mut mem = ledger.snapshot().unwrap();
+        let mut rows = Vec::new();
+        rows.extend(mem.observe_secret(facts("a", "hmac-sha256:01"), at(0)));
+        rows.extend(mem.observe_secret(facts("a", "hmac-sha256:02"), at(10)));
+        rows.extend(mem.observe(&read(1, "a", "systemd:app.service", 3)));
+        rows.extend(mem.observe(&read(5, "a", "systemd:app.service", 2)));
+        rows.extend(mem.observe(&Observation::Exposure {
+            at: at(6),
+            kind: ExposureKind::Env,
+            subject: "GITHUB_TOKEN".into(),
+            detail: None,
+            who: seen("user:root:/bin/sh"),
+            pid: 9,
+        }));
+        rows.extend(mem.identity_gone("systemd:app.service", at(20)));
+        rows.push(mem.fire(Fired {
+            key: "k".into(),
+            finding_type: "shared_secret".into(),
+            subject: "a".into(),
+            at: at(7),
+        }));
+        ledger.write(&rows).unwrap();
+        drop(ledger);
+
+        let ledger = Ledger::open_read_only(&state).unwrap();
+        let disk = ledger.snapshot().unwrap();
+        assert_eq!(disk, mem);
+        let access = &disk.accesses[&("a".into(), "systemd:app.service".into())];
+        assert_eq!(access.count, 5);
+        assert_eq!((access.first_seen, access.last_seen), (at(1), at(5)));
+        assert_eq!(disk.fingerprints.len(), 2, "both fingerprints kept");
+        assert_eq!(ledger.integrity().unwrap(), "ok");
+    }
+
+    #[test]
+    fn pruning_on_disk_matches_pruning_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut mem = ledger.snapshot().unwrap();
+        let mut rows = Vec::new();
+        rows.extend(mem.observe_secret(facts("old", "hmac-sha256:01"), at(0)));
+        rows.extend(mem.observe_secret(facts("new", "hmac-sha256:02"), at(0)));
+        rows.extend(mem.observe_secret(facts("new", "hmac-sha256:03"), at(100)));
+        rows.extend(mem.remove_secret("old", at(10)));
+        rows.extend(mem.observe(&read(5, "new", "user:a:/bin/a", 1)));
+        rows.extend(mem.observe(&read(200, "new", "user:b:/bin/b", 1)));
+        rows.push(mem.prune(at(50)));
+        ledger.write(&rows).unwrap();
+        let disk = ledger.snapshot().unwrap();
+        assert_eq!(disk, mem);
+        assert_eq!(disk.secrets.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(
+            disk.identities.keys().collect::<Vec<_>>(),
+            ["user:b:/bin/b"]
+        );
+        assert_eq!(disk.fingerprints.len(), 1);
+    }
+
+    #[test]
+    fn report_without_a_ledger_says_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(err) = Ledger::open_read_only(dir.path()) else {
+            panic!("opened a ledger that does not exist");
+        };
+        let err = err.to_string();
+        assert!(err.contains("secretmon run --state"), "{err}");
+    }
+
+    #[test]
+    fn retention_parses_human_durations() {
+        let c: LedgerConfig = toml::from_str("retention = \"30d\"").unwrap();
+        assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
+        let err = toml::from_str::<LedgerConfig>("retention = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+}

@@ -1,0 +1,434 @@
+//! The ledger's content in memory: what the rules read. The agent keeps one
+//! current as observations arrive and hands the rows it changed to the
+//! writer; `report` loads one from disk. A changed row is written whole
+//! (its cumulative count, not an increment), so a batch lost to a crash
+//! or a full queue is made good by the next write of the same row, and a
+//! restart never counts anything twice.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Identity, IdentityKind};
+
+/// What the inventory knows of one secret file. Fields it has not filled
+/// are `None`; the rules that need them then stay silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFacts {
+    pub id: String,
+    pub path: String,
+    /// `secret.type` of the event contract (`aws_credentials`, ...).
+    pub secret_type: String,
+    /// `hmac-sha256:` and a hex prefix.
+    pub fingerprint: Option<String>,
+    /// `static`, `dynamic` or `unknown`.
+    pub lifetime: Option<String>,
+    /// A safe prefix or label, e.g. `AKIA…`.
+    pub hint: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits.
+    pub mode: Option<u32>,
+    pub mtime: Option<DateTime<Utc>>,
+    pub expires: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub facts: SecretFacts,
+    /// First and last time the inventory listed it.
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// When the inventory stopped finding it.
+    pub removed: Option<DateTime<Utc>>,
+}
+
+/// One fingerprint a secret had, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRow {
+    pub id: String,
+    /// `k8s`, `container`, `systemd` or `user`.
+    pub kind: String,
+    pub spiffe_id: String,
+    /// The systemd unit, to tell a stopped unit from a removed one.
+    pub unit: Option<String>,
+    /// The unit is a user manager's.
+    pub user_manager: bool,
+    /// The cgroup its last process ran in (0 when unknown).
+    pub cgroup_id: u64,
+    pub exe: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// When the workload was found gone from the host (unit and cgroup
+    /// removed, executable deleted); cleared when it is seen again.
+    pub gone_since: Option<DateTime<Utc>>,
+}
+
+/// Reads of one secret by one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRow {
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Opens, successful or not.
+    pub count: u64,
+    /// Opens the kernel refused.
+    pub denied: u64,
+    /// Opens from a human session.
+    pub human: u64,
+    pub last_pid: u32,
+    pub last_uid: u32,
+    pub last_exe: Option<String>,
+}
+
+impl AccessRow {
+    /// At least one open succeeded.
+    pub fn read(&self) -> bool {
+        self.count > self.denied
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExposureKind {
+    /// `subject` is the variable's name.
+    Env,
+    /// `subject` is the token kind (`github_token`); `detail` the redacted match.
+    Argv,
+    /// `subject` is the target's executable.
+    Environ,
+}
+
+impl ExposureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Env => "env",
+            Self::Argv => "argv",
+            Self::Environ => "environ",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Env, Self::Argv, Self::Environ]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposureRow {
+    pub detail: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub count: u64,
+    pub last_pid: u32,
+    pub last_exe: Option<String>,
+}
+
+pub type AccessKey = (String, String);
+pub type ExposureKey = (ExposureKind, String, String);
+
+/// One row to write; the writer replaces the stored row with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    Meta(String, String),
+    Secret(SecretRow),
+    Fingerprint(String, String, Span),
+    Identity(IdentityRow),
+    Access(AccessKey, AccessRow),
+    Exposure(ExposureKey, ExposureRow),
+    Fired(Fired),
+    /// Delete what was last seen before this time.
+    Prune(DateTime<Utc>),
+}
+
+/// A finding already emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    pub key: String,
+    pub finding_type: String,
+    pub subject: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Who made an access, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    pub kind: String,
+    pub spiffe_id: String,
+    pub unit: Option<String>,
+    pub user_manager: bool,
+    pub cgroup_id: u64,
+    pub exe: Option<String>,
+    pub human: bool,
+}
+
+impl Seen {
+    pub fn new(identity: &Identity, cgroup_id: u64, exe: Option<String>) -> Self {
+        let kind = match identity.kind {
+            IdentityKind::K8s => "k8s",
+            IdentityKind::Container => "container",
+            IdentityKind::Systemd => "systemd",
+            IdentityKind::User => "user",
+        };
+        Self {
+            id: identity.id.clone(),
+            kind: kind.into(),
+            spiffe_id: identity.spiffe_id.clone(),
+            unit: identity.systemd.as_ref().map(|s| s.unit.clone()),
+            user_manager: identity
+                .systemd
+                .as_ref()
+                .is_some_and(|s| s.user_manager.is_some()),
+            cgroup_id,
+            exe,
+            human: identity.human,
+        }
+    }
+}
+
+/// What the pipeline saw, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Opens of a watched file folded into one: same process and result.
+    Read {
+        at: DateTime<Utc>,
+        secret_id: String,
+        who: Seen,
+        pid: u32,
+        uid: u32,
+        count: u64,
+        denied: bool,
+    },
+    Exposure {
+        at: DateTime<Utc>,
+        kind: ExposureKind,
+        subject: String,
+        detail: Option<String>,
+        who: Seen,
+        pid: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When this ledger began observing: the first run on this state dir.
+    pub created: DateTime<Utc>,
+    pub secrets: BTreeMap<String, SecretRow>,
+    /// (secret id, fingerprint) → when.
+    pub fingerprints: BTreeMap<(String, String), Span>,
+    pub identities: BTreeMap<String, IdentityRow>,
+    /// (secret id, identity id) → reads.
+    pub accesses: BTreeMap<AccessKey, AccessRow>,
+    /// (kind, subject, identity id) → sightings.
+    pub exposures: BTreeMap<ExposureKey, ExposureRow>,
+    /// Finding key → when it fired.
+    pub fired: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Snapshot {
+    pub fn new(created: DateTime<Utc>) -> Self {
+        Self {
+            created,
+            secrets: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            accesses: BTreeMap::new(),
+            exposures: BTreeMap::new(),
+            fired: BTreeMap::new(),
+        }
+    }
+
+    /// The inventory lists `facts` at `at`. Returns the rows that changed.
+    pub fn observe_secret(&mut self, facts: SecretFacts, at: DateTime<Utc>) -> Vec<Row> {
+        let mut rows = Vec::new();
+        if let Some(fp) = &facts.fingerprint {
+            let span = self
+                .fingerprints
+                .entry((facts.id.clone(), fp.clone()))
+                .and_modify(|s| s.last_seen = s.last_seen.max(at))
+                .or_insert(Span {
+                    first_seen: at,
+                    last_seen: at,
+                });
+            rows.push(Row::Fingerprint(facts.id.clone(), fp.clone(), *span));
+        }
+        let row = match self.secrets.remove(&facts.id) {
+            Some(old) => SecretRow {
+                facts,
+                first_seen: old.first_seen,
+                last_seen: old.last_seen.max(at),
+                removed: None,
+            },
+            None => SecretRow {
+                facts,
+                first_seen: at,
+                last_seen: at,
+                removed: None,
+            },
+        };
+        rows.push(Row::Secret(row.clone()));
+        self.secrets.insert(row.facts.id.clone(), row);
+        rows
+    }
+
+    /// The inventory no longer finds secret `id`.
+    pub fn remove_secret(&mut self, id: &str, at: DateTime<Utc>) -> Vec<Row> {
+        match self.secrets.get_mut(id) {
+            Some(row) if row.removed.is_none() => {
+                row.removed = Some(at);
+                vec![Row::Secret(row.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Record what the pipeline saw. Returns the rows that changed.
+    pub fn observe(&mut self, o: &Observation) -> Vec<Row> {
+        match o {
+            Observation::Read {
+                at,
+                secret_id,
+                who,
+                pid,
+                uid,
+                count,
+                denied,
+            } => {
+                let identity = self.seen(who, *at);
+                let key = (secret_id.clone(), who.id.clone());
+                let row = self
+                    .accesses
+                    .entry(key.clone())
+                    .or_insert_with(|| AccessRow {
+                        first_seen: *at,
+                        last_seen: *at,
+                        count: 0,
+                        denied: 0,
+                        human: 0,
+                        last_pid: *pid,
+                        last_uid: *uid,
+                        last_exe: None,
+                    });
+                row.first_seen = row.first_seen.min(*at);
+                row.last_seen = row.last_seen.max(*at);
+                row.count += count;
+                if *denied {
+                    row.denied += count;
+                }
+                if who.human {
+                    row.human += count;
+                }
+                row.last_pid = *pid;
+                row.last_uid = *uid;
+                row.last_exe.clone_from(&who.exe);
+                vec![identity, Row::Access(key, row.clone())]
+            }
+            Observation::Exposure {
+                at,
+                kind,
+                subject,
+                detail,
+                who,
+                pid,
+            } => {
+                let identity = self.seen(who, *at);
+                let key = (*kind, subject.clone(), who.id.clone());
+                let row = self
+                    .exposures
+                    .entry(key.clone())
+                    .or_insert_with(|| ExposureRow {
+                        detail: None,
+                        first_seen: *at,
+                        last_seen: *at,
+                        count: 0,
+                        last_pid: *pid,
+                        last_exe: None,
+                    });
+                row.first_seen = row.first_seen.min(*at);
+                row.last_seen = row.last_seen.max(*at);
+                row.count += 1;
+                row.detail.clone_from(detail);
+                row.last_pid = *pid;
+                row.last_exe.clone_from(&who.exe);
+                vec![identity, Row::Exposure(key, row.clone())]
+            }
+        }
+    }
+
+    /// The workload of identity `id` is no longer on the host.
+    pub fn identity_gone(&mut self, id: &str, at: DateTime<Utc>) -> Vec<Row> {
+        match self.identities.get_mut(id) {
+            Some(row) if row.gone_since.is_none() => {
+                row.gone_since = Some(at);
+                vec![Row::Identity(row.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn fire(&mut self, fired: Fired) -> Row {
+        self.fired.insert(fired.key.clone(), fired.at);
+        Row::Fired(fired)
+    }
+
+    /// Forget what was last seen before `cutoff`: reads, exposures, past
+    /// fingerprints, removed secrets, identities that made none of what
+    /// is left, and fired findings (which may then fire again).
+    pub fn prune(&mut self, cutoff: DateTime<Utc>) -> Row {
+        self.accesses.retain(|_, a| a.last_seen >= cutoff);
+        self.exposures.retain(|_, e| e.last_seen >= cutoff);
+        self.fingerprints.retain(|_, s| s.last_seen >= cutoff);
+        self.secrets
+            .retain(|_, s| s.removed.is_none_or(|r| r >= cutoff));
+        let used: std::collections::BTreeSet<&String> = self
+            .accesses
+            .keys()
+            .map(|(_, i)| i)
+            .chain(self.exposures.keys().map(|(_, _, i)| i))
+            .collect();
+        self.identities
+            .retain(|id, i| i.last_seen >= cutoff || used.contains(id));
+        self.fired.retain(|_, at| *at >= cutoff);
+        Row::Prune(cutoff)
+    }
+
+    fn seen(&mut self, who: &Seen, at: DateTime<Utc>) -> Row {
+        let row = self
+            .identities
+            .entry(who.id.clone())
+            .or_insert_with(|| IdentityRow {
+                id: who.id.clone(),
+                kind: who.kind.clone(),
+                spiffe_id: who.spiffe_id.clone(),
+                unit: None,
+                user_manager: false,
+                cgroup_id: 0,
+                exe: None,
+                first_seen: at,
+                last_seen: at,
+                gone_since: None,
+            });
+        row.kind.clone_from(&who.kind);
+        row.spiffe_id.clone_from(&who.spiffe_id);
+        row.unit.clone_from(&who.unit);
+        row.user_manager = who.user_manager;
+        if who.cgroup_id != 0 {
+            row.cgroup_id = who.cgroup_id;
+        }
+        if who.exe.is_some() {
+            row.exe.clone_from(&who.exe);
+        }
+        row.first_seen = row.first_seen.min(at);
+        row.last_seen = row.last_seen.max(at);
+        row.gone_since = None;
+        Row::Identity(row.clone())
+    }
+}
