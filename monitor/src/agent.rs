@@ -59,7 +59,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let user = inventory::user_paths(&opts.watch)?;
     let catalog = Catalog::new(&opts.inventory)?;
-    let env_patterns = env_names::watch_list(&opts.env_names)?;
+    let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
     let key = listing::load_key(&opts.inventory, &opts.state)?;
     let scanner = Scanner::new(
         std::path::Path::new("/"),

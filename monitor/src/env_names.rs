@@ -9,28 +9,6 @@ pub enum EnvPattern {
     Suffix(String),
 }
 
-/// The built-in watch list.
-pub const DEFAULT_ENV_NAMES: &[&str] = &[
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "GITHUB_TOKEN",
-    "GH_TOKEN",
-    "GITLAB_TOKEN",
-    "VAULT_TOKEN",
-    "DATABASE_URL",
-    "PGPASSWORD",
-    "MYSQL_PWD",
-    "OPENAI_API_KEY",
-    "ANTHROPIC_API_KEY",
-    "NPM_TOKEN",
-    "SLACK_BOT_TOKEN",
-    "AZURE_CLIENT_SECRET",
-    "*_TOKEN",
-    "*_SECRET",
-    "*_PASSWORD",
-    "*_API_KEY",
-];
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "environment variable pattern {0:?}: use NAME or *_SUFFIX (letters, digits and _, the suffix one or two _-words)"
@@ -62,13 +40,12 @@ impl EnvPattern {
     }
 }
 
-/// The built-in list plus `extra` from config.
-pub fn watch_list(extra: &[String]) -> Result<Vec<EnvPattern>, BadEnvPattern> {
-    DEFAULT_ENV_NAMES
+/// The catalog's names (its `[env]` section) plus `extra` from config.
+pub fn watch_list(catalog: &[String], extra: &[String]) -> Result<Vec<EnvPattern>, BadEnvPattern> {
+    catalog
         .iter()
-        .copied()
-        .chain(extra.iter().map(String::as_str))
-        .map(EnvPattern::parse)
+        .chain(extra)
+        .map(|s| EnvPattern::parse(s))
         .collect()
 }
 
@@ -77,10 +54,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_parse() {
-        let list = watch_list(&[]).unwrap();
+    fn the_catalog_names_parse() {
+        let catalog = crate::inventory::catalog::Catalog::new(&Default::default()).unwrap();
+        let list = watch_list(catalog.env_watch_names(), &["*_CREDS".into()]).unwrap();
         assert!(list.contains(&EnvPattern::Exact("GITHUB_TOKEN".into())));
         assert!(list.contains(&EnvPattern::Suffix("_API_KEY".into())));
+        assert!(list.contains(&EnvPattern::Suffix("_DATABASE_URL".into())));
+        assert!(list.contains(&EnvPattern::Suffix("_CREDS".into())));
     }
 
     #[test]

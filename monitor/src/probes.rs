@@ -161,28 +161,11 @@ impl Probes {
             OPEN_HOOKS_ENTER
         };
         for &(prog, category, name) in TRACEPOINTS.iter().chain(open_hooks) {
-            let program: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(ProbeError::MissingProgram(prog))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    category,
-                    name,
-                    source,
-                })?;
-            program
-                .load()
-                .and_then(|()| program.attach(category, name).map(drop))
-                .map_err(|source| ProbeError::Attach {
-                    category,
-                    name,
-                    source,
-                })?;
+            attach_tracepoint(&mut ebpf, prog, category, name)?;
         }
         for &(prog, name) in RAW_TRACEPOINTS {
-            let category = "raw_tp";
             let attach_err = |source| ProbeError::Attach {
-                category,
+                category: "raw_tp",
                 name,
                 source,
             };
@@ -197,21 +180,7 @@ impl Probes {
                 .map_err(attach_err)?;
         }
         if let Some((name, _)) = io_uring {
-            let category = "io_uring";
-            let attach_err = |source| ProbeError::Attach {
-                category,
-                name,
-                source,
-            };
-            let program: &mut TracePoint = ebpf
-                .program_mut("io_uring_submit")
-                .ok_or(ProbeError::MissingProgram("io_uring_submit"))?
-                .try_into()
-                .map_err(attach_err)?;
-            program
-                .load()
-                .and_then(|()| program.attach(category, name).map(drop))
-                .map_err(attach_err)?;
+            attach_tracepoint(&mut ebpf, "io_uring_submit", "io_uring", name)?;
         }
         let mut trie: LpmTrie<MapData, [u8; RULE_NAME_LEN], NameRule> =
             take_map(&mut ebpf, "NAME_RULES")?;
@@ -312,6 +281,29 @@ fn padded<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     out[..bytes.len()].copy_from_slice(bytes);
     Some(out)
+}
+
+/// Load program `prog` and attach it to tracepoint `category:name`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    let attach_err = |source| ProbeError::Attach {
+        category,
+        name,
+        source,
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(attach_err)?;
+    program
+        .load()
+        .and_then(|()| program.attach(category, name).map(drop))
+        .map_err(attach_err)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

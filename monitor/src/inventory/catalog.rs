@@ -136,6 +136,8 @@ pub struct Catalog {
     skip_dirs: GlobSet,
     env_names: GlobSet,
     url_names: GlobSet,
+    /// Every env name and pattern, for the kernel's exec-time watch list.
+    env_watch: Vec<String>,
     shapes: Vec<Shape>,
     bases: Vec<PathBuf>,
     home_dirs: Vec<PathBuf>,
@@ -207,6 +209,14 @@ impl Catalog {
             skip_dirs: set(&data.skip_dirs)?,
             env_names: set(data.env.names.iter().chain(&data.env.patterns))?,
             url_names: set(&data.env.url_names)?,
+            env_watch: data
+                .env
+                .names
+                .iter()
+                .chain(&data.env.patterns)
+                .chain(&data.env.url_names)
+                .cloned()
+                .collect(),
             shapes,
             bases: outermost(bases),
             home_dirs,
@@ -257,6 +267,12 @@ impl Catalog {
     /// Whether a directory (absolute, as shown) is never entered.
     pub fn skips_dir(&self, path: &Path) -> bool {
         self.skip_dirs.is_match(path)
+    }
+
+    /// The names and `*_SUFFIX` patterns of secret environment variables,
+    /// URL-valued ones included: what the kernel reports at exec.
+    pub fn env_watch_names(&self) -> &[String] {
+        &self.env_watch
     }
 
     /// Whether an environment variable of this name holds a secret.
