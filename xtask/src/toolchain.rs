@@ -32,6 +32,7 @@ pub enum Scope {
 }
 
 pub fn setup(scope: Scope) -> Result<()> {
+    let start = std::time::Instant::now();
     ensure_toolchain().context(
         "setup step `toolchain` failed; check network access, or run \
          `rustup toolchain install nightly-2026-07-01 --profile minimal \
@@ -44,6 +45,7 @@ pub fn setup(scope: Scope) -> Result<()> {
     if scope == Scope::Full {
         ensure_tracefs().context("setup step `tracefs` failed")?;
     }
+    eprintln!("xtask: setup done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
