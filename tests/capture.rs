@@ -167,6 +167,25 @@ fn a_denied_open_is_reported_with_its_errno() {
     assert_eq!(ev["access"]["flags"][0], "O_RDONLY");
     assert_eq!(ev["process"]["uid"], 65534);
     assert_eq!(ev["secret"]["path"], secret.to_str().unwrap());
+
+    // A relative name, by a process gone before the agent looks: the
+    // kernel walked its cwd at the time of the open.
+    agent.pause();
+    let child = Command::new("cat")
+        .current_dir(dir.path())
+        .arg(".aws/credentials")
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(!child.wait_with_output().unwrap().status.success());
+    agent.resume();
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["access"]["result"], "EACCES");
+    assert_eq!(ev["secret"]["path"], secret.to_str().unwrap());
     agent.stop(nix::sys::signal::Signal::SIGTERM);
 }
 

@@ -126,6 +126,23 @@ pub struct DeniedOpenEvent {
     /// Bytes of `filename` used, NUL excluded.
     pub filename_len: u32,
     pub filename: [u8; FILENAME_LEN],
+    /// For a relative `filename`: the directory it is relative to (the cwd
+    /// or `dfd`), walked by the kernel while the process still exists.
+    /// Empty (depth 0) for an absolute one.
+    pub base: WalkedPath,
+}
+
+/// A path walked in the kernel from a dentry up through the mounts to the
+/// root of the mount namespace: race-free, whatever the process does next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WalkedPath {
+    /// Components used in `components`.
+    pub depth: u32,
+    /// 1 when the walk did not reach the root or a name was cut.
+    pub truncated: u32,
+    /// Innermost first, each NUL-terminated.
+    pub components: [[u8; COMPONENT_LEN]; PATH_COMPONENTS],
 }
 
 /// A successful open of `/proc/<target_pid>/environ` by another process.
@@ -194,13 +211,8 @@ pub struct NameRuleOpenEvent {
     pub flags: u32,
     pub ret: i32,
     pub rule: u32,
-    /// Components used in `components`.
-    pub depth: u32,
-    /// 1 when the walk did not reach the root or a name was cut.
-    pub truncated: u32,
-    pub _pad: u32,
-    /// Innermost (the file's own name) first, each NUL-terminated.
-    pub components: [[u8; COMPONENT_LEN]; PATH_COMPONENTS],
+    /// The opened file's path, its own name first.
+    pub path: WalkedPath,
 }
 
 /// The first io_uring open request (`IORING_OP_OPENAT`/`OPENAT2`) of a process.
@@ -306,6 +318,10 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    pub task_fs: u32,
+    /// `fs_struct.pwd` + `path.dentry` / `path.mnt`: the cwd.
+    pub fs_pwd_dentry: u32,
+    pub fs_pwd_mnt: u32,
     /// `struct pt_regs` (x86_64): the first syscall arguments;
     /// [`NO_OFFSET`] on other architectures.
     pub regs_di: u32,

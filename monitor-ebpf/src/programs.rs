@@ -27,6 +27,7 @@ use monitor_common::{
     EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
     IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule, NameRuleOpenEvent, OpenEvent,
     PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN, SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID,
+    WalkedPath,
 };
 
 /// Field offsets from the running kernel's BTF, written by the agent.
@@ -65,6 +66,9 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
+    task_fs: 0,
+    fs_pwd_dentry: 0,
+    fs_pwd_mnt: 0,
     regs_di: 0,
     regs_si: 0,
     regs_dx: 0,
@@ -382,22 +386,23 @@ fn on_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> u32 {
 #[inline(always)]
 fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(i64::from)?;
-    if ret == -EACCES || ret == -EPERM {
-        let args = match from {
-            ArgsFrom::EnterHook => unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }.copied(),
-            ArgsFrom::Registers(syscall) => unsafe { args_from_regs(syscall) }.ok(),
-        };
-        return match args {
-            Some(args) => denied_open(ret, args),
-            None => Ok(()),
-        };
-    }
-    if ret < 0 {
+    if ret < 0 && ret != -EACCES && ret != -EPERM {
         return Ok(());
     }
+    // Loaded once and passed down: the struct is large for a 512-byte stack.
     let off = OFFSETS.load();
     if off.valid == 0 {
         return Ok(());
+    }
+    if ret < 0 {
+        let args = match from {
+            ArgsFrom::EnterHook => unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }.copied(),
+            ArgsFrom::Registers(syscall) => unsafe { args_from_regs(&off, syscall) }.ok(),
+        };
+        return match args {
+            Some(args) => denied_open(&off, ret, &args),
+            None => Ok(()),
+        };
     }
     let file = unsafe { current_fd_file(&off, ret as u32) }?;
     if file == 0 {
@@ -411,7 +416,7 @@ fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
         if magic == PROC_SUPER_MAGIC {
             return unsafe { proc_open(&off, file) };
         }
-        return unsafe { name_rule_open(&off, file, key, ret) };
+        return unsafe { name_rule_open(&off, file, &key, ret) };
     }
     let flags: u32 = unsafe { read(file + off.file_f_flags as u64) }?;
     match EVENTS.reserve::<OpenEvent>(0) {
@@ -434,10 +439,11 @@ fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
 /// credential-file rule? Cheap tests on the first and last bytes first, so
 /// most opens cost a few reads; then the rule lookup, the parent check and
 /// the path walk.
+#[inline(never)]
 unsafe fn name_rule_open(
     off: &KernelOffsets,
     file: u64,
-    key: FileKey,
+    key: &FileKey,
     ret: i64,
 ) -> Result<(), i64> {
     let dentry: u64 = unsafe { read(file + off.file_dentry as u64) }?;
@@ -510,14 +516,19 @@ unsafe fn name_rule_open(
     let ev = entry.as_mut_ptr();
     fill_header(ev.cast(), EventKind::NameRuleOpen);
     unsafe {
-        (*ev).key = key;
+        (*ev).key = *key;
         (*ev).flags = flags;
         (*ev).ret = ret as i32;
         (*ev).rule = rule_id;
-        (*ev).depth = 0;
-        (*ev).truncated = 0;
-        (*ev)._pad = 0;
-        walk_path(off, file, ev);
+        (*ev).path.depth = 0;
+        (*ev).path.truncated = 0;
+        match (
+            read::<u64>(file + off.file_dentry as u64),
+            read::<u64>(file + off.file_vfsmount as u64),
+        ) {
+            (Ok(dentry), Ok(vfsmnt)) => walk_path(off, dentry, vfsmnt, &raw mut (*ev).path),
+            _ => (*ev).path.truncated = 1,
+        }
     }
     entry.submit(0);
     Ok(())
@@ -526,16 +537,12 @@ unsafe fn name_rule_open(
 /// The opened file's path, component by component, from its dentry up
 /// through the mounts to the root of the mount namespace, as `d_path` would
 /// (which tracepoints may not call).
-unsafe fn walk_path(off: &KernelOffsets, file: u64, ev: *mut NameRuleOpenEvent) {
-    let Ok(mut dentry) = (unsafe { read::<u64>(file + off.file_dentry as u64) }) else {
-        return;
-    };
-    let Ok(mut vfsmnt) = (unsafe { read::<u64>(file + off.file_vfsmount as u64) }) else {
-        return;
-    };
+#[inline(never)]
+unsafe fn walk_path(off: &KernelOffsets, dentry: u64, vfsmnt: u64, p: *mut WalkedPath) {
+    let (mut dentry, mut vfsmnt) = (dentry, vfsmnt);
     // The depth lives in the event, read and written volatile: a value the
     // verifier cannot know keeps it from tracking every (turn, depth) pair.
-    let depth = unsafe { &raw mut (*ev).depth };
+    let depth = unsafe { &raw mut (*p).depth };
     // Mount crossings take a turn without a component; bound both.
     for _ in 0..(PATH_COMPONENTS + 8) {
         let Ok(mnt_root) = (unsafe { read::<u64>(vfsmnt + off.vfsmount_mnt_root as u64) }) else {
@@ -568,24 +575,23 @@ unsafe fn walk_path(off: &KernelOffsets, file: u64, ev: *mut NameRuleOpenEvent) 
         let Ok(name_ptr) = (unsafe { read::<u64>(dentry + off.dentry_name_ptr as u64) }) else {
             break;
         };
-        let slot = unsafe { &mut (*ev).components[d & (PATH_COMPONENTS - 1)] };
+        let slot = unsafe { &mut (*p).components[d & (PATH_COMPONENTS - 1)] };
         if !matches!(
             unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, slot) },
             Ok(s) if s.len() < COMPONENT_LEN - 1
         ) {
-            unsafe { (*ev).truncated = 1 };
+            unsafe { (*p).truncated = 1 };
         }
         unsafe { core::ptr::write_volatile(depth, d as u32 + 1) };
         dentry = parent;
     }
-    unsafe { (*ev).truncated = 1 };
+    unsafe { (*p).truncated = 1 };
 }
 
 /// An open refused with EACCES/EPERM: report what was asked for. Only
 /// denials cross, not the far commoner ENOENT of path searches.
 /// The open's arguments from the user registers saved at syscall entry.
-unsafe fn args_from_regs(syscall: OpenSyscall) -> Result<PendingOpen, i64> {
-    let off = OFFSETS.load();
+unsafe fn args_from_regs(off: &KernelOffsets, syscall: OpenSyscall) -> Result<PendingOpen, i64> {
     let task = unsafe { helper::bpf_get_current_task_btf() };
     let regs = unsafe { helper::bpf_task_pt_regs(task) } as u64;
     let arg0: u64 = unsafe { read(regs + off.regs_di as u64) }?;
@@ -616,7 +622,8 @@ unsafe fn args_from_regs(syscall: OpenSyscall) -> Result<PendingOpen, i64> {
     })
 }
 
-fn denied_open(ret: i64, args: PendingOpen) -> Result<(), i64> {
+#[inline(never)]
+fn denied_open(off: &KernelOffsets, ret: i64, args: &PendingOpen) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<DeniedOpenEvent>(0) else {
         count_lost();
         return Ok(());
@@ -634,9 +641,44 @@ fn denied_open(ret: i64, args: PendingOpen) -> Result<(), i64> {
         (*ev).ret = ret as i32;
         (*ev).dfd = args.dfd;
         (*ev).filename_len = len;
+        (*ev).base.depth = 0;
+        (*ev).base.truncated = 0;
+    }
+    // A relative name: walk the directory it is relative to now, while the
+    // process exists; the agent may look only after it is gone.
+    if len > 0 && unsafe { (*ev).filename[0] } != b'/' {
+        let base = if args.dfd == AT_FDCWD {
+            unsafe { cwd(off) }
+        } else {
+            unsafe { fd_path(off, args.dfd as u32) }
+        };
+        match base {
+            Ok((dentry, vfsmnt)) => unsafe { walk_path(off, dentry, vfsmnt, &raw mut (*ev).base) },
+            Err(_) => unsafe { (*ev).base.truncated = 1 },
+        }
     }
     entry.submit(0);
     Ok(())
+}
+
+/// `current->fs->pwd` as (dentry, vfsmount).
+unsafe fn cwd(off: &KernelOffsets) -> Result<(u64, u64), i64> {
+    let task = unsafe { bpf_get_current_task() };
+    let fs: u64 = unsafe { read(task + off.task_fs as u64) }?;
+    let dentry: u64 = unsafe { read(fs + off.fs_pwd_dentry as u64) }?;
+    let mnt: u64 = unsafe { read(fs + off.fs_pwd_mnt as u64) }?;
+    Ok((dentry, mnt))
+}
+
+/// The path of `current`'s open file `fd` as (dentry, vfsmount).
+unsafe fn fd_path(off: &KernelOffsets, fd: u32) -> Result<(u64, u64), i64> {
+    let file = unsafe { current_fd_file(off, fd) }?;
+    if file == 0 {
+        return Err(0);
+    }
+    let dentry: u64 = unsafe { read(file + off.file_dentry as u64) }?;
+    let mnt: u64 = unsafe { read(file + off.file_vfsmount as u64) }?;
+    Ok((dentry, mnt))
 }
 
 /// A successful open on procfs: report `/proc/<pid>/environ` of another

@@ -75,6 +75,9 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         mount_mnt: field("mount", "mnt")?,
         mount_mnt_parent: field("mount", "mnt_parent")?,
         mount_mnt_mountpoint: field("mount", "mnt_mountpoint")?,
+        task_fs: field("task_struct", "fs")?,
+        fs_pwd_dentry: field("fs_struct", "pwd")? + field("path", "dentry")?,
+        fs_pwd_mnt: field("fs_struct", "pwd")? + field("path", "mnt")?,
         // x86_64 names; elsewhere the agent keeps its enter hooks.
         regs_di: field("pt_regs", "di").unwrap_or(NO_OFFSET),
         regs_si: field("pt_regs", "si").unwrap_or(NO_OFFSET),

@@ -364,7 +364,14 @@ impl Pipeline {
     /// A denied open names a path, not an inode: resolve it as the process
     /// saw it, and report it if it is a watched secret.
     fn denied_open(&mut self, d: &DeniedOpen) -> io::Result<()> {
-        let Some(path) = resolve_open_path(&self.proc_root, d.header.pid, d.dfd, &d.filename)
+        let name = Path::new(std::ffi::OsStr::from_bytes(&d.filename));
+        let walked = d
+            .base
+            .as_ref()
+            .filter(|_| name.is_relative())
+            .map(|b| b.join(name));
+        let Some(path) =
+            walked.or_else(|| resolve_open_path(&self.proc_root, d.header.pid, d.dfd, &d.filename))
         else {
             self.stats.denied_unresolved += 1;
             return Ok(());

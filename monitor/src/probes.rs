@@ -20,7 +20,7 @@ use crate::{env_names::EnvPattern, name_rules::CompiledRules};
 use monitor_common::{
     COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
     EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
-    KernelOffsets, NO_OFFSET, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN,
+    KernelOffsets, NO_OFFSET, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN, WalkedPath,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -348,6 +348,10 @@ pub struct DeniedOpen {
     pub errno: i32,
     pub dfd: i32,
     pub filename: Vec<u8>,
+    /// The directory a relative `filename` is relative to, walked by the
+    /// kernel at the time of the open; `None` for an absolute one or when
+    /// the walk fell short.
+    pub base: Option<PathBuf>,
 }
 
 /// A decoded ring-buffer record.
@@ -406,28 +410,24 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
         }
         EventKind::DeniedOpen => {
             let ev: DeniedOpenEvent = read_record(record)?;
+            let walked = ev.base.depth > 0 && ev.base.truncated == 0;
             Some(KernelEvent::DeniedOpen(DeniedOpen {
                 header: ev.header,
                 flags: ev.flags,
                 errno: -ev.ret,
                 dfd: ev.dfd,
                 filename: bounded(&ev.filename, ev.filename_len).to_vec(),
+                base: walked.then(|| joined(&ev.base)),
             }))
         }
         EventKind::NameRuleOpen => {
             let ev: NameRuleOpenEvent = read_record(record)?;
-            let depth = (ev.depth as usize).min(ev.components.len());
-            let mut path = PathBuf::from("/");
-            for c in ev.components[..depth].iter().rev() {
-                let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-                path.push(std::ffi::OsStr::from_bytes(&c[..end]));
-            }
             Some(KernelEvent::NameRuleOpen(NameRuleOpen {
                 header: ev.header,
                 key: ev.key,
                 flags: ev.flags,
-                path,
-                truncated: ev.truncated != 0,
+                path: joined(&ev.path),
+                truncated: ev.path.truncated != 0,
             }))
         }
         EventKind::IoUringOpen => {
@@ -474,6 +474,17 @@ pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
 fn nul_terminated(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A kernel-walked path as an absolute path, outermost first.
+fn joined(p: &WalkedPath) -> PathBuf {
+    let depth = (p.depth as usize).min(p.components.len());
+    let mut path = PathBuf::from("/");
+    for c in p.components[..depth].iter().rev() {
+        let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+        path.push(std::ffi::OsStr::from_bytes(&c[..end]));
+    }
+    path
 }
 
 /// The first `len` bytes of `buf`, never past its end.
@@ -573,6 +584,7 @@ mod tests {
             dfd: -100,
             filename_len: 4,
             filename: [0; monitor_common::FILENAME_LEN],
+            base: empty_path(),
         };
         ev.filename[..4].copy_from_slice(b"/etc");
         let Some(KernelEvent::DeniedOpen(d)) = decode(&bytes_of(&ev)) else {
@@ -582,6 +594,26 @@ mod tests {
             (d.errno, d.dfd, d.filename.as_slice()),
             (13, -100, &b"/etc"[..])
         );
+        assert_eq!(d.base, None);
+        ev.base.depth = 1;
+        ev.base.components[0][..3].copy_from_slice(b"srv");
+        let Some(KernelEvent::DeniedOpen(d)) = decode(&bytes_of(&ev)) else {
+            panic!("not a denied open");
+        };
+        assert_eq!(d.base, Some(PathBuf::from("/srv")));
+        ev.base.truncated = 1;
+        let Some(KernelEvent::DeniedOpen(d)) = decode(&bytes_of(&ev)) else {
+            panic!("not a denied open");
+        };
+        assert_eq!(d.base, None, "a cut walk is not trusted");
+    }
+
+    fn empty_path() -> WalkedPath {
+        WalkedPath {
+            depth: 0,
+            truncated: 0,
+            components: [[0; monitor_common::COMPONENT_LEN]; monitor_common::PATH_COMPONENTS],
+        }
     }
 
     #[test]
@@ -592,19 +624,17 @@ mod tests {
             flags: 0,
             ret: 3,
             rule: 0,
-            depth: 3,
-            truncated: 0,
-            _pad: 0,
-            components: [[0; monitor_common::COMPONENT_LEN]; monitor_common::PATH_COMPONENTS],
+            path: empty_path(),
         };
+        ev.path.depth = 3;
         for (i, c) in ["credentials", ".aws", "ana"].iter().enumerate() {
-            ev.components[i][..c.len()].copy_from_slice(c.as_bytes());
+            ev.path.components[i][..c.len()].copy_from_slice(c.as_bytes());
         }
         let Some(KernelEvent::NameRuleOpen(n)) = decode(&bytes_of(&ev)) else {
             panic!("not a name-rule open");
         };
         assert_eq!(n.path, PathBuf::from("/ana/.aws/credentials"));
-        ev.depth = 99;
+        ev.path.depth = 99;
         assert!(decode(&bytes_of(&ev)).is_some(), "depth is bounded");
     }
 
