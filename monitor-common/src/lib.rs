@@ -106,9 +106,25 @@ pub struct OpenEvent {
     pub key: FileKey,
     /// `file->f_flags` of the opened file (access mode and status flags).
     pub flags: u32,
-    /// The syscall's return value: the new fd.
+    /// The syscall's return value (the new fd), or 0 when reported from a
+    /// hook inside the kernel's open, before there is an fd.
     pub ret: i32,
+    /// How the open reached the kernel: one of the `VIA_*` values.
+    pub via: u32,
+    pub _pad: u32,
 }
+
+/// An open-family syscall (`open`, `openat`, `openat2`, `creat`).
+pub const VIA_SYSCALL: u32 = 0;
+/// An io_uring open request, run inline or by an io_uring worker.
+pub const VIA_IO_URING: u32 = 1;
+/// Another way into the kernel's open (`open_by_handle_at`, exec, the
+/// kernel itself), seen only by the LSM and fexit hooks.
+pub const VIA_OTHER: u32 = 2;
+
+/// Bit of the `CAPTURE` map: the `file_open` LSM program reports successful
+/// opens, so the open exit tracepoints report only denials.
+pub const CAPTURE_LSM_OPENS: u32 = 1;
 
 /// An open refused with EACCES or EPERM: a denied read of a secret is a
 /// signal in itself. The file was not opened, so there is no inode: the
@@ -211,6 +227,8 @@ pub struct NameRuleOpenEvent {
     pub flags: u32,
     pub ret: i32,
     pub rule: u32,
+    /// One of the `VIA_*` values.
+    pub via: u32,
     /// The opened file's path, its own name first.
     pub path: WalkedPath,
 }
@@ -327,6 +345,14 @@ pub struct KernelOffsets {
     pub regs_di: u32,
     pub regs_si: u32,
     pub regs_dx: u32,
+    /// `pt_regs.orig_ax`: the syscall number; [`NO_OFFSET`] where the
+    /// programs may not read the saved registers.
+    pub regs_orig_ax: u32,
+    pub task_flags: u32,
+    /// `struct filename.name` and `struct open_flags.open_flag`: the
+    /// arguments of `do_filp_open`, for the fexit hook.
+    pub filename_name: u32,
+    pub open_flags_open_flag: u32,
 }
 
 #[cfg(feature = "user")]

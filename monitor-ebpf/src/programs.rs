@@ -1,9 +1,13 @@
 //! Kernel programs of secretmon.
 //!
-//! Tracepoints only: they load on every kernel >= 5.8 with BTF and need no
-//! BPF LSM. Only accesses to watched files and process lifecycle events cross
-//! to userspace, through one ring buffer; a failed reservation is counted in
-//! `LOST` because the kernel does not count it for us.
+//! Tracepoints are the base: they load on every kernel >= 5.8 with BTF. Where
+//! the kernel allows BPF trampolines, the agent uses instead an fexit hook on
+//! `do_filp_open` (every open, io_uring's too, and no syscall tracepoint) or
+//! the `file_open` LSM hook (successful opens, io_uring's too; the exit
+//! tracepoints then report only denials). Only accesses to watched files and
+//! process lifecycle events cross to userspace, through one ring buffer; a
+//! failed reservation is counted in `LOST` because the kernel does not count
+//! it for us.
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -15,75 +19,43 @@ use aya_ebpf::{
             self as helper, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
         },
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{fexit, lsm, map, raw_tracepoint, tracepoint},
     maps::{
-        HashMap, LruHashMap, PerCpuArray, RingBuf,
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{FExitContext, LsmContext, RawTracePointContext, TracePointContext},
 };
 use monitor_common::{
-    ARGS_LEN, COMPONENT_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
-    EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
-    IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule, NameRuleOpenEvent, OpenEvent,
-    PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN, SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID,
-    WalkedPath,
+    ARGS_LEN, CAPTURE_LSM_OPENS, COMPONENT_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX,
+    ENV_SUFFIX_LEN, EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent,
+    IoUringLayout, IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule,
+    NameRuleOpenEvent, OpenEvent, PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN,
+    SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID, VIA_IO_URING, VIA_OTHER, VIA_SYSCALL, WalkedPath,
 };
 
-/// Field offsets from the running kernel's BTF, written by the agent.
-#[unsafe(no_mangle)]
-static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
-    valid: 0,
-    task_files: 0,
-    task_real_parent: 0,
-    task_tgid: 0,
-    task_pid: 0,
-    task_group_leader: 0,
-    task_start_boottime: 0,
-    task_loginuid: 0,
-    task_signal: 0,
-    signal_tty: 0,
-    files_fdt: 0,
-    fdtable_max_fds: 0,
-    fdtable_fd: 0,
-    file_f_inode: 0,
-    file_f_flags: 0,
-    inode_i_ino: 0,
-    inode_i_sb: 0,
-    sb_s_dev: 0,
-    sb_s_magic: 0,
-    file_dentry: 0,
-    dentry_d_parent: 0,
-    dentry_name_len: 0,
-    dentry_name_ptr: 0,
-    task_mm: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-    mm_env_start: 0,
-    mm_env_end: 0,
-    file_vfsmount: 0,
-    vfsmount_mnt_root: 0,
-    mount_mnt: 0,
-    mount_mnt_parent: 0,
-    mount_mnt_mountpoint: 0,
-    task_fs: 0,
-    fs_pwd_dentry: 0,
-    fs_pwd_mnt: 0,
-    regs_di: 0,
-    regs_si: 0,
-    regs_dx: 0,
-});
+/// Field offsets from the running kernel's BTF, written by the agent before
+/// it attaches anything. A map, not a global: programs read the fields in
+/// place, where a copy would take a third of the 512-byte stack.
+#[map]
+static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 
-/// The cheap pre-tests of the name rules, written by the agent.
-#[unsafe(no_mangle)]
-static NAME_FILTER: Global<NameFilter> = Global::new(NameFilter {
-    first_bytes: [0; 4],
-    suffixes: [SuffixRule {
-        len: 0,
-        id: 0,
-        bytes: [0; 8],
-    }; SUFFIX_RULES_MAX],
-});
+/// The offsets, once the agent has written them.
+#[inline(always)]
+fn offsets() -> Option<&'static KernelOffsets> {
+    OFFSETS.get(0).filter(|off| off.valid != 0)
+}
+
+/// `CAPTURE_LSM_OPENS` once the agent has attached the `file_open` LSM hook:
+/// a map, not a global, so that the agent switches both sides at once after
+/// loading.
+#[map]
+static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The cheap pre-tests of the name rules, written by the agent before it
+/// attaches anything. A map read in place, like `OFFSETS`.
+#[map]
+static NAME_FILTER: Array<NameFilter> = Array::with_max_entries(1, 0);
 
 /// Exact (`credentials`) and prefix (`id_`) name rules. Filled by the agent.
 #[map]
@@ -155,6 +127,9 @@ pub struct PendingOpen {
     filename: u64,
     flags: u32,
     dfd: i32,
+    /// `filename` is a kernel pointer (fexit), not a user one (syscalls).
+    kernel_name: u32,
+    _pad: u32,
 }
 
 /// Bytes of one environment entry read at a time; an entry longer than this
@@ -166,6 +141,15 @@ const AT_FDCWD: i32 = -100;
 const EPERM: i64 = 1;
 const EACCES: i64 = 13;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// `PF_IO_WORKER`: an io_uring worker thread of the submitting process.
+const PF_IO_WORKER: u32 = 0x10;
+/// x86_64 syscall numbers, to tell how an open reached an LSM/fexit hook.
+const NR_OPEN: u64 = 2;
+const NR_CREAT: u64 = 85;
+const NR_OPENAT: u64 = 257;
+const NR_IO_URING_ENTER: u64 = 426;
+const NR_OPENAT2: u64 = 437;
+const MAX_ERRNO: i64 = 4095;
 // O_CREAT | O_WRONLY | O_TRUNC, what creat(2) means.
 const CREAT_FLAGS: u32 = 0o1101;
 
@@ -222,6 +206,8 @@ fn remember_open(filename: u64, flags: u32, dfd: i32) -> u32 {
         filename,
         flags,
         dfd,
+        kernel_name: 0,
+        _pad: 0,
     };
     let _ = OPEN_ARGS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
     0
@@ -353,10 +339,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let off = OFFSETS.load();
-    if off.valid == 0 {
+    let Some(off) = offsets() else {
         return Ok(());
-    }
+    };
     let child: u64 = ctx.arg(1);
     let pid: u32 = unsafe { read(child + off.task_pid as u64) }?;
     let tgid: u32 = unsafe { read(child + off.task_tgid as u64) }?;
@@ -389,34 +374,119 @@ fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
     if ret < 0 && ret != -EACCES && ret != -EPERM {
         return Ok(());
     }
-    // Loaded once and passed down: the struct is large for a 512-byte stack.
-    let off = OFFSETS.load();
-    if off.valid == 0 {
+    if ret >= 0 && lsm_reports_opens() {
         return Ok(());
     }
+    let Some(off) = offsets() else {
+        return Ok(());
+    };
     if ret < 0 {
         let args = match from {
             ArgsFrom::EnterHook => unsafe { OPEN_ARGS.get(&bpf_get_current_pid_tgid()) }.copied(),
-            ArgsFrom::Registers(syscall) => unsafe { args_from_regs(&off, syscall) }.ok(),
+            ArgsFrom::Registers(syscall) => unsafe { args_from_regs(off, syscall) }.ok(),
         };
         return match args {
-            Some(args) => denied_open(&off, ret, &args),
+            Some(args) => denied_open(off, ret, &args),
             None => Ok(()),
         };
     }
-    let file = unsafe { current_fd_file(&off, ret as u32) }?;
+    let file = unsafe { current_fd_file(off, ret as u32) }?;
     if file == 0 {
         return Ok(());
     }
+    unsafe { opened_file(off, file, ret, VIA_SYSCALL) }
+}
+
+fn lsm_reports_opens() -> bool {
+    CAPTURE
+        .get(0)
+        .is_some_and(|mode| mode & CAPTURE_LSM_OPENS != 0)
+}
+
+/// `security_file_open(struct file *file)`: every successful open, io_uring's
+/// included, before the fd exists. Reports only once the agent has set
+/// `CAPTURE_LSM_OPENS`; until then the exit tracepoints do. Returns the
+/// decision of the LSM programs before it: this hook never denies.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if lsm_reports_opens() {
+        let file: u64 = ctx.arg(0);
+        if let Some(off) = offsets() {
+            let via = unsafe { hook_via(off) };
+            let _ = unsafe { opened_file(off, file, 0, via) };
+        }
+    }
+    previous
+}
+
+/// `struct file *do_filp_open(int dfd, struct filename *pathname,
+/// const struct open_flags *op)`: every open by path, from any syscall or
+/// io_uring, with its result. Replaces the syscall tracepoints where it
+/// loads, so other syscalls stay on their fast path.
+#[fexit(function = "do_filp_open")]
+pub fn do_filp_open_exit(ctx: FExitContext) -> i32 {
+    let _ = try_filp_open_exit(&ctx);
+    0
+}
+
+fn try_filp_open_exit(ctx: &FExitContext) -> Result<(), i64> {
+    let ret: i64 = ctx.arg(3);
+    if (-MAX_ERRNO..0).contains(&ret) && ret != -EACCES && ret != -EPERM {
+        return Ok(());
+    }
+    let Some(off) = offsets() else {
+        return Ok(());
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    if ret < 0 {
+        let dfd: i64 = ctx.arg(0);
+        let name: u64 = ctx.arg(1);
+        let op: u64 = ctx.arg(2);
+        let args = PendingOpen {
+            filename: unsafe { read(name + off.filename_name as u64) }?,
+            flags: unsafe { read(op + off.open_flags_open_flag as u64) }?,
+            dfd: dfd as i32,
+            kernel_name: 1,
+            _pad: 0,
+        };
+        return denied_open(off, ret, &args);
+    }
+    unsafe { opened_file(off, ret as u64, 0, hook_via(off)) }
+}
+
+/// How the open in progress reached a hook inside the kernel's open: an
+/// io_uring worker, or the syscall the current task is in.
+unsafe fn hook_via(off: &KernelOffsets) -> u32 {
+    let task = unsafe { helper::bpf_get_current_task_btf() };
+    let flags: u32 = unsafe { read(task as u64 + off.task_flags as u64) }.unwrap_or(0);
+    if flags & PF_IO_WORKER != 0 {
+        return VIA_IO_URING;
+    }
+    let regs = unsafe { helper::bpf_task_pt_regs(task) } as u64;
+    match unsafe { read::<u64>(regs + off.regs_orig_ax as u64) } {
+        Ok(NR_OPEN | NR_OPENAT | NR_OPENAT2 | NR_CREAT) => VIA_SYSCALL,
+        Ok(NR_IO_URING_ENTER) => VIA_IO_URING,
+        _ => VIA_OTHER,
+    }
+}
+
+/// A successful open of `file`: report it if it is watched, an environ
+/// read, or a name-rule match. `ret` is the new fd, or 0 from a hook.
+#[inline(always)]
+unsafe fn opened_file(off: &KernelOffsets, file: u64, ret: i64, via: u32) -> Result<(), i64> {
     let inode: u64 = unsafe { read(file + off.file_f_inode as u64) }?;
     let sb: u64 = unsafe { read(inode + off.inode_i_sb as u64) }?;
-    let key = unsafe { inode_key(&off, inode, sb) }?;
+    let key = unsafe { inode_key(off, inode, sb) }?;
     if unsafe { WATCHED.get(&key) }.is_none() {
         let magic: u64 = unsafe { read(sb + off.sb_s_magic as u64) }?;
         if magic == PROC_SUPER_MAGIC {
-            return unsafe { proc_open(&off, file) };
+            return unsafe { proc_open(off, file) };
         }
-        return unsafe { name_rule_open(&off, file, &key, ret) };
+        unsafe { name_rule_open(off, file, &key, ret, via) };
+        return Ok(());
     }
     let flags: u32 = unsafe { read(file + off.file_f_flags as u64) }?;
     match EVENTS.reserve::<OpenEvent>(0) {
@@ -427,6 +497,8 @@ fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
                 (*ev).key = key;
                 (*ev).flags = flags;
                 (*ev).ret = ret as i32;
+                (*ev).via = via;
+                (*ev)._pad = 0;
             }
             entry.submit(0);
         }
@@ -439,12 +511,20 @@ fn try_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> Result<(), i64> {
 /// credential-file rule? Cheap tests on the first and last bytes first, so
 /// most opens cost a few reads; then the rule lookup, the parent check and
 /// the path walk.
+/// Not inlined (the programs' stack), so at most five arguments: the
+/// `Result` of the inner function would be a sixth.
 #[inline(never)]
-unsafe fn name_rule_open(
+unsafe fn name_rule_open(off: &KernelOffsets, file: u64, key: &FileKey, ret: i64, via: u32) {
+    let _ = unsafe { try_name_rule_open(off, file, key, ret, via) };
+}
+
+#[inline(always)]
+unsafe fn try_name_rule_open(
     off: &KernelOffsets,
     file: u64,
     key: &FileKey,
     ret: i64,
+    via: u32,
 ) -> Result<(), i64> {
     let dentry: u64 = unsafe { read(file + off.file_dentry as u64) }?;
     let len: u32 = unsafe { read(dentry + off.dentry_name_len as u64) }?;
@@ -452,7 +532,7 @@ unsafe fn name_rule_open(
         return Ok(());
     }
     let name_ptr: u64 = unsafe { read(dentry + off.dentry_name_ptr as u64) }?;
-    let filter = NAME_FILTER.load();
+    let filter = NAME_FILTER.get(0).ok_or(0i64)?;
     let first: u8 = unsafe { read(name_ptr) }?;
     let by_name = filter.first_bytes[usize::from(first >> 6)] & (1u64 << (first & 63)) != 0;
     // The last 8 bytes (or the whole name, NUL-padded, if shorter).
@@ -520,6 +600,7 @@ unsafe fn name_rule_open(
         (*ev).flags = flags;
         (*ev).ret = ret as i32;
         (*ev).rule = rule_id;
+        (*ev).via = via;
         (*ev).path.depth = 0;
         (*ev).path.truncated = 0;
         match (
@@ -602,22 +683,30 @@ unsafe fn args_from_regs(off: &KernelOffsets, syscall: OpenSyscall) -> Result<Pe
             filename: arg0,
             flags: arg1 as u32,
             dfd: AT_FDCWD,
+            kernel_name: 0,
+            _pad: 0,
         },
         OpenSyscall::Creat => PendingOpen {
             filename: arg0,
             flags: CREAT_FLAGS,
             dfd: AT_FDCWD,
+            kernel_name: 0,
+            _pad: 0,
         },
         OpenSyscall::OpenAt => PendingOpen {
             filename: arg1,
             flags: arg2 as u32,
             dfd: arg0 as i32,
+            kernel_name: 0,
+            _pad: 0,
         },
         OpenSyscall::OpenAt2 => PendingOpen {
             filename: arg1,
             // `struct open_how` starts with `__u64 flags`.
             flags: unsafe { bpf_probe_read_user(arg2 as *const u64) }.unwrap_or(0) as u32,
             dfd: arg0 as i32,
+            kernel_name: 0,
+            _pad: 0,
         },
     })
 }
@@ -630,9 +719,15 @@ fn denied_open(off: &KernelOffsets, ret: i64, args: &PendingOpen) -> Result<(), 
     };
     let ev = entry.as_mut_ptr();
     fill_header(ev.cast(), EventKind::DeniedOpen);
-    let len = match unsafe {
-        bpf_probe_read_user_str_bytes(args.filename as *const u8, &mut (*ev).filename)
-    } {
+    let src = args.filename as *const u8;
+    let name = unsafe {
+        if args.kernel_name != 0 {
+            bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename)
+        } else {
+            bpf_probe_read_user_str_bytes(src, &mut (*ev).filename)
+        }
+    };
+    let len = match name {
         Ok(s) => s.len() as u32,
         Err(_) => 0,
     };
@@ -727,6 +822,8 @@ unsafe fn proc_open(off: &KernelOffsets, file: u64) -> Result<(), i64> {
     Ok(())
 }
 
+/// Inlined: a frame of its own would stack on `exec_args`'s.
+#[inline(always)]
 fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.map_err(i64::from)?;
     let old_pid: u32 = unsafe { ctx.read_at(EXEC_OLD_PID) }.map_err(i64::from)?;
@@ -749,10 +846,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).env_count = 0;
         (*ev).env_truncated = 0;
     }
-    let off = OFFSETS.load();
-    if off.valid != 0 {
+    if let Some(off) = offsets() {
         // A failed read leaves the event with what it has.
-        let _ = unsafe { exec_args(&off, ev) };
+        let _ = unsafe { exec_args(off, ev) };
     }
     entry.submit(0);
     Ok(())
@@ -760,6 +856,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// argv, and the names of watched variables in the environment, from the
 /// new image's `mm` (the user pointers of `execve` are gone by now).
+/// Not inlined: its spills get a frame of their own, off the stack of the
+/// program's other calls (kernels before 6.13 cap the sum at 512 bytes).
+#[inline(never)]
 unsafe fn exec_args(off: &KernelOffsets, ev: *mut ExecEvent) -> Result<(), i64> {
     let task = unsafe { bpf_get_current_task() };
     let mm: u64 = unsafe { read(task + off.task_mm as u64) }?;
@@ -865,9 +964,10 @@ pub struct NameScan {
 /// buffer. Returns (name length, 1 if a `=` ended it, position of the last
 /// `_`, of the one before it), positions being `ENV_NAME_LEN` for none.
 ///
-/// Eight bytes per loop turn, written out: the verifier keeps a state per
+/// Four bytes per loop turn, written out: the verifier keeps a state per
 /// turn and compares each new one against all kept, so fewer turns verify
-/// far faster.
+/// far faster; more bytes per turn would make the compiler spill more than
+/// the stack of kernels before 6.13 holds.
 unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
     let max = ENV_NAME_LEN as u64;
     let mut st = NameScan {
@@ -877,9 +977,9 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
         last_us: max,
         prev_us: max,
     };
-    for w in 0..ENV_NAME_LEN / 8 {
-        let base = w * 8;
-        for k in [0, 1, 2, 3, 4, 5, 6, 7] {
+    for w in 0..ENV_NAME_LEN / 4 {
+        let base = w * 4;
+        for k in [0, 1, 2, 3] {
             unsafe { name_step(scratch, &mut st, base + k) };
         }
         // Launder the state through memory: the verifier forgets the value
@@ -895,7 +995,10 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
 
 #[inline(always)]
 unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
-    let b = u64::from(unsafe { (*scratch).entry[j] });
+    // Volatile, like the write below: steps stay in order, so the compiler
+    // does not compute many bytes' values at once and spill them (kernels
+    // before 6.13 allow 512 bytes of stack in all).
+    let b = u64::from(unsafe { core::ptr::read_volatile(&raw const (*scratch).entry[j]) });
     let is_eq = eq(b, u64::from(b'='));
     let ends = (is_eq | eq(b, 0)) & (1 - st.found);
     // name_len >= j until found, so this never wraps.
@@ -910,11 +1013,13 @@ unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
     st.last_us = st
         .last_us
         .wrapping_add(us.wrapping_mul((j as u64).wrapping_sub(st.last_us)));
-    unsafe { (*scratch).name[j] = (b * in_name) as u8 };
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).name[j], (b * in_name) as u8) };
 }
 
 /// Is the name from `from` on a watched suffix? `from` is a `_` position,
 /// or `ENV_NAME_LEN` for none, which reads only padding and matches nothing.
+/// Inlined: a call from `exec_args` would stack its frame on that one's.
+#[inline(always)]
 unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
     for t in 0..ENV_SUFFIX_LEN {
         let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
@@ -927,9 +1032,9 @@ unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
 fn fill_header(h: *mut EventHeader, kind: EventKind) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let off = OFFSETS.load();
     let task = unsafe { bpf_get_current_task() };
-    let facts = unsafe { task_facts(&off, task) }.unwrap_or(TaskFacts {
+    let facts = offsets().and_then(|off| unsafe { task_facts(off, task) }.ok());
+    let facts = facts.unwrap_or(TaskFacts {
         ppid: 0,
         loginuid: UNSET_LOGINUID,
         tty: 0,

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     env_names,
-    event::{Agent, AgentStatus, Event, Host},
+    event::{Agent, AgentStatus, Capture, Event, Host},
     findings::{
         FindingsConfig,
         engine::{self, Engine, Scope},
@@ -24,7 +24,7 @@ use crate::{
     offsets,
     pipeline::Pipeline,
     preflight,
-    probes::Probes,
+    probes::{ActiveHooks, Probes},
     sink::Sink,
 };
 
@@ -39,6 +39,7 @@ pub struct RunOptions {
     pub name_rules: Vec<NameRuleSpec>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
+    pub opens: crate::probes::OpenHooks,
     pub trust_domain: Option<String>,
     pub identity: IdentityConfig,
     pub ledger: LedgerConfig,
@@ -83,9 +84,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
     let name_rules = name_rules::rules(&opts.name_rules)?;
-    let mut probes = Probes::attach(offsets, opts.ring_buffer_bytes, &tracefs, &name_rules)?;
+    let mut probes = Probes::attach(
+        offsets,
+        opts.ring_buffer_bytes,
+        &tracefs,
+        &name_rules,
+        opts.opens,
+    )?;
     let io_uring = match probes.io_uring {
-        Some(tp) => format!("io_uring opens reported (io_uring:{tp})"),
+        _ if probes.active != ActiveHooks::Tracepoints => {
+            format!("io_uring opens seen by {}", probes.active.opens())
+        }
+        Some(tp) => format!("io_uring open submitters reported (io_uring:{tp})"),
         None => {
             tracing::warn!(
                 "this kernel has no io_uring submit tracepoint: io_uring opens are not seen"
@@ -132,16 +142,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &mut pipeline,
         AgentStatus::Started,
         format!(
-            "probes attached ({} tracepoints, denied opens read from {}); watching {watched} files; {io_uring}",
+            "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
+             watching {watched} files; {io_uring}",
             probes.hooks + usize::from(probes.io_uring.is_some()),
-            if probes.from_registers {
-                "saved registers"
-            } else {
-                "enter hooks"
+            probes.active.opens(),
+            probes.active.denied_opens(),
+            match (probes.active, probes.from_registers) {
+                (ActiveHooks::Fexit, _) => "",
+                (_, true) => ", arguments from saved registers",
+                (_, false) => ", arguments from enter hooks",
             }
         ),
         0,
         None,
+        Some(Capture {
+            opens: probes.active.opens(),
+            denied_opens: probes.active.denied_opens(),
+            io_uring_opens: io_uring,
+        }),
     )?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -210,6 +228,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ),
         lost_reported,
         Some(cache),
+        None,
     )?;
     pipeline.sink.flush()?;
     Ok(())
@@ -273,6 +292,7 @@ fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyho
             format!("ring buffer full: {delta} events lost since the last report"),
             total,
             None,
+            None,
         )?;
         pipeline.sink.flush()?;
     }
@@ -285,12 +305,14 @@ fn emit_agent(
     message: String,
     lost: u64,
     identity_cache: Option<CacheStats>,
+    capture: Option<Capture>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
         message,
         lost,
         identity_cache,
+        capture,
     };
     let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
     pipeline.sink.emit(&ev).context("writing events")?;

@@ -178,6 +178,9 @@ pub fn probe() -> Vec<Item> {
     items.push(tp.fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"));
 
     let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let bpf_active = lsm_list
+        .as_deref()
+        .is_some_and(|l| l.split(',').any(|l| l.trim() == "bpf"));
     let lsm = match (privileged, lsm_list) {
         (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root"),
         (true, Some(list)) if !list.split(',').any(|l| l.trim() == "bpf") => item(
@@ -203,9 +206,12 @@ pub fn probe() -> Vec<Item> {
             ),
         },
     };
-    items.push(lsm.fix(
-        "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it",
-    ));
+    items.push(lsm.fix(if bpf_active {
+        "optional: `bpf` is an active LSM but this kernel refuses BPF LSM programs \
+         (a hardened or hypervisor-restricted build); secretmon uses tracepoints without it"
+    } else {
+        "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it"
+    }));
 
     let fentry = if privileged {
         match is_program_supported(ProgramType::Tracing) {
@@ -230,6 +236,30 @@ pub fn probe() -> Vec<Item> {
         "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; secretmon uses tracepoints without it",
     ));
     items
+}
+
+/// What `secretmon run --opens auto` will see opens with, from the probes:
+/// the trampoline hooks also need `bpf_task_pt_regs` (5.15+).
+fn open_hooks(items: &[Item]) -> &'static str {
+    let ok = |name| {
+        items
+            .iter()
+            .any(|i| i.name == name && i.status == Status::Ok)
+    };
+    let recent = items
+        .iter()
+        .find(|i| i.name == "kernel")
+        .and_then(|i| i.detail.strip_prefix("Linux "))
+        .is_some_and(|release| kernel_at_least(release, 5, 15));
+    match (recent, ok("fentry/fexit"), ok("BPF LSM")) {
+        (true, true, _) => {
+            "fexit:do_filp_open for every open (io_uring's and denied ones too), no syscall tracepoints"
+        }
+        (true, false, true) => {
+            "lsm:file_open for opens (io_uring's too), tracepoints for denied opens"
+        }
+        _ => "tracepoints",
+    }
 }
 
 /// `major.minor` of a release string such as `6.18.44-fc-v669`.
@@ -259,14 +289,7 @@ pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
             writeln!(out, "{:<8} {:<13} {:<9} fix: {fix}", "", "", "")?;
         }
     }
-    let path = if items
-        .iter()
-        .any(|i| i.name == "BPF LSM" && i.status == Status::Ok)
-    {
-        "tracepoints (BPF LSM available but not used yet)"
-    } else {
-        "tracepoints"
-    };
+    let path = open_hooks(items);
     writeln!(out)?;
     if ready {
         writeln!(out, "ready: secretmon run will use {path}")?;
@@ -305,5 +328,22 @@ mod tests {
             text.contains("MISSING") && text.contains("fix: mount it"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn open_hooks_prefer_fexit_then_lsm_on_5_15_and_later() {
+        let with = |release: &str, fexit, lsm| {
+            let status = |ok| if ok { Status::Ok } else { Status::Missing };
+            open_hooks(&[
+                item("kernel", true, Status::Ok, format!("Linux {release}")),
+                item("fentry/fexit", false, status(fexit), "x"),
+                item("BPF LSM", false, status(lsm), "x"),
+            ])
+        };
+        assert!(with("6.1.0-56-cloud-amd64", true, true).starts_with("fexit:do_filp_open"));
+        assert!(with("6.1.0", false, true).starts_with("lsm:file_open"));
+        assert_eq!(with("6.18.44-fc-v669", false, false), "tracepoints");
+        // No bpf_task_pt_regs before 5.15: the trampoline hooks are not used.
+        assert_eq!(with("5.10.0-30-amd64", true, true), "tracepoints");
     }
 }

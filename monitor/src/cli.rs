@@ -88,6 +88,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
+
+    /// Which kernel hooks see opens. `auto` takes the cheapest that loads:
+    /// `fexit` (one hook in the kernel's open: io_uring and denied opens
+    /// included, other syscalls untouched), then `lsm` (BPF LSM `file_open`
+    /// for opens, io_uring's included, and syscall tracepoints for denials),
+    /// then `tracepoints` (every kernel >= 5.8; io_uring opens are not seen,
+    /// their submitters are reported). Naming one fails if it cannot load.
+    /// `secretmon check` says which load here.
+    #[arg(long, value_name = "HOOKS", value_enum, default_value_t = crate::probes::OpenHooks::Auto)]
+    pub opens: crate::probes::OpenHooks,
 }
 
 #[derive(Debug, clap::Args)]

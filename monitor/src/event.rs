@@ -56,6 +56,18 @@ pub struct Agent {
     /// On `stopped`: how the per-process identity cache did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_cache: Option<CacheStats>,
+    /// On `started`: which kernel hooks see what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Capture {
+    /// `fexit:do_filp_open`, `lsm:file_open` or `tracepoints`.
+    pub opens: &'static str,
+    pub denied_opens: &'static str,
+    /// How io_uring opens are handled: seen, or only their submitters.
+    pub io_uring_opens: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,9 +123,22 @@ pub struct Access {
     pub flags: Vec<&'static str>,
     /// `ok`, or the errno name (`EACCES`).
     pub result: String,
-    /// Reads folded into this event: same process, secret and result,
-    /// within one flush interval.
+    /// Reads folded into this event: same process, secret, result and
+    /// `via`, within one flush interval.
     pub count: u64,
+    /// How the open reached the kernel: `syscall` (open, openat, openat2,
+    /// creat), `io_uring`, or `other` (open_by_handle_at, exec, the kernel
+    /// itself: seen only by the LSM and fexit hooks).
+    pub via: &'static str,
+}
+
+/// The name of a kernel `VIA_*` value.
+pub fn open_via(via: u32) -> &'static str {
+    match via {
+        monitor_common::VIA_SYSCALL => "syscall",
+        monitor_common::VIA_IO_URING => "io_uring",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -221,6 +246,7 @@ mod tests {
                 message: "probes attached".into(),
                 lost: 0,
                 identity_cache: None,
+                capture: None,
             },
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

@@ -136,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 name_rules: config.name_rules,
                 output: args.output,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
+                opens: args.opens,
                 trust_domain: args.trust_domain.or(config.trust_domain),
                 identity: config.identity,
                 ledger: config.ledger,

@@ -82,6 +82,11 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         regs_di: field("pt_regs", "di").unwrap_or(NO_OFFSET),
         regs_si: field("pt_regs", "si").unwrap_or(NO_OFFSET),
         regs_dx: field("pt_regs", "dx").unwrap_or(NO_OFFSET),
+        regs_orig_ax: field("pt_regs", "orig_ax").unwrap_or(NO_OFFSET),
+        task_flags: field("task_struct", "flags")?,
+        // Internal to fs/: the fexit hook is not used without them.
+        filename_name: field("filename", "name").unwrap_or(NO_OFFSET),
+        open_flags_open_flag: field("open_flags", "open_flag").unwrap_or(NO_OFFSET),
     })
 }
 

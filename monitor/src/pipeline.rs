@@ -74,8 +74,8 @@ pub struct Stats {
     pub env_truncated: u64,
 }
 
-/// Reads waiting to be folded: same process, secret and result.
-type FoldKey = (u32, u32, String);
+/// Reads waiting to be folded: same process, secret, result and way in.
+type FoldKey = (u32, u32, String, &'static str);
 
 pub struct Pipeline {
     pub watch: Inventory,
@@ -180,7 +180,8 @@ impl Pipeline {
                 if open.header.pid == self.own_pid {
                     return Ok(());
                 }
-                self.secret_read(&open.header, id, open.flags, "ok".into())
+                let via = event::open_via(open.via);
+                self.secret_read(&open.header, id, open.flags, "ok".into(), via)
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
             KernelEvent::NameRuleOpen(found) => self.name_rule_open(found),
@@ -298,7 +299,7 @@ impl Pipeline {
             return Ok(());
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            return self.secret_read(&found.header, slot, found.flags, "ok".into());
+            return self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via);
         }
         let meta = std::fs::metadata(&found.path).ok().filter(|m| {
             crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
@@ -323,7 +324,13 @@ impl Pipeline {
                     let slot = edit.add.map(|(_, slot)| slot);
                     self.edits.push(edit);
                     if let Some(slot) = slot {
-                        return self.secret_read(&found.header, slot, found.flags, "ok".into());
+                        return self.secret_read(
+                            &found.header,
+                            slot,
+                            found.flags,
+                            "ok".into(),
+                            found.via,
+                        );
                     }
                 }
                 // A name that looked like a secret but holds none.
@@ -356,6 +363,7 @@ impl Pipeline {
                 flags: event::open_flags(found.flags),
                 result: "ok".into(),
                 count: 1,
+                via: found.via,
             },
         };
         self.emit("secret_read", found.header.boot_ns, &body)
@@ -379,7 +387,7 @@ impl Pipeline {
         let Some(id) = self.watch.lookup_path(&path).map(|f| f.slot) else {
             return Ok(());
         };
-        self.secret_read(&d.header, id, d.flags, errno_name(d.errno))
+        self.secret_read(&d.header, id, d.flags, errno_name(d.errno), "syscall")
     }
 
     fn secret_read(
@@ -388,12 +396,13 @@ impl Pipeline {
         file_id: u32,
         flags: u32,
         result: String,
+        via: &'static str,
     ) -> io::Result<()> {
         if h.pid == self.own_pid {
             return Ok(());
         }
         self.stats.secret_reads += 1;
-        let key = (h.pid, file_id, result);
+        let key = (h.pid, file_id, result, via);
         if let Some((_, pending, _)) = self.folds.get_mut(&key) {
             pending.access.count += 1;
             return Ok(());
@@ -414,6 +423,7 @@ impl Pipeline {
                 flags: event::open_flags(flags),
                 result: key.2.clone(),
                 count: 1,
+                via,
             },
         };
         self.folds
@@ -629,6 +639,8 @@ mod tests {
             key,
             flags: 0,
             ret: 3,
+            via: monitor_common::VIA_SYSCALL,
+            _pad: 0,
         };
         p.handle(&bytes_of(&open)).unwrap();
         p.handle(&bytes_of(&open)).unwrap();
@@ -663,6 +675,7 @@ mod tests {
         assert_eq!(v["secret"]["lifetime"], "unknown");
         assert_eq!(v["access"]["result"], "ok");
         assert_eq!(v["access"]["count"], 2, "two reads fold into one event");
+        assert_eq!(v["access"]["via"], "syscall");
         assert!(!text.contains("not-a-real-secret"));
         assert!(!text.contains("not-a-real-token"));
         assert_eq!(p.stats.malformed, 1);

@@ -1,14 +1,14 @@
-//! Everything that touches the kernel: loading the object, attaching the
-//! tracepoints, the watch map, the loss counter and decoding ring-buffer
-//! records. The only `unsafe` of the agent lives here.
+//! Everything that touches the kernel: loading the object, choosing and
+//! attaching the hooks, the watch map, the loss counter and decoding
+//! ring-buffer records. The only `unsafe` of the agent lives here.
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
-    programs::{RawTracePoint, TracePoint},
+    programs::{FExit, Lsm, RawTracePoint, TracePoint},
 };
 
 use std::{
@@ -18,9 +18,10 @@ use std::{
 
 use crate::{env_names::EnvPattern, name_rules::CompiledRules};
 use monitor_common::{
-    COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, EnvironReadEvent,
-    EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout, IoUringOpenEvent,
-    KernelOffsets, NO_OFFSET, NameRule, NameRuleOpenEvent, OpenEvent, RULE_NAME_LEN, WalkedPath,
+    CAPTURE_LSM_OPENS, COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
+    EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
+    IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameRule, NameRuleOpenEvent, OpenEvent,
+    RULE_NAME_LEN, WalkedPath,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -86,8 +87,60 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
+/// Which hooks see opens (`--opens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenHooks {
+    /// The cheapest this kernel loads: fexit, then lsm, then tracepoints.
+    Auto,
+    /// fexit on `do_filp_open`: every open by path, io_uring's and denied
+    /// ones included, and no syscall tracepoint (other syscalls keep their
+    /// fast path). Needs BPF trampolines and Linux 5.15+.
+    Fexit,
+    /// The `file_open` BPF LSM hook for successful opens, io_uring's
+    /// included; the syscall exit tracepoints for denied opens. Needs `bpf`
+    /// among the active LSMs and Linux 5.15+.
+    Lsm,
+    /// The open-family syscall tracepoints: every kernel >= 5.8. io_uring
+    /// opens are not seen; processes that submit them are reported.
+    Tracepoints,
+}
+
+/// The hooks in use, as `check` and the `started` event name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveHooks {
+    Fexit,
+    Lsm,
+    Tracepoints,
+}
+
+impl ActiveHooks {
+    /// What sees successful opens.
+    pub fn opens(self) -> &'static str {
+        match self {
+            Self::Fexit => "fexit:do_filp_open",
+            Self::Lsm => "lsm:file_open",
+            Self::Tracepoints => "tracepoints",
+        }
+    }
+
+    /// What sees denied opens.
+    pub fn denied_opens(self) -> &'static str {
+        match self {
+            Self::Fexit => "fexit:do_filp_open",
+            Self::Lsm | Self::Tracepoints => "tracepoints",
+        }
+    }
+}
+
+/// The fexit and LSM hooks tell how an open came in from the saved
+/// registers; without them those hooks are not used.
+const FEXIT_HOOK: &str = "do_filp_open";
+const LSM_HOOK: &str = "file_open";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error("--opens {hooks} is not available here: {why}")]
+    Unavailable { hooks: String, why: String },
     #[error("loading the eBPF object failed")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program {0}")]
@@ -115,6 +168,8 @@ pub enum ProbeError {
 pub struct Probes {
     /// Hooks attached, io_uring's aside.
     pub hooks: usize,
+    /// What sees opens.
+    pub active: ActiveHooks,
     /// Denied opens' arguments come from saved registers, not enter hooks.
     pub from_registers: bool,
     /// The io_uring tracepoint attached, if this kernel has one.
@@ -137,6 +192,7 @@ impl Probes {
         ring_bytes: Option<u32>,
         tracefs: &Path,
         name_rules: &CompiledRules,
+        wanted: OpenHooks,
     ) -> Result<Self, ProbeError> {
         let io_uring = IO_URING_TRACEPOINTS.iter().find_map(|&name| {
             let format = tracefs.join("events/io_uring").join(name).join("format");
@@ -147,18 +203,42 @@ impl Probes {
             opcode_offset: io_uring.map_or(u32::MAX, |(_, off)| off),
         };
         let mut loader = EbpfLoader::new();
-        loader.override_global("OFFSETS", &offsets, true);
+        // Refusal reasons and statistics, not the per-instruction trace: that
+        // can outgrow any log buffer, and before 6.4 a full log fails the load.
+        loader.verifier_log_level(aya::VerifierLogLevel::STATS);
         loader.override_global("IO_URING", &layout, true);
-        loader.override_global("NAME_FILTER", &name_rules.filter, true);
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+        // Before any program runs. Borrowed, not taken: the programs loaded
+        // below refer to the map by the fd the object keeps.
+        let map = ebpf
+            .map_mut("OFFSETS")
+            .ok_or(ProbeError::MissingMap("OFFSETS"))?;
+        let map_err = |source| ProbeError::Map {
+            name: "OFFSETS",
+            source,
+        };
+        Array::<_, KernelOffsets>::try_from(map)
+            .and_then(|mut a| a.set(0, &offsets, 0))
+            .map_err(map_err)?;
+        let map = ebpf
+            .map_mut("NAME_FILTER")
+            .ok_or(ProbeError::MissingMap("NAME_FILTER"))?;
+        let map_err = |source| ProbeError::Map {
+            name: "NAME_FILTER",
+            source,
+        };
+        Array::<_, monitor_common::NameFilter>::try_from(map)
+            .and_then(|mut a| a.set(0, &name_rules.filter, 0))
+            .map_err(map_err)?;
         let from_registers = registers_readable(&offsets);
-        let open_hooks = if from_registers {
-            OPEN_HOOKS_REGS
-        } else {
-            OPEN_HOOKS_ENTER
+        let active = attach_open_hook(&mut ebpf, &offsets, from_registers, wanted)?;
+        let open_hooks = match (active, from_registers) {
+            (ActiveHooks::Fexit, _) => &[][..],
+            (_, true) => OPEN_HOOKS_REGS,
+            (_, false) => OPEN_HOOKS_ENTER,
         };
         for &(prog, category, name) in TRACEPOINTS.iter().chain(open_hooks) {
             attach_tracepoint(&mut ebpf, prog, category, name)?;
@@ -179,8 +259,21 @@ impl Probes {
                 .and_then(|()| program.attach(name).map(drop))
                 .map_err(attach_err)?;
         }
+        // The trampoline hooks see io_uring opens themselves.
+        let io_uring = io_uring.filter(|_| active == ActiveHooks::Tracepoints);
         if let Some((name, _)) = io_uring {
             attach_tracepoint(&mut ebpf, "io_uring_submit", "io_uring", name)?;
+        }
+        if active == ActiveHooks::Lsm {
+            // From here the LSM hook reports successful opens and the exit
+            // tracepoints only denials: one switch for both sides.
+            let mut capture: Array<MapData, u32> = take_map(&mut ebpf, "CAPTURE")?;
+            capture
+                .set(0, &CAPTURE_LSM_OPENS, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "CAPTURE",
+                    source,
+                })?;
         }
         let mut trie: LpmTrie<MapData, [u8; RULE_NAME_LEN], NameRule> =
             take_map(&mut ebpf, "NAME_RULES")?;
@@ -198,7 +291,11 @@ impl Probes {
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok(Self {
             _ebpf: ebpf,
-            hooks: TRACEPOINTS.len() + open_hooks.len() + RAW_TRACEPOINTS.len(),
+            hooks: TRACEPOINTS.len()
+                + open_hooks.len()
+                + RAW_TRACEPOINTS.len()
+                + usize::from(active != ActiveHooks::Tracepoints),
+            active,
             from_registers,
             io_uring: io_uring.map(|(name, _)| name),
             watched,
@@ -283,6 +380,121 @@ fn padded<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Attach the open hook `wanted` asks for: the first of fexit and LSM that
+/// loads for `Auto` (tracepoints when neither does), or exactly the one
+/// named, failing with why it cannot be used.
+fn attach_open_hook(
+    ebpf: &mut Ebpf,
+    offsets: &KernelOffsets,
+    from_registers: bool,
+    wanted: OpenHooks,
+) -> Result<ActiveHooks, ProbeError> {
+    let candidates: &[ActiveHooks] = match wanted {
+        OpenHooks::Auto => &[ActiveHooks::Fexit, ActiveHooks::Lsm],
+        OpenHooks::Fexit => &[ActiveHooks::Fexit],
+        OpenHooks::Lsm => &[ActiveHooks::Lsm],
+        OpenHooks::Tracepoints => return Ok(ActiveHooks::Tracepoints),
+    };
+    let mut why = String::new();
+    for &hooks in candidates {
+        match attach_trampoline(ebpf, offsets, from_registers, hooks) {
+            Ok(()) => return Ok(hooks),
+            Err(reason) => {
+                tracing::info!("{} not used: {reason}", hooks.opens());
+                why = reason;
+            }
+        }
+    }
+    if wanted == OpenHooks::Auto {
+        return Ok(ActiveHooks::Tracepoints);
+    }
+    let hooks = clap::ValueEnum::to_possible_value(&wanted)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    Err(ProbeError::Unavailable { hooks, why })
+}
+
+/// Load and attach the fexit or LSM program, or say why not.
+fn attach_trampoline(
+    ebpf: &mut Ebpf,
+    offsets: &KernelOffsets,
+    from_registers: bool,
+    hooks: ActiveHooks,
+) -> Result<(), String> {
+    if !from_registers || offsets.regs_orig_ax == NO_OFFSET {
+        return Err("needs bpf_task_pt_regs (Linux 5.15+) on x86_64".into());
+    }
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let result = match hooks {
+        ActiveHooks::Fexit => {
+            if offsets.filename_name == NO_OFFSET || offsets.open_flags_open_flag == NO_OFFSET {
+                return Err("this kernel's BTF lacks struct filename or open_flags".into());
+            }
+            let program: &mut FExit = program(ebpf, "do_filp_open_exit")?;
+            program
+                .load(FEXIT_HOOK, &btf)
+                .and_then(|()| program.attach().map(drop))
+        }
+        ActiveHooks::Lsm => {
+            let program: &mut Lsm = program(ebpf, LSM_HOOK)?;
+            program
+                .load(LSM_HOOK, &btf)
+                .and_then(|()| program.attach().map(drop))
+        }
+        ActiveHooks::Tracepoints => Ok(()),
+    };
+    result.map_err(|e| match e {
+        // The verifier's log is long and, on a refusal, empty: its last line
+        // says why when there is one.
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!("verifier log of the {} hook:\n{log}", hooks.opens());
+            // The log ends with statistics; the refusal is the line before.
+            let stats = ["processed ", "verification time", "stack depth"];
+            let reason = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)));
+            match reason {
+                Some(last) if !last.trim().is_empty() => {
+                    format!("BPF_PROG_LOAD: {io_error} (verifier: {last})")
+                }
+                _ => format!("BPF_PROG_LOAD: {io_error}"),
+            }
+        }
+        e => error_chain(&e),
+    })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e| error_chain(&e))
+}
+
+/// `e` and its causes on one line: aya's load errors keep the errno in the
+/// source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Load program `prog` and attach it to tracepoint `category:name`.
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
@@ -303,7 +515,9 @@ fn attach_tracepoint(
     program
         .load()
         .and_then(|()| program.attach(category, name).map(drop))
-        .map_err(attach_err)
+        .map_err(attach_err)?;
+    tracing::debug!("attached {prog} to {category}:{name}");
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -337,6 +551,8 @@ pub struct NameRuleOpen {
     pub path: PathBuf,
     /// The walk stopped short or cut a name: `path` is not the whole path.
     pub truncated: bool,
+    /// How the open reached the kernel ([`crate::event::open_via`]).
+    pub via: &'static str,
 }
 
 /// A decoded denied open.
@@ -428,6 +644,7 @@ pub fn decode(record: &[u8]) -> Option<KernelEvent> {
                 flags: ev.flags,
                 path: joined(&ev.path),
                 truncated: ev.path.truncated != 0,
+                via: crate::event::open_via(ev.via),
             }))
         }
         EventKind::IoUringOpen => {
@@ -528,6 +745,8 @@ mod tests {
             },
             flags: 0,
             ret: 3,
+            via: monitor_common::VIA_SYSCALL,
+            _pad: 0,
         };
         match decode(&bytes_of(&ev)) {
             Some(KernelEvent::Open(o)) => {
@@ -624,6 +843,7 @@ mod tests {
             flags: 0,
             ret: 3,
             rule: 0,
+            via: monitor_common::VIA_IO_URING,
             path: empty_path(),
         };
         ev.path.depth = 3;
@@ -634,6 +854,7 @@ mod tests {
             panic!("not a name-rule open");
         };
         assert_eq!(n.path, PathBuf::from("/ana/.aws/credentials"));
+        assert_eq!(n.via, "io_uring");
         ev.path.depth = 99;
         assert!(decode(&bytes_of(&ev)).is_some(), "depth is bounded");
     }
@@ -670,6 +891,8 @@ format:
             key: FileKey { dev: 1, ino: 2 },
             flags: 0,
             ret: 3,
+            via: monitor_common::VIA_SYSCALL,
+            _pad: 0,
         };
         let bytes = bytes_of(&ev);
         assert!(decode(&bytes[..bytes.len() - 1]).is_none());

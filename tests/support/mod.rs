@@ -42,6 +42,8 @@ pub struct Agent {
     stderr: Option<thread::JoinHandle<String>>,
     /// The ledger of a test that gave no `--state`, removed with it.
     _state: Option<tempfile::TempDir>,
+    /// The `started` agent event: which hooks it attached.
+    pub started: Value,
 }
 
 impl Agent {
@@ -86,8 +88,9 @@ impl Agent {
             seen: Vec::new(),
             stderr: Some(stderr),
             _state: state,
+            started: Value::Null,
         };
-        agent.wait_for(Duration::from_secs(30), |v| {
+        agent.started = agent.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["status"] == "started"
         });
         agent
