@@ -5,6 +5,8 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},

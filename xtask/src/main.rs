@@ -6,6 +6,7 @@
 mod bench;
 mod cargo;
 mod toolchain;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -35,11 +36,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the pinned nightly toolchain and bpf-linker, and mount tracefs.
+    /// Install the pinned nightly toolchain and bpf-linker, mount tracefs, and
+    /// fetch what the second-kernel tests boot.
     ///
     /// Idempotent: each step checks first and only installs what is missing,
     /// printing one status line per step. Installing LLVM 22 (apt) and mounting
-    /// tracefs need root.
+    /// tracefs need root. The second-kernel tests (tests/vm.rs) need qemu,
+    /// busybox-static and cpio (apt) and Debian's cloud kernel, downloaded and
+    /// unpacked under <target>/vm, never installed; `test` runs this step too.
     Setup,
     /// Set up, then build the monitor package (and with it the eBPF objects).
     Build {
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => toolchain::setup(Scope::Full),
+        Cmd::Setup => toolchain::setup(Scope::Test).map(drop),
         Cmd::Build { release } => {
             toolchain::setup(Scope::Full)?;
             build(release)
@@ -150,10 +154,14 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    toolchain::setup(Scope::Full)?;
+    let kernel = toolchain::setup(Scope::Test)?;
     let start = Instant::now();
     let mut cmd = cargo::cargo()?;
     cmd.args(["test", "--workspace"]).args(args);
+    if let Some(kernel) = kernel {
+        // tests/vm.rs boots it in qemu.
+        cmd.env(vm::KERNEL_ENV, kernel);
+    }
     // Every end-to-end test runs a real agent that sees the whole host, so
     // one test's burst of reads lands in another's ring buffer: one test at
     // a time keeps their results their own.

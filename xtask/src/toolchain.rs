@@ -3,11 +3,17 @@
 //! Every step checks first and only installs what is missing, so a second
 //! run installs nothing. Each step prints one status line to stderr.
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cargo::{self, TOOLCHAIN};
+use crate::{
+    cargo::{self, TOOLCHAIN},
+    vm,
+};
 
 /// Components of the pinned toolchain: rust-src to build core for the bpfel
 /// target, rustfmt and clippy for `cargo xtask lint`.
@@ -29,9 +35,14 @@ pub enum Scope {
     Build,
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
+    /// Also qemu, busybox, cpio and the Debian kernel that the
+    /// second-kernel tests (`tests/vm.rs`) boot.
+    Test,
 }
 
-pub fn setup(scope: Scope) -> Result<()> {
+/// Returns the guest kernel for the second-kernel tests when `scope` is
+/// [`Scope::Test`] and it could be set up.
+pub fn setup(scope: Scope) -> Result<Option<PathBuf>> {
     let start = std::time::Instant::now();
     ensure_toolchain().context(
         "setup step `toolchain` failed; check network access, or run \
@@ -42,11 +53,22 @@ pub fn setup(scope: Scope) -> Result<()> {
         "setup step `bpf-linker` failed; see the output above, install LLVM 22 \
          (apt package llvm-22-dev) and retry",
     )?;
-    if scope == Scope::Full {
+    if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
     }
+    let mut kernel = None;
+    if scope == Scope::Test {
+        match vm::ensure() {
+            Ok(k) => kernel = Some(k),
+            // CI must run them; elsewhere they skip and say why.
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("xtask: VM: {e:#}; the second-kernel tests (tests/vm.rs) will skip")
+            }
+            Err(e) => return Err(e.context("setup step `VM` (second-kernel tests) failed")),
+        }
+    }
     eprintln!("xtask: setup done in {:.1}s", start.elapsed().as_secs_f64());
-    Ok(())
+    Ok(kernel)
 }
 
 fn ensure_toolchain() -> Result<()> {
