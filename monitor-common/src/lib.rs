@@ -14,7 +14,7 @@ pub const ARGS_LEN: usize = 4096;
 /// Watched environment variable names reported per exec, at most.
 pub const ENV_NAMES_MAX: usize = 8;
 /// Bytes of one environment variable name kept.
-pub const ENV_NAME_LEN: usize = 48;
+pub const ENV_NAME_LEN: usize = 32;
 /// Bytes of one watched suffix (`_API_KEY` for `*_API_KEY`).
 pub const ENV_SUFFIX_LEN: usize = 16;
 

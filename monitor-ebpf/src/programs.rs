@@ -30,8 +30,8 @@ use monitor_common::{
     ARGS_LEN, CAPTURE_LSM_OPENS, COMPONENT_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX,
     ENV_SUFFIX_LEN, EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent,
     IoUringLayout, IoUringOpenEvent, KernelOffsets, NO_OFFSET, NameFilter, NameRule,
-    NameRuleOpenEvent, OpenEvent, PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN,
-    SUFFIX_RULES_MAX, SuffixRule, UNSET_LOGINUID, VIA_IO_URING, VIA_OTHER, VIA_SYSCALL, WalkedPath,
+    NameRuleOpenEvent, OpenEvent, PATH_COMPONENTS, RULE_NAME_LEN, RULE_PARENT_LEN, UNSET_LOGINUID,
+    VIA_IO_URING, VIA_OTHER, VIA_SYSCALL, WalkedPath,
 };
 
 /// Field offsets from the running kernel's BTF, written by the agent before
@@ -432,16 +432,15 @@ pub fn do_filp_open_exit(ctx: FExitContext) -> i32 {
 
 fn try_filp_open_exit(ctx: &FExitContext) -> Result<(), i64> {
     let ret: i64 = ctx.arg(3);
-    if (-MAX_ERRNO..0).contains(&ret) && ret != -EACCES && ret != -EPERM {
+    // A `struct file *` or an `ERR_PTR`; kernel pointers are negative too.
+    let failed = (-MAX_ERRNO..0).contains(&ret);
+    if ret == 0 || (failed && ret != -EACCES && ret != -EPERM) {
         return Ok(());
     }
     let Some(off) = offsets() else {
         return Ok(());
     };
-    if ret == 0 {
-        return Ok(());
-    }
-    if ret < 0 {
+    if failed {
         let dfd: i64 = ctx.arg(0);
         let name: u64 = ctx.arg(1);
         let op: u64 = ctx.arg(2);

@@ -436,6 +436,9 @@ fn attach_trampoline(
                 .and_then(|()| program.attach().map(drop))
         }
         ActiveHooks::Lsm => {
+            // Without `bpf` among the active LSMs the program may load and
+            // attach and yet never run: opens would go unseen.
+            bpf_lsm_active()?;
             let program: &mut Lsm = program(ebpf, LSM_HOOK)?;
             program
                 .load(LSM_HOOK, &btf)
@@ -467,6 +470,18 @@ fn attach_trampoline(
         }
         e => error_chain(&e),
     })
+}
+
+/// Whether `bpf` is among the active LSMs, from securityfs.
+fn bpf_lsm_active() -> Result<(), String> {
+    const LSM_LIST: &str = "/sys/kernel/security/lsm";
+    let list = std::fs::read_to_string(LSM_LIST)
+        .map_err(|e| format!("cannot read {LSM_LIST} ({e}): mount securityfs to use BPF LSM"))?;
+    if list.split(',').any(|l| l.trim() == "bpf") {
+        Ok(())
+    } else {
+        Err(format!("`bpf` is not an active LSM ({})", list.trim()))
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

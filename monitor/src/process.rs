@@ -107,7 +107,14 @@ impl ProcessTable {
         args_truncated: bool,
     ) -> ProcessInfo {
         let filename = String::from_utf8_lossy(filename);
-        let exe = resolve_exe(&filename, || self.read_exe(h.pid));
+        let exe = if links_to_proc_self(Path::new(&*filename)) {
+            // Exec'ing its own image (busybox's shell runs its applets so):
+            // the image before, known since the fork, is the image after.
+            let before = self.procs.peek(&h.pid).and_then(|p| p.exe.clone());
+            before.or_else(|| self.read_exe(h.pid))
+        } else {
+            resolve_exe(&filename, || self.read_exe(h.pid))
+        };
         let info = ProcessInfo {
             exe,
             args,
@@ -215,6 +222,14 @@ fn resolve_exe(filename: &str, proc_exe: impl FnOnce() -> Option<String>) -> Opt
     proc_exe().or_else(|| (!filename.is_empty()).then(|| filename.to_string()))
 }
 
+/// Whether `path` is in, or a symlink into, `/proc/self` or
+/// `/proc/thread-self`, which mean the reader, not the process that exec'ed
+/// (busybox's shell runs its applets as `/proc/self/exe`).
+fn links_to_proc_self(path: &Path) -> bool {
+    let is_self = |p: &Path| p.starts_with("/proc/self") || p.starts_with("/proc/thread-self");
+    is_self(path) || std::fs::read_link(path).is_ok_and(|t| is_self(&t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +270,43 @@ mod tests {
             false,
         );
         assert_eq!(t.observe(&header(7, 1)).exe.as_deref(), real.to_str());
+    }
+
+    #[test]
+    fn a_link_to_proc_self_exe_is_not_resolved_as_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("11")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/true", dir.path().join("11/exe")).unwrap();
+        // How busybox --install -s links its applets.
+        let cat = dir.path().join("cat");
+        std::os::unix::fs::symlink("/proc/self/exe", &cat).unwrap();
+        let mut t = table(dir.path());
+        // Forked from a process whose image is known: an exec of its own
+        // image keeps it, whatever /proc says by the time it is read.
+        t.on_exec(&header(11, 1), b"/usr/bin/busybox", Vec::new(), false);
+        t.on_exec(
+            &header(11, 1),
+            cat.to_str().unwrap().as_bytes(),
+            Vec::new(),
+            false,
+        );
+        assert_eq!(
+            t.observe(&header(11, 1)).exe.as_deref(),
+            Some("/usr/bin/busybox")
+        );
+        t.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        assert_eq!(
+            t.observe(&header(11, 1)).exe.as_deref(),
+            Some("/usr/bin/busybox")
+        );
+        // Nothing known before: /proc says, never the agent's own image.
+        t.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        let mut fresh = table(dir.path());
+        fresh.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        assert_eq!(
+            fresh.observe(&header(11, 1)).exe.as_deref(),
+            Some("/usr/bin/true")
+        );
     }
 
     #[test]
