@@ -310,6 +310,124 @@ fn agent_on_debian_6_1_with_tracepoints_and_no_bpf_lsm() {
     eprintln!("{test}: {:.1}s", start.elapsed().as_secs_f64());
 }
 
+/// Tells the guest-side helper [`guest_open_loop`] what to time:
+/// `PATH:COUNT`.
+const OPEN_LOOP_ENV: &str = "SECRETMON_VM_OPEN_LOOP";
+const BENCH_ROUNDS: usize = 3;
+const BENCH_OPS: u32 = 20_000;
+const BENCH_MODES: [&str; 4] = ["bare", "fexit", "lsm", "tracepoints"];
+
+/// The cost of each open hook to everything else, on a kernel that loads
+/// them all: open()+close() of an unwatched file and getppid(), bare and
+/// with the agent on each hook, alternating within each round. Under TCG
+/// the absolute figures mean little; the ratios, taken in one run, are the
+/// result. A benchmark, not a test: `cargo xtask bench` runs it.
+#[test]
+#[ignore = "a benchmark: `cargo xtask bench` runs it"]
+fn bench_open_hooks_on_debian_6_1() {
+    let test = "bench_open_hooks_on_debian_6_1";
+    let Some(kernel) = vm::kernel(test) else {
+        return;
+    };
+    let mut guest = Guest::new(test, &kernel)
+        .file(SECRET, planted(), 0o600)
+        .file("/srv/bench/unwatched", "nothing here\n", 0o644);
+    let lp = format!(
+        "{OPEN_LOOP_ENV}=/srv/bench/unwatched:{BENCH_OPS} {} --exact guest_open_loop --ignored \
+         --nocapture --test-threads=1",
+        vm::GUEST_TEST_BIN
+    );
+    for round in 0..BENCH_ROUNDS {
+        for mode in BENCH_MODES {
+            let script = if mode == "bare" {
+                lp.clone()
+            } else {
+                format!(
+                    "out=/tmp/bench-{mode}-{round}.json; \
+                     {bin} run --opens {mode} --watch {SECRET} --state /tmp/bench-state \
+                     --output $out 2>/dev/null & a=$!; \
+                     while ! grep -q started $out 2>/dev/null; do sleep 0.1; done; \
+                     grep -o '\"opens\":\"[^\"]*\"' $out; {lp}; kill -TERM $a; wait $a",
+                    bin = vm::GUEST_SECRETMON
+                )
+            };
+            guest = guest.before(Step::sh(&format!("{mode}_{round}"), &script));
+        }
+    }
+    let boot = guest.boot();
+    let figure = |out: &str, key: &str| -> f64 {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| boot.fail(&format!("no {key} in: {out}")))
+    };
+    let mut medians = Vec::new();
+    for mode in BENCH_MODES {
+        let (mut open, mut ppid) = (Vec::new(), Vec::new());
+        for round in 0..BENCH_ROUNDS {
+            let (_, out) = boot.step_ok(&format!("{mode}_{round}"));
+            if mode != "bare" {
+                // The agent ran on the hook asked for, not a fallback.
+                assert!(out.contains(&format!("\"opens\":\"{mode}")), "{out}");
+            }
+            open.push(figure(out, "open_close_ns"));
+            ppid.push(figure(out, "getppid_ns"));
+        }
+        medians.push((mode, median(&mut open), median(&mut ppid), open, ppid));
+    }
+    let (bare_open, bare_ppid) = (medians[0].1, medians[0].2);
+    println!("Debian 6.1 guest (qemu TCG), median of {BENCH_ROUNDS} rounds of {BENCH_OPS} ops:");
+    println!("  hooks         open+close ns   ratio   getppid ns   ratio   rounds (open+close)");
+    for (mode, open, ppid, rounds, _) in &medians {
+        println!(
+            "  {mode:<12} {open:>14.0} {:>7.3}x {ppid:>12.0} {:>7.3}x   {}",
+            open / bare_open,
+            ppid / bare_ppid,
+            rounds
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Guest side of the benchmark: time `COUNT` open()+close() of `PATH` and
+/// as many getppid() calls, and print ns per op. Does nothing outside a
+/// guest.
+#[test]
+#[ignore = "runs inside the guest, started by the benchmark"]
+fn guest_open_loop() {
+    let Some(spec) = std::env::var_os(OPEN_LOOP_ENV) else {
+        eprintln!("guest_open_loop: not in a guest ({OPEN_LOOP_ENV} unset): nothing to do");
+        return;
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let (path, count) = spec.rsplit_once(':').expect("PATH:COUNT");
+    let count: u32 = count.parse().expect("COUNT");
+    let path = std::ffi::CString::new(path).unwrap();
+    let start = Instant::now();
+    for _ in 0..count {
+        // SAFETY: a valid C string; the fd is closed at once.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        assert!(fd >= 0, "open failed");
+        unsafe { libc::close(fd) };
+    }
+    let open_close = start.elapsed().as_nanos() as f64 / f64::from(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        // SAFETY: no arguments, no side effects.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    let ppid = start.elapsed().as_nanos() as f64 / f64::from(count);
+    println!("open_close_ns={open_close:.0}");
+    println!("getppid_ns={ppid:.0}");
+}
+
 /// Guest side of the io_uring step: open the file named by
 /// `SECRETMON_VM_IO_URING_OPEN` through io_uring, close it, and say so.
 /// Does nothing outside a guest.

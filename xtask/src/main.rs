@@ -10,6 +10,7 @@ mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -111,11 +112,37 @@ fn try_main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
         Cmd::Bench => {
-            toolchain::setup(Scope::Full)?;
+            let kernel = toolchain::setup(Scope::Test)?;
             build(true)?;
-            bench::bench()
+            bench::bench()?;
+            bench_hooks_in_vm(kernel)
         }
     }
+}
+
+/// The open hooks this host refuses (fexit, BPF LSM), timed against each
+/// other and bare on the second kernel: an ignored test of tests/vm.rs.
+fn bench_hooks_in_vm(kernel: Option<PathBuf>) -> Result<()> {
+    let Some(kernel) = kernel else {
+        eprintln!("xtask: bench: no second kernel fetched: the open hooks are not compared");
+        return Ok(());
+    };
+    println!();
+    let mut cmd = cargo::cargo()?;
+    cmd.args([
+        "test",
+        "--package",
+        "monitor",
+        "--test",
+        "vm",
+        "--",
+        "--ignored",
+        "--exact",
+        "bench_open_hooks_on_debian_6_1",
+        "--nocapture",
+    ])
+    .env(vm::KERNEL_ENV, kernel);
+    cargo::run(&mut cmd)
 }
 
 fn build(release: bool) -> Result<()> {
