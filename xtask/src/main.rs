@@ -10,7 +10,6 @@ mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
-    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -122,8 +121,11 @@ fn try_main() -> Result<()> {
 
 /// The open hooks this host refuses (fexit, BPF LSM), timed against each
 /// other and bare on the second kernel: an ignored test of tests/vm.rs.
-fn bench_hooks_in_vm(kernel: Option<PathBuf>) -> Result<()> {
-    let Some(kernel) = kernel else {
+fn bench_hooks_in_vm(kernels: Option<vm::Kernels>) -> Result<()> {
+    let Some(vm::Kernels {
+        current: kernel, ..
+    }) = kernels
+    else {
         eprintln!("xtask: bench: no second kernel fetched: the open hooks are not compared");
         return Ok(());
     };
@@ -185,9 +187,10 @@ fn test(args: &[String]) -> Result<()> {
     let start = Instant::now();
     let mut cmd = cargo::cargo()?;
     cmd.args(["test", "--workspace"]).args(args);
-    if let Some(kernel) = kernel {
-        // tests/vm.rs boots it in qemu.
-        cmd.env(vm::KERNEL_ENV, kernel);
+    if let Some(kernels) = kernel {
+        // tests/vm.rs boots them in qemu.
+        cmd.env(vm::KERNEL_ENV, kernels.current);
+        cmd.env(vm::OLD_KERNEL_ENV, kernels.old);
     }
     // Every end-to-end test runs a real agent that sees the whole host, so
     // one test's burst of reads lands in another's ring buffer: one test at

@@ -3,10 +3,7 @@
 //! Every step checks first and only installs what is missing, so a second
 //! run installs nothing. Each step prints one status line to stderr.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::{io, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -40,9 +37,9 @@ pub enum Scope {
     Test,
 }
 
-/// Returns the guest kernel for the second-kernel tests when `scope` is
+/// Returns the guest kernels for the second-kernel tests when `scope` is
 /// [`Scope::Test`] and it could be set up.
-pub fn setup(scope: Scope) -> Result<Option<PathBuf>> {
+pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     let start = std::time::Instant::now();
     ensure_toolchain().context(
         "setup step `toolchain` failed; check network access, or run \

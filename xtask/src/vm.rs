@@ -17,34 +17,93 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cargo;
 
-/// Debian packages: the emulator, the guest's userland, the archiver.
+/// Debian packages: the emulator, the guest's userland (static: the
+/// initramfs has no libraries for it), the archiver.
 const PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "cpio"];
-/// What each package must provide once installed.
-const PROGRAMS: [&str; 3] = ["qemu-system-x86_64", "busybox", "cpio"];
 /// Depends on the current cloud kernel image package.
 const KERNEL_META: &str = "linux-image-cloud-amd64";
 
 /// Environment variable through which `cargo xtask test` hands the kernel
 /// to the tests.
 pub const KERNEL_ENV: &str = "SECRETMON_VM_KERNEL";
+/// The same for the older kernel.
+pub const OLD_KERNEL_ENV: &str = "SECRETMON_VM_KERNEL_5_10";
 
-/// Install the packages and fetch the kernel; returns the kernel's path.
-pub fn ensure() -> Result<PathBuf> {
-    ensure_packages()?;
-    ensure_kernel()
+/// An older kernel: Debian bullseye's 5.10, before `bpf_task_pt_regs`, so
+/// the agent takes its enter-hook path there. bullseye is not in this
+/// machine's apt sources: fetched from the mirror's pool, pinned by hash.
+const OLD_KERNEL_URL: &str = "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/\
+                              linux-image-5.10.0-32-cloud-amd64_5.10.223-1_amd64.deb";
+const OLD_KERNEL_SHA256: &str = "fb4a1229952d892138532c1d9f40a7fd0bd408e4dcf969c12e4524b6a89fdcb8";
+
+/// The guest kernels.
+pub struct Kernels {
+    /// Debian's current cloud kernel (6.1).
+    pub current: PathBuf,
+    /// Debian bullseye's 5.10.
+    pub old: PathBuf,
 }
 
-fn has_program(program: &str) -> bool {
-    cargo::output(Command::new("sh").args(["-c", &format!("command -v {program}")])).is_some()
+/// Install the packages and fetch the kernels.
+pub fn ensure() -> Result<Kernels> {
+    ensure_packages()?;
+    Ok(Kernels {
+        current: ensure_kernel()?,
+        old: ensure_old_kernel()?,
+    })
+}
+
+/// Download the pinned 5.10 package, check its hash and unpack its `boot/`
+/// into `<target>/vm-5.10/<package>/`, apart from the current kernel's.
+fn ensure_old_kernel() -> Result<PathBuf> {
+    let package = "linux-image-5.10.0-32-cloud-amd64";
+    let dir = cargo::target_dir().join("vm-5.10").join(package);
+    let label = format!("VM kernel ({package})");
+    if let Some(kernel) = unpacked_kernel(&dir) {
+        eprintln!("xtask: {label}: present at {}", kernel.display());
+        return Ok(kernel);
+    }
+    eprintln!(
+        "xtask: {label}: missing, downloading into {} ...",
+        dir.display()
+    );
+    let unpack = dir.with_file_name(format!("{package}.partial"));
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&unpack);
+    fs::create_dir_all(&unpack)?;
+    let deb = unpack.join("kernel.deb");
+    cargo::run(
+        cargo::command("curl")?
+            .args(["-fsSL", "--retry", "3", "-o"])
+            .arg(&deb)
+            .arg(OLD_KERNEL_URL),
+    )?;
+    let sum = cargo::output(Command::new("sha256sum").arg(&deb)).unwrap_or_default();
+    if sum.split_whitespace().next() != Some(OLD_KERNEL_SHA256) {
+        bail!("{OLD_KERNEL_URL}: SHA-256 is not {OLD_KERNEL_SHA256} (got {sum:?})");
+    }
+    cargo::run(cargo::command("dpkg-deb")?.arg("-x").arg(&deb).arg(&unpack))?;
+    for sub in ["lib", "usr", "etc"] {
+        let _ = fs::remove_dir_all(unpack.join(sub));
+    }
+    fs::remove_file(&deb)?;
+    fs::rename(&unpack, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    unpacked_kernel(&dir).with_context(|| format!("{OLD_KERNEL_URL} holds no boot/vmlinuz-*"))
+}
+
+/// Whether dpkg has `package` installed: a `busybox` on PATH may be the
+/// dynamically linked one.
+fn installed(package: &str) -> bool {
+    cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
 }
 
 fn ensure_packages() -> Result<()> {
     let label = format!("VM tools ({})", PACKAGES.join(", "));
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .zip(PROGRAMS)
-        .filter(|(_, program)| !has_program(program))
-        .map(|(package, _)| *package)
+        .copied()
+        .filter(|package| !installed(package))
         .collect();
     if missing.is_empty() {
         eprintln!("xtask: {label}: present");
