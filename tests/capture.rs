@@ -334,18 +334,7 @@ fn io_uring_opens_are_seen_or_stated() {
     let secret = plant_secret(dir.path());
     let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
     // This test process opens the secret through io_uring itself.
-    let path = std::ffi::CString::new(secret.to_str().unwrap()).unwrap();
-    let mut ring = io_uring::IoUring::new(8).expect("io_uring is enabled here");
-    let open = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
-        .flags(libc::O_RDONLY)
-        .build();
-    // SAFETY: `path` outlives the request, which completes before it drops.
-    unsafe { ring.submission().push(&open).unwrap() };
-    ring.submit_and_wait(1).unwrap();
-    let fd = ring.completion().next().unwrap().result();
-    assert!(fd >= 0, "io_uring open failed: {fd}");
-    // SAFETY: the fd was just opened by the ring and is ours.
-    unsafe { libc::close(fd) };
+    support::io_uring_open(&secret);
     let hooks = agent.started["capture"]["opens"].clone();
     if hooks == "tracepoints" {
         let ev = agent.wait_for(WAIT, |v| v["kind"] == "io_uring_open");

@@ -475,18 +475,6 @@ fn guest_io_uring_open() {
         eprintln!("guest_io_uring_open: not in a guest ({IO_URING_OPEN_ENV} unset): nothing to do");
         return;
     };
-    let path =
-        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap();
-    let mut ring = io_uring::IoUring::new(8).expect("io_uring_setup");
-    let open = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
-        .flags(libc::O_RDONLY)
-        .build();
-    // SAFETY: `path` outlives the request, which completes before it drops.
-    unsafe { ring.submission().push(&open).unwrap() };
-    ring.submit_and_wait(1).unwrap();
-    let fd = ring.completion().next().unwrap().result();
-    assert!(fd >= 0, "io_uring open failed: {fd}");
-    // SAFETY: the fd was just opened by the ring and is ours.
-    unsafe { libc::close(fd) };
+    support::io_uring_open(std::path::Path::new(&path));
     println!("io_uring open ok: pid {}", std::process::id());
 }

@@ -211,28 +211,9 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
-        // Before any program runs. Borrowed, not taken: the programs loaded
-        // below refer to the map by the fd the object keeps.
-        let map = ebpf
-            .map_mut("OFFSETS")
-            .ok_or(ProbeError::MissingMap("OFFSETS"))?;
-        let map_err = |source| ProbeError::Map {
-            name: "OFFSETS",
-            source,
-        };
-        Array::<_, KernelOffsets>::try_from(map)
-            .and_then(|mut a| a.set(0, &offsets, 0))
-            .map_err(map_err)?;
-        let map = ebpf
-            .map_mut("NAME_FILTER")
-            .ok_or(ProbeError::MissingMap("NAME_FILTER"))?;
-        let map_err = |source| ProbeError::Map {
-            name: "NAME_FILTER",
-            source,
-        };
-        Array::<_, monitor_common::NameFilter>::try_from(map)
-            .and_then(|mut a| a.set(0, &name_rules.filter, 0))
-            .map_err(map_err)?;
+        // Before any program runs.
+        set_config(&mut ebpf, "OFFSETS", &offsets)?;
+        set_config(&mut ebpf, "NAME_FILTER", &name_rules.filter)?;
         let from_registers = registers_readable(&offsets);
         let active = attach_open_hook(&mut ebpf, &offsets, from_registers, wanted)?;
         let open_hooks = match (active, from_registers) {
@@ -508,6 +489,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Write `value` into the one-entry array map `name`. Borrowed, not taken:
+/// programs loaded later refer to the map by the fd the object keeps.
+fn set_config<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    value: &T,
+) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    Array::<_, T>::try_from(map)
+        .and_then(|mut a| a.set(0, value, 0))
+        .map_err(|source| ProbeError::Map { name, source })
 }
 
 /// Load program `prog` and attach it to tracepoint `category:name`.

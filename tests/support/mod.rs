@@ -202,3 +202,21 @@ pub fn assert_no_planted(texts: &[&str]) {
         assert!(!t.contains(PLANTED), "planted secret leaked into output");
     }
 }
+
+/// Open `path` read-only through io_uring (not an open syscall) from this
+/// process, and close it.
+pub fn io_uring_open(path: &Path) {
+    let path =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap();
+    let mut ring = io_uring::IoUring::new(8).expect("io_uring is enabled");
+    let open = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build();
+    // SAFETY: `path` outlives the request, which completes before it drops.
+    unsafe { ring.submission().push(&open).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let fd = ring.completion().next().unwrap().result();
+    assert!(fd >= 0, "io_uring open failed: {fd}");
+    // SAFETY: the fd was just opened by the ring and is ours.
+    unsafe { libc::close(fd) };
+}
