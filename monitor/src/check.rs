@@ -178,12 +178,10 @@ pub fn probe() -> Vec<Item> {
     items.push(tp.fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"));
 
     let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
-    let bpf_active = lsm_list
-        .as_deref()
-        .is_some_and(|l| l.split(',').any(|l| l.trim() == "bpf"));
+    let bpf_active = lsm_list.as_deref().is_some_and(lists_bpf);
     let lsm = match (privileged, lsm_list) {
         (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root"),
-        (true, Some(list)) if !list.split(',').any(|l| l.trim() == "bpf") => item(
+        (true, Some(list)) if !lists_bpf(&list) => item(
             "BPF LSM",
             false,
             Status::Missing,
@@ -236,6 +234,11 @@ pub fn probe() -> Vec<Item> {
         "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; secretmon uses tracepoints without it",
     ));
     items
+}
+
+/// Whether `bpf` is in a list of active LSMs (`/sys/kernel/security/lsm`).
+pub fn lists_bpf(lsm_list: &str) -> bool {
+    lsm_list.split(',').any(|l| l.trim() == "bpf")
 }
 
 /// What `secretmon run --opens auto` will see opens with, from the probes:
@@ -328,6 +331,15 @@ mod tests {
             text.contains("MISSING") && text.contains("fix: mount it"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn bpf_in_lsm_lists() {
+        assert!(lists_bpf("lockdown,capability,landlock,bpf\n"));
+        assert!(!lists_bpf(
+            "lockdown,capability,landlock,yama,apparmor,tomoyo"
+        ));
+        assert!(!lists_bpf("bpf_not,ebpf"));
     }
 
     #[test]

@@ -132,8 +132,7 @@ impl ActiveHooks {
     }
 }
 
-/// The fexit and LSM hooks tell how an open came in from the saved
-/// registers; without them those hooks are not used.
+/// The kernel functions the fexit and LSM programs attach to.
 const FEXIT_HOOK: &str = "do_filp_open";
 const LSM_HOOK: &str = "file_open";
 
@@ -248,13 +247,7 @@ impl Probes {
         if active == ActiveHooks::Lsm {
             // From here the LSM hook reports successful opens and the exit
             // tracepoints only denials: one switch for both sides.
-            let mut capture: Array<MapData, u32> = take_map(&mut ebpf, "CAPTURE")?;
-            capture
-                .set(0, &CAPTURE_LSM_OPENS, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "CAPTURE",
-                    source,
-                })?;
+            set_config(&mut ebpf, "CAPTURE", &CAPTURE_LSM_OPENS)?;
         }
         let mut trie: LpmTrie<MapData, [u8; RULE_NAME_LEN], NameRule> =
             take_map(&mut ebpf, "NAME_RULES")?;
@@ -402,6 +395,7 @@ fn attach_trampoline(
     from_registers: bool,
     hooks: ActiveHooks,
 ) -> Result<(), String> {
+    // The hooks tell how an open came in from the saved registers.
     if !from_registers || offsets.regs_orig_ax == NO_OFFSET {
         return Err("needs bpf_task_pt_regs (Linux 5.15+) on x86_64".into());
     }
@@ -443,13 +437,11 @@ fn attach_trampoline(
                 .rev()
                 .find(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)));
             match reason {
-                Some(last) if !last.trim().is_empty() => {
-                    format!("BPF_PROG_LOAD: {io_error} (verifier: {last})")
-                }
-                _ => format!("BPF_PROG_LOAD: {io_error}"),
+                Some(reason) => format!("BPF_PROG_LOAD: {io_error} (verifier: {reason})"),
+                None => format!("BPF_PROG_LOAD: {io_error}"),
             }
         }
-        e => error_chain(&e),
+        e => crate::error_text(&e),
     })
 }
 
@@ -458,7 +450,7 @@ fn bpf_lsm_active() -> Result<(), String> {
     const LSM_LIST: &str = "/sys/kernel/security/lsm";
     let list = std::fs::read_to_string(LSM_LIST)
         .map_err(|e| format!("cannot read {LSM_LIST} ({e}): mount securityfs to use BPF LSM"))?;
-    if list.split(',').any(|l| l.trim() == "bpf") {
+    if crate::check::lists_bpf(&list) {
         Ok(())
     } else {
         Err(format!("`bpf` is not an active LSM ({})", list.trim()))
@@ -472,23 +464,7 @@ where
     ebpf.program_mut(name)
         .ok_or_else(|| format!("the eBPF object has no program {name}"))?
         .try_into()
-        .map_err(|e| error_chain(&e))
-}
-
-/// `e` and its causes on one line: aya's load errors keep the errno in the
-/// source.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+        .map_err(|e| crate::error_text(&e))
 }
 
 /// Write `value` into the one-entry array map `name`. Borrowed, not taken:

@@ -82,13 +82,7 @@ fn ensure_old_kernel() -> Result<PathBuf> {
     if sum.split_whitespace().next() != Some(OLD_KERNEL_SHA256) {
         bail!("{OLD_KERNEL_URL}: SHA-256 is not {OLD_KERNEL_SHA256} (got {sum:?})");
     }
-    cargo::run(cargo::command("dpkg-deb")?.arg("-x").arg(&deb).arg(&unpack))?;
-    for sub in ["lib", "usr", "etc"] {
-        let _ = fs::remove_dir_all(unpack.join(sub));
-    }
-    fs::remove_file(&deb)?;
-    fs::rename(&unpack, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
-    unpacked_kernel(&dir).with_context(|| format!("{OLD_KERNEL_URL} holds no boot/vmlinuz-*"))
+    unpack_boot(&deb, &unpack, &dir)
 }
 
 /// Whether dpkg has `package` installed: a `busybox` on PATH may be the
@@ -225,12 +219,20 @@ fn fetch(cache: &Path, package: &str) -> Result<PathBuf> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .with_context(|| format!("apt-get download left no .deb in {}", download.display()))?;
-    cargo::run(cargo::command("dpkg-deb")?.arg("-x").arg(&deb).arg(&unpack))?;
+    let kernel = unpack_boot(&deb, &unpack, &dir)?;
+    fs::remove_dir_all(&download)?;
+    Ok(kernel)
+}
+
+/// Unpack the kernel package `deb` into `unpack`, keep its `boot/` and move
+/// it to `dir`: the path of its `vmlinuz-*`. `deb` is removed.
+fn unpack_boot(deb: &Path, unpack: &Path, dir: &Path) -> Result<PathBuf> {
+    cargo::run(cargo::command("dpkg-deb")?.arg("-x").arg(deb).arg(unpack))?;
     // Only the kernel image (and its config) is booted; the modules are not.
     for sub in ["lib", "usr", "etc"] {
         let _ = fs::remove_dir_all(unpack.join(sub));
     }
-    fs::rename(&unpack, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
-    fs::remove_dir_all(&download)?;
-    unpacked_kernel(&dir).with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))
+    fs::remove_file(deb)?;
+    fs::rename(unpack, dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    unpacked_kernel(dir).with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))
 }
