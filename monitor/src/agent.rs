@@ -245,12 +245,18 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     if let Some((key, slot)) = edit.add
         && let Err(e) = probes.watch(key, slot)
     {
-        tracing::warn!("cannot watch a new secret: {}", crate::error_text(&e));
+        tracing::warn!(
+            "cannot watch a new secret: {}",
+            crate::errors::error_text(&e)
+        );
     }
     if let Some(key) = edit.remove
         && let Err(e) = probes.unwatch(&key)
     {
-        tracing::warn!("cannot unwatch a removed secret: {}", crate::error_text(&e));
+        tracing::warn!(
+            "cannot unwatch a removed secret: {}",
+            crate::errors::error_text(&e)
+        );
     }
 }
 

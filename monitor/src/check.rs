@@ -133,7 +133,7 @@ pub fn probe() -> Vec<Item> {
                 "ring buffer",
                 true,
                 Status::Unknown,
-                format!("probe failed: {}", crate::error_text(&e)),
+                format!("probe failed: {}", crate::errors::error_text(&e)),
             ),
         }
     } else {
@@ -171,7 +171,7 @@ pub fn probe() -> Vec<Item> {
             "tracepoints",
             true,
             Status::Unknown,
-            format!("probe failed: {}", crate::error_text(&e)),
+            format!("probe failed: {}", crate::errors::error_text(&e)),
         ),
         (None, _) => item("tracepoints", true, Status::Unknown, "probing needs root"),
     };
@@ -200,7 +200,7 @@ pub fn probe() -> Vec<Item> {
                 "BPF LSM",
                 false,
                 Status::Missing,
-                format!("load refused: {}", crate::error_text(&e)),
+                format!("load refused: {}", crate::errors::error_text(&e)),
             ),
         },
     };
@@ -224,7 +224,7 @@ pub fn probe() -> Vec<Item> {
                 "fentry/fexit",
                 false,
                 Status::Missing,
-                format!("load refused: {}", crate::error_text(&e)),
+                format!("load refused: {}", crate::errors::error_text(&e)),
             ),
         }
     } else {

@@ -33,7 +33,7 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--config {path}: {}", crate::error_text(err))]
+    #[error("--config {path}: {}", crate::errors::error_text(err))]
     Read { path: String, err: std::io::Error },
     #[error("--config {path}: {err}")]
     Parse { path: String, err: toml::de::Error },

@@ -441,7 +441,7 @@ fn attach_trampoline(
                 None => format!("BPF_PROG_LOAD: {io_error}"),
             }
         }
-        e => crate::error_text(&e),
+        e => crate::errors::error_text(&e),
     })
 }
 
@@ -464,7 +464,7 @@ where
     ebpf.program_mut(name)
         .ok_or_else(|| format!("the eBPF object has no program {name}"))?
         .try_into()
-        .map_err(|e| crate::error_text(&e))
+        .map_err(|e| crate::errors::error_text(&e))
 }
 
 /// Write `value` into the one-entry array map `name`. Borrowed, not taken:

@@ -25,7 +25,7 @@ pub use super::rules::Scope;
 pub enum EngineError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("cannot start the ledger writer: {}", crate::error_text(.0))]
+    #[error("cannot start the ledger writer: {}", crate::errors::error_text(.0))]
     Writer(std::io::Error),
 }
 

@@ -35,7 +35,7 @@ struct PolicyFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy {path}: {}", crate::error_text(err))]
+    #[error("policy {path}: {}", crate::errors::error_text(err))]
     Read { path: String, err: std::io::Error },
     #[error("policy {path}: {err}")]
     Parse { path: String, err: toml::de::Error },

@@ -26,11 +26,11 @@ const SHOWN_HEX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("fleet_key_file {path}: {}", crate::error_text(err))]
+    #[error("fleet_key_file {path}: {}", crate::errors::error_text(err))]
     FleetFile { path: String, err: io::Error },
     #[error("the fleet key is shorter than {MIN_FLEET_KEY} bytes")]
     FleetTooShort,
-    #[error("{path}: {}", crate::error_text(err))]
+    #[error("{path}: {}", crate::errors::error_text(err))]
     HostKey { path: String, err: io::Error },
     #[error("{path}: not a {KEY_LEN}-byte key; remove it to make a new one")]
     HostKeyCorrupt { path: String },

@@ -63,7 +63,7 @@ pub fn load_key(settings: &Settings, state: &std::path::Path) -> anyhow::Result<
     match source {
         KeySource::Ephemeral(e) => eprintln!(
             "secretmon: {}; fingerprints use a one-time key and match no other run",
-            crate::error_text(&e)
+            crate::errors::error_text(&e)
         ),
         KeySource::Host(path) => tracing::debug!("fingerprints keyed by {}", path.display()),
         KeySource::Fleet => tracing::debug!("fingerprints keyed by the fleet key"),

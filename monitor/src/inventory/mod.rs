@@ -92,7 +92,7 @@ pub struct Inventory {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("--watch {path}: {}", crate::error_text(err))]
+#[error("--watch {path}: {}", crate::errors::error_text(err))]
 pub struct WatchPathError {
     path: String,
     err: io::Error,
@@ -131,6 +131,10 @@ impl Inventory {
 
     pub fn len(&self) -> usize {
         self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
     }
 
     /// Apply a change; returns what the kernel map needs.

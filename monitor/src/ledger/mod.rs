@@ -36,11 +36,11 @@ const FILE: &str = "ledger.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("state dir {path}: {}", crate::error_text(err))]
+    #[error("state dir {path}: {}", crate::errors::error_text(err))]
     StateDir { path: String, err: std::io::Error },
     #[error("no ledger at {0}: has `secretmon run --state {1}` run here?")]
     Missing(String, String),
-    #[error("ledger {path}: {}", crate::error_text(err))]
+    #[error("ledger {path}: {}", crate::errors::error_text(err))]
     Open { path: String, err: rusqlite::Error },
     #[error("the ledger's schema is v{found}, newer than this secretmon knows (v{known})")]
     TooNew { found: u32, known: u32 },
@@ -48,7 +48,7 @@ pub enum LedgerError {
         "the ledger's schema is v{found}, older than v{known}: run the agent once to migrate it"
     )]
     TooOld { found: u32, known: u32 },
-    #[error("ledger: {}", crate::error_text(.0))]
+    #[error("ledger: {}", crate::errors::error_text(.0))]
     Sql(#[from] rusqlite::Error),
 }
 
