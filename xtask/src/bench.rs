@@ -1,271 +1,584 @@
 //! `cargo xtask bench`: what the agent costs the rest of the host, and how
-//! fast it can go, measured in one run against baselines taken in the same
-//! run. Prints ratios; writes nothing.
+//! fast it goes, in one run, against baselines taken in the same run.
 //!
-//! 1. ns per open()+close() of an unwatched file in a tight loop: bare, with
-//!    the agent, and with an auditd watch rule on one file (auditd from the
-//!    distribution). Configurations alternate over several rounds and the
-//!    median round counts, so drift of the machine hits all alike.
-//! 2. The highest rate of watched-secret reads per second the agent keeps up
-//!    with, zero loss, and its RSS at that rate: paced reads at rising rates
-//!    until the agent loses or miscounts.
+//! 1. **Rounds.** Each workload (open()+close() of an unwatched file,
+//!    getppid(), posix_spawn of /bin/true) is timed bare, under the minimal
+//!    hook, under the agent and under auditd, in rounds that rotate the order
+//!    of the configurations; the median round counts and the range is shown.
+//! 2. **Per program.** With BPF run-time statistics on, the same workloads
+//!    (and watched reads) under the agent and the minimal hook: each
+//!    program's calls per operation and ns per call.
+//! 3. **Watched reads.** Several reader processes open the watched secret at
+//!    a total rate, then flat out: reads made against reads the agent
+//!    counted, losses, the agent's RSS and CPU.
+//!
+//! Every timed loop runs in a worker process of its own (see `workload`).
+//! Prints Markdown tables to stdout (progress on stderr); writes nothing
+//! else. See BENCHMARKS.md.
+
+mod configs;
+mod report;
+mod stats;
+mod workload;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::File,
-    io::{BufRead, BufReader},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
+pub use self::workload::{WorkerArgs, worker};
+use self::{
+    configs::{Active, Agent, Audit, CONFIGS, Config, Setup},
+    report::{Spread, Table, minus, over, rounds, thousands},
+    workload::{Job, Workload},
+};
 use crate::cargo;
 
-/// open()+close() per round; a round takes a fraction of a second.
-const OPS_PER_ROUND: u32 = 200_000;
+/// Rounds of every configuration; odd, so the median is a round.
 const ROUNDS: usize = 7;
-/// Read rates tried, per second; `None` is as fast as one thread can.
-const RATES: &[Option<u32>] = &[
-    Some(10_000),
-    Some(25_000),
-    Some(50_000),
-    Some(100_000),
-    Some(200_000),
-    None,
-];
-const RATE_SECONDS: u64 = 3;
+/// The timed workloads of the rounds.
+const TIMED: [Workload; 3] = [Workload::Open, Workload::Getppid, Workload::Spawn];
+/// Passes of the per-program phase, alternating the hook and the agent.
+const STATS_PASSES: usize = 3;
+/// Readers and their total rate (`None`: flat out) in the throughput phase.
+const READ_PLAN: [(u64, Option<u64>); 3] = [(2, Some(100_000)), (4, Some(200_000)), (4, None)];
+const READ_SECONDS: f64 = 3.0;
+/// Flat-out readers in the per-program phase.
+const STATS_READ_SECONDS: f64 = 1.0;
+
+const DIR: &str = "/tmp/secretmon-bench";
+const PROBES_LOCK: &str = "/tmp/secretmon-probes.lock";
+const BENCH_LOCK: &str = "/tmp/secretmon-bench.lock";
+
+/// Operations and batches per worker: a worker takes 0.1-0.3 s bare.
+fn job<'a>(workload: Workload, unwatched: &'a Path) -> Job<'a> {
+    let (ops, batches) = match workload {
+        Workload::Open => (200_000, 20),
+        Workload::Getppid => (1_000_000, 20),
+        Workload::Spawn => (200, 10),
+        Workload::Reads => (0, 1),
+    };
+    Job {
+        workload,
+        ops,
+        batches,
+        path: Some(unwatched),
+        seconds: 0.0,
+        rate: None,
+    }
+}
 
 pub fn bench() -> Result<()> {
     if !cargo::is_root() {
-        bail!("the benchmark loads the agent and audit rules: run it as root");
+        bail!("the benchmark loads BPF programs and audit rules: run it as root");
     }
-    let bin = cargo::target_dir().join("release").join("secretmon");
-    let dir = PathBuf::from("/tmp/secretmon-bench");
+    let dir = PathBuf::from(DIR);
     std::fs::create_dir_all(&dir)?;
     let unwatched = dir.join("unwatched");
     let secret = dir.join("credentials");
     std::fs::write(&unwatched, "nothing here\n")?;
     std::fs::write(&secret, "[default]\naws_secret_access_key = BENCHFAKE\n")?;
-    ensure_auditd()?;
+    let setup = Setup {
+        agent_bin: cargo::target_dir().join("release").join("secretmon"),
+        secret,
+        dir,
+    };
 
-    eprintln!(
-        "bench: open()+close() of an unwatched file, {OPS_PER_ROUND} per round, {ROUNDS} rounds each"
-    );
-    let mut bare = Vec::new();
-    let mut agent = Vec::new();
-    let mut audit = Vec::new();
-    for round in 0..ROUNDS {
-        bare.push(ns_per_open(&unwatched)?);
-        let running = AgentRun::start(&bin, &secret, &dir.join("agent-overhead.jsonl"))?;
-        agent.push(ns_per_open(&unwatched)?);
-        running.stop()?;
-        let rule = AuditRule::add(&secret)?;
-        audit.push(ns_per_open(&unwatched)?);
-        drop(rule);
-        eprintln!(
-            "bench: round {}: bare {:.0} ns, agent {:.0} ns, auditd {:.0} ns",
-            round + 1,
-            bare[round],
-            agent[round],
-            audit[round]
-        );
-    }
-    let (b, a, d) = (median(&mut bare), median(&mut agent), median(&mut audit));
-    println!("open()+close() of an unwatched file, median of {ROUNDS} rounds of {OPS_PER_ROUND}:");
-    println!("  bare          {b:8.0} ns/op   1.00x");
-    println!("  secretmon     {a:8.0} ns/op   {:.3}x", a / b);
-    println!("  auditd rule   {d:8.0} ns/op   {:.3}x", d / b);
-    println!();
+    // Other helpers' agents would hook our loops: hold both locks.
+    let _probes = Lock::take(PROBES_LOCK)?;
+    let _bench = Lock::take(BENCH_LOCK)?;
+    let start = Instant::now();
+    let cpu_before = CpuTimes::read()?;
+    let audit = Audit::prepare()?;
 
-    println!("watched-secret reads/s the agent keeps up with ({RATE_SECONDS} s per rate):");
-    let mut best = None;
-    for &rate in RATES {
-        let out = dir.join("agent-throughput.jsonl");
-        let running = AgentRun::start(&bin, &secret, &out)?;
-        let (reads, elapsed) = paced_reads(&secret, rate)?;
-        // Give the agent a moment to fold and flush the last reads.
-        thread::sleep(Duration::from_millis(1500));
-        let rss_kib = running.rss_kib();
-        running.stop()?;
-        let (counted, lost) = count_reads(&out)?;
-        let achieved = reads as f64 / elapsed.as_secs_f64();
-        let ok = lost == 0 && counted == reads;
-        println!(
-            "  target {:>9}  achieved {:>9.0}/s  counted {counted}/{reads}  lost {lost}  agent RSS {} KiB  {}",
-            rate.map_or("max".to_string(), |r| format!("{r}/s")),
-            achieved,
-            rss_kib.map_or("?".to_string(), |k| k.to_string()),
-            if ok { "ok" } else { "LOSS" }
-        );
-        if !ok {
-            break;
-        }
-        best = Some((achieved, rss_kib));
-    }
-    match best {
-        Some((rate, rss)) => println!(
-            "highest zero-loss rate: {rate:.0} reads/s, agent RSS {} KiB",
-            rss.map_or("?".to_string(), |k| k.to_string())
-        ),
-        None => println!("no rate tried was free of loss"),
-    }
+    let measured = measure(&setup, &unwatched);
+    let finished = audit.finish();
+    let (timings, costs, reads) = measured?;
+    finished?;
+    let cpu = CpuTimes::read()?.since(&cpu_before);
+
+    println!("{}", header(start.elapsed(), &cpu));
+    println!("{}", timings.render());
+    println!("{}", render_costs(&costs));
+    println!("{}", render_reads(&reads));
     Ok(())
 }
 
-fn ns_per_open(path: &Path) -> Result<f64> {
-    // Warm the dentry cache and the branch predictors first.
-    for _ in 0..1000 {
-        drop(File::open(path)?);
-    }
-    let start = Instant::now();
-    for _ in 0..OPS_PER_ROUND {
-        drop(File::open(path)?);
-    }
-    Ok(start.elapsed().as_nanos() as f64 / f64::from(OPS_PER_ROUND))
+fn measure(setup: &Setup, unwatched: &Path) -> Result<(Timings, Costs, Vec<ReadRun>)> {
+    Ok((
+        run_rounds(setup, unwatched)?,
+        run_program_costs(setup, unwatched)?,
+        run_reads(setup)?,
+    ))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// An exclusive `flock` on `path`, released on drop (the fd closes).
+struct Lock {
+    _file: File,
 }
 
-/// Open+close `path` at `rate` per second (or flat out) for
-/// `RATE_SECONDS`; returns how many and how long.
-fn paced_reads(path: &Path, rate: Option<u32>) -> Result<(u64, Duration)> {
-    let start = Instant::now();
-    let end = start + Duration::from_secs(RATE_SECONDS);
-    let mut done: u64 = 0;
-    while Instant::now() < end {
-        // Batches of 1 ms worth keep the pacing cheap.
-        let batch = rate.map_or(1000, |r| (r / 1000).max(1));
-        for _ in 0..batch {
-            drop(File::open(path)?);
-        }
-        done += u64::from(batch);
-        if let Some(r) = rate {
-            let due = start + Duration::from_secs_f64(done as f64 / f64::from(r));
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
+impl Lock {
+    fn take(path: &str) -> Result<Self> {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {path}"))?;
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let mut said = false;
+        // SAFETY: flock(2) on an fd we own.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if !said {
+                eprintln!("bench: waiting for {path} (another helper measures or tests)");
+                said = true;
             }
+            if Instant::now() > deadline {
+                bail!("{path} stayed locked for 30 min (is this run inside `flock {path}`?)");
+            }
+            thread::sleep(Duration::from_millis(500));
         }
+        Ok(Self { _file: file })
     }
-    Ok((done, start.elapsed()))
 }
 
-/// Sum of `access.count` of secret_read events, and the last `lost` total.
-fn count_reads(out: &Path) -> Result<(u64, u64)> {
+/// ns per operation, per workload and configuration, one value per round;
+/// and the tracing programs of other processes seen at each round's start.
+struct Timings {
+    ns: BTreeMap<(Workload, Config), Vec<f64>>,
+    foreign: Vec<usize>,
+}
+
+fn run_rounds(setup: &Setup, unwatched: &Path) -> Result<Timings> {
+    let mut ns: BTreeMap<(Workload, Config), Vec<f64>> = BTreeMap::new();
+    let mut foreign = Vec::new();
+    for round in 0..ROUNDS {
+        // None of ours is loaded between configurations.
+        foreign.push(stats::programs()?.iter().filter(|p| p.traces()).count());
+        let mut line = format!("bench: round {}/{ROUNDS}:", round + 1);
+        for i in 0..CONFIGS.len() {
+            let config = CONFIGS[(i + round) % CONFIGS.len()];
+            let active = Active::start(config, setup)?;
+            let mut cells = Vec::new();
+            for workload in TIMED {
+                let sample = job(workload, unwatched).run()?;
+                ns.entry((workload, config))
+                    .or_default()
+                    .push(sample.ns_per_op);
+                cells.push(format!("{:.0}", sample.ns_per_op));
+            }
+            active.stop()?;
+            line.push_str(&format!(" {} {}", config.label(), cells.join("/")));
+        }
+        eprintln!("{line}");
+    }
+    Ok(Timings { ns, foreign })
+}
+
+impl Timings {
+    fn of(&self, workload: Workload, config: Config) -> &[f64] {
+        self.ns
+            .get(&(workload, config))
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let disturbed = self.foreign.iter().filter(|&&n| n > 0).count();
+        if disturbed > 0 {
+            out.push_str(&format!(
+                "**Other processes had tracing programs loaded at the start of {disturbed} \
+                 of {ROUNDS} rounds (up to {}): their cost is in every configuration's \
+                 figures.**\n\n",
+                self.foreign.iter().max().unwrap_or(&0)
+            ));
+        }
+        for workload in TIMED {
+            let (unit, scale, digits) = match workload {
+                Workload::Spawn => ("µs", 1e-3, 1),
+                _ => ("ns", 1.0, 1),
+            };
+            let bare = self.of(workload, Config::Bare);
+            let scaled = |v: &[f64]| v.iter().map(|x| x * scale).collect::<Vec<_>>();
+            out.push_str(&format!(
+                "### {} ({unit}/op, median of {ROUNDS} rounds, range)\n\n",
+                workload.label()
+            ));
+            let mut table = Table::new(&[
+                "configuration",
+                &format!("{unit}/op"),
+                &format!("added {unit}"),
+                "x bare",
+            ]);
+            for config in CONFIGS {
+                let values = self.of(workload, config);
+                let added = Spread::of(&scaled(&minus(values, bare)));
+                let ratio = Spread::of(&over(values, bare));
+                table.row(vec![
+                    config.label().to_string(),
+                    Spread::of(&scaled(values)).show(digits),
+                    if config == Config::Bare {
+                        String::new()
+                    } else {
+                        added.show(digits)
+                    },
+                    ratio.show(3),
+                ]);
+            }
+            out.push_str(&table.render());
+            let bare_spread = Spread::of(bare);
+            out.push_str(&format!(
+                "\nBare varied by {:.0} % between rounds.\n",
+                bare_spread.range_pct()
+            ));
+            if workload == Workload::Open {
+                let hook = minus(self.of(workload, Config::Hook), bare);
+                let agent = minus(self.of(workload, Config::Agent), bare);
+                let auditd = minus(self.of(workload, Config::Auditd), bare);
+                out.push_str(&format!(
+                    "secretmon's added cost ÷ the minimal hook's, per round: {} (goal <= 1.5); \
+                     auditd's ÷ the hook's: {}.\n",
+                    Spread::of(&over(&agent, &hook)).show(2),
+                    Spread::of(&over(&auditd, &hook)).show(2),
+                ));
+            }
+            let configs: Vec<Vec<f64>> = CONFIGS
+                .iter()
+                .map(|&c| scaled(self.of(workload, c)))
+                .collect();
+            out.push_str(&format!(
+                "Rounds ({}): {}.\n\n",
+                CONFIGS.map(Config::label).join(" / "),
+                rounds(&configs, 0)
+            ));
+        }
+        out
+    }
+}
+
+/// Per configuration and workload: operations done, and each program's
+/// calls and run time, one entry per pass.
+type Costs = BTreeMap<(Config, Workload), Vec<(u64, Vec<stats::Cost>)>>;
+
+fn run_program_costs(setup: &Setup, unwatched: &Path) -> Result<Costs> {
+    let _on = stats::enable()?;
+    let mut costs = Costs::new();
+    for pass in 0..STATS_PASSES {
+        eprintln!("bench: per-program pass {}/{STATS_PASSES}", pass + 1);
+        for config in [Config::Hook, Config::Agent] {
+            let active = Active::start(config, setup)?;
+            let owner = active
+                .bpf_owner()
+                .context("a configuration without programs")?;
+            let ids = stats::programs_of(owner)?;
+            let mut workloads = TIMED.to_vec();
+            if config == Config::Agent {
+                workloads.push(Workload::Reads);
+            }
+            for workload in workloads {
+                let job = match workload {
+                    Workload::Reads => Job {
+                        path: Some(&setup.secret),
+                        seconds: STATS_READ_SECONDS,
+                        ..job(workload, unwatched)
+                    },
+                    _ => job(workload, unwatched),
+                };
+                let before = stats::programs()?;
+                let sample = job.run()?;
+                let after = stats::programs()?;
+                costs
+                    .entry((config, workload))
+                    .or_default()
+                    .push((sample.ops, stats::costs(&before, &after, &ids)));
+            }
+            active.stop()?;
+        }
+    }
+    Ok(costs)
+}
+
+fn render_costs(costs: &Costs) -> String {
+    let mut out = format!(
+        "### Per program (BPF run-time statistics, median of {STATS_PASSES} passes, range)\n\n"
+    );
+    let mut table = Table::new(&[
+        "workload / configuration / program",
+        "calls per op",
+        "ns per call",
+        "ns per op",
+    ]);
+    for ((config, workload), passes) in costs {
+        let names: BTreeSet<&str> = passes
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|c| c.name.as_str()))
+            .collect();
+        for name in names {
+            let of = |f: &dyn Fn(u64, &stats::Cost) -> f64| -> Vec<f64> {
+                passes
+                    .iter()
+                    .filter_map(|(ops, c)| c.iter().find(|c| c.name == name).map(|c| f(*ops, c)))
+                    .collect()
+            };
+            let per_op = Spread::of(&of(&|ops, c| c.calls as f64 / ops as f64));
+            let ns_call = Spread::of(&of(&|_, c| c.ns_per_call()));
+            let ns_op = Spread::of(&of(&|ops, c| c.run_time_ns as f64 / ops as f64));
+            table.row(vec![
+                format!("{} / {} / `{name}`", workload.label(), config.label()),
+                format!("{:.2}", per_op.median),
+                ns_call.show(0),
+                ns_op.show(0),
+            ]);
+        }
+    }
+    out.push_str(&table.render());
+    out.push_str(
+        "\nns per call includes the statistics' own clock reads: compare with the \
+         minimal hook's empty program.\n",
+    );
+    out
+}
+
+/// One throughput run.
+struct ReadRun {
+    readers: u64,
+    rate: Option<u64>,
+    made: u64,
+    counted: u64,
+    lost: u64,
+    elapsed: Duration,
+    memory: Option<configs::Memory>,
+    /// The agent's CPU time over the run, as a share of one CPU.
+    agent_cpu: f64,
+}
+
+fn run_reads(setup: &Setup) -> Result<Vec<ReadRun>> {
+    let mut runs = Vec::new();
+    for (readers, rate) in READ_PLAN {
+        eprintln!(
+            "bench: watched reads, {readers} readers, {}",
+            rate.map_or("flat out".to_string(), |r| format!("{r}/s in all"))
+        );
+        let agent = Agent::start(setup)?;
+        let ticks_before = configs::cpu_ticks(agent.pid());
+        let wall = Instant::now();
+        let reader = Job {
+            workload: Workload::Reads,
+            ops: 0,
+            batches: 1,
+            path: Some(&setup.secret),
+            seconds: READ_SECONDS,
+            rate: rate.map(|r| r / readers),
+        };
+        let children = (0..readers)
+            .map(|_| reader.start())
+            .collect::<Result<Vec<_>>>()?;
+        let pids: BTreeSet<u32> = children.iter().map(|c| c.id()).collect();
+        let samples = children
+            .into_iter()
+            .map(workload::finish)
+            .collect::<Result<Vec<_>>>()?;
+        // The agent folds reads and writes them out every 500 ms.
+        thread::sleep(Duration::from_millis(1500));
+        let memory = configs::memory(agent.pid());
+        let ticks = configs::cpu_ticks(agent.pid())
+            .zip(ticks_before)
+            .map_or(0, |(a, b)| a - b);
+        let wall = wall.elapsed();
+        let output = agent.output.clone();
+        agent.stop()?;
+        let (counted, lost) = count_reads(&output, &pids)?;
+        runs.push(ReadRun {
+            readers,
+            rate,
+            made: samples.iter().map(|s| s.ops).sum(),
+            counted,
+            lost,
+            elapsed: samples
+                .iter()
+                .map(|s| Duration::from_nanos(s.elapsed_ns))
+                .max()
+                .unwrap_or_default(),
+            memory,
+            agent_cpu: ticks as f64 / clock_ticks_per_sec() / wall.as_secs_f64(),
+        });
+    }
+    Ok(runs)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+/// Sum of `access.count` of the readers' `secret_read` events in the
+/// agent's output, and the highest `lost` it reported.
+fn count_reads(output: &Path, readers: &BTreeSet<u32>) -> Result<(u64, u64)> {
+    tally_reads(&std::fs::read_to_string(output)?, readers)
+}
+
+fn tally_reads(events: &str, readers: &BTreeSet<u32>) -> Result<(u64, u64)> {
     let mut counted = 0;
     let mut lost = 0;
-    for line in BufReader::new(File::open(out)?).lines() {
-        let line = line?;
-        if line.contains("\"kind\":\"secret_read\"") && line.contains("\"comm\":\"xtask\"") {
-            counted += json_u64(&line, "\"count\":").unwrap_or(0);
-        } else if line.contains("\"kind\":\"agent\"") {
-            lost = lost.max(json_u64(&line, "\"lost\":").unwrap_or(0));
+    for line in events.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).context("reading the agent's output")?;
+        match event["kind"].as_str() {
+            Some("secret_read") => {
+                let pid = event["process"]["pid"].as_u64().unwrap_or(0);
+                if readers.contains(&(pid as u32)) {
+                    counted += event["access"]["count"].as_u64().unwrap_or(0);
+                }
+            }
+            Some("agent") => lost = lost.max(event["lost"].as_u64().unwrap_or(0)),
+            _ => {}
         }
     }
     Ok((counted, lost))
 }
 
-/// The integer after `key` in a JSON line; the lines are the agent's own
-/// flat output, so a full parser is not needed here.
-fn json_u64(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+fn render_reads(runs: &[ReadRun]) -> String {
+    let mut out =
+        format!("### Watched reads ({READ_SECONDS} s per run, readers are processes)\n\n");
+    let mut table = Table::new(&[
+        "readers, target",
+        "achieved reads/s",
+        "counted / made",
+        "lost",
+        "agent RSS (peak) MiB",
+        "agent CPU",
+    ]);
+    for run in runs {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        table.row(vec![
+            format!(
+                "{}, {}",
+                run.readers,
+                run.rate.map_or("flat out".to_string(), |r| format!(
+                    "{}/s",
+                    thousands(r as f64)
+                ))
+            ),
+            thousands(run.made as f64 / run.elapsed.as_secs_f64()),
+            format!(
+                "{} / {}",
+                thousands(run.counted as f64),
+                thousands(run.made as f64)
+            ),
+            run.lost.to_string(),
+            run.memory.map_or("?".to_string(), |m| {
+                format!("{:.1} ({:.1})", mib(m.rss_kib), mib(m.hwm_kib))
+            }),
+            format!("{:.0} %", run.agent_cpu * 100.0),
+        ]);
+    }
+    out.push_str(&table.render());
+    let best = runs
+        .iter()
+        .filter(|r| r.lost == 0 && r.counted == r.made)
+        .map(|r| r.made as f64 / r.elapsed.as_secs_f64())
+        .fold(None, |best: Option<f64>, x| {
+            Some(best.map_or(x, |b| b.max(x)))
+        });
+    out.push_str(&match best {
+        Some(rate) => format!(
+            "\nHighest zero-loss rate: {} reads/s (goal >= 200,000 at RSS <= 64 MiB).\n",
+            thousands(rate)
+        ),
+        None => "\nNo run was free of loss.\n".to_string(),
+    });
+    out
 }
 
-struct AgentRun {
-    child: Child,
+/// CPU time of the whole machine from `/proc/stat`, in ticks.
+struct CpuTimes {
+    busy: u64,
+    steal: u64,
+    total: u64,
 }
 
-impl AgentRun {
-    fn start(bin: &Path, secret: &Path, out: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(out);
-        let child = Command::new(bin)
-            .args(["run", "--watch"])
-            .arg(secret)
-            .arg("--output")
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(out)
-            .unwrap_or_default()
-            .contains("\"status\":\"started\"")
-        {
-            if Instant::now() > deadline {
-                bail!("the agent did not start within 60 s");
-            }
-            thread::sleep(Duration::from_millis(50));
+impl CpuTimes {
+    fn read() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("empty /proc/stat")?;
+        // cpu user nice system idle iowait irq softirq steal ...
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() < 8 {
+            bail!("unexpected /proc/stat: {line}");
         }
-        Ok(Self { child })
-    }
-
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    fn stop(mut self) -> Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("the agent exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-/// Install auditd from the distribution if missing, and run its daemon.
-fn ensure_auditd() -> Result<()> {
-    if cargo::output(Command::new("auditctl").arg("-s")).is_none() {
-        eprintln!("bench: installing auditd (apt-get)");
-        cargo::run(Command::new("apt-get").args(["install", "-y", "auditd"]))
-            .context("installing auditd for the comparison")?;
-    }
-    let status = cargo::output(Command::new("auditctl").arg("-s")).unwrap_or_default();
-    if !status.contains("pid") || status.contains("pid 0") {
-        eprintln!("bench: starting auditd");
-        cargo::run(&mut Command::new("auditd")).context("starting auditd")?;
-    }
-    Ok(())
-}
-
-/// An audit watch rule on one file, removed on drop.
-struct AuditRule {
-    path: PathBuf,
-}
-
-impl AuditRule {
-    fn add(path: &Path) -> Result<Self> {
-        cargo::run(Command::new("auditctl").args(["-w"]).arg(path).args([
-            "-p",
-            "r",
-            "-k",
-            "secretmon-bench",
-        ]))?;
+        let total = f.iter().take(8).sum();
         Ok(Self {
-            path: path.to_path_buf(),
+            busy: total - f[3] - f[4],
+            steal: f[7],
+            total,
         })
     }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            busy: self.busy - before.busy,
+            steal: self.steal - before.steal,
+            total: self.total - before.total,
+        }
+    }
 }
 
-impl Drop for AuditRule {
-    fn drop(&mut self) {
-        let _ = Command::new("auditctl")
-            .args(["-W"])
-            .arg(&self.path)
-            .args(["-p", "r", "-k", "secretmon-bench"])
-            .status();
+fn header(elapsed: Duration, cpu: &CpuTimes) -> String {
+    let kernel = cargo::output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let commit = cargo::output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(cargo::workspace_root()),
+    )
+    .unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let share = |x: u64| x as f64 * 100.0 / cpu.total.max(1) as f64;
+    format!(
+        "## cargo xtask bench: tree {}, kernel {}, {cpus} CPUs\n\n\
+         Measured in {:.0} s. The machine's CPUs were {:.0} % busy over the run \
+         (this bench's own loops included), steal {:.1} %.\n",
+        commit.trim(),
+        kernel.trim(),
+        elapsed.as_secs_f64(),
+        share(cpu.busy),
+        share(cpu.steal),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_counted_for_the_readers_only() {
+        let events = concat!(
+            r#"{"kind":"agent","status":"started","lost":0}"#,
+            "\n",
+            r#"{"kind":"secret_read","process":{"pid":10,"comm":"xtask"},"access":{"op":"open","count":700}}"#,
+            "\n",
+            r#"{"kind":"secret_read","process":{"pid":11,"comm":"xtask"},"access":{"op":"open","count":300}}"#,
+            "\n",
+            r#"{"kind":"secret_read","process":{"pid":12,"comm":"cat"},"access":{"op":"open","count":5}}"#,
+            "\n",
+            r#"{"kind":"agent","status":"lost","lost":3}"#,
+            "\n",
+            r#"{"kind":"agent","status":"stopped","lost":3}"#,
+            "\n",
+        );
+        assert_eq!(
+            tally_reads(events, &BTreeSet::from([10, 11])).unwrap(),
+            (1000, 3)
+        );
+        assert!(tally_reads("not json\n", &BTreeSet::new()).is_err());
     }
 }

@@ -44,7 +44,12 @@ enum Cmd {
     /// tracefs need root. The second-kernel tests (tests/vm.rs) need qemu,
     /// busybox-static and cpio (apt) and Debian's cloud kernel, downloaded and
     /// unpacked under <target>/vm, never installed; `test` runs this step too.
-    Setup,
+    Setup {
+        /// Also install what `cargo xtask bench` needs: bpftool, bpftrace
+        /// and auditd (apt).
+        #[arg(long)]
+        bench: bool,
+    },
     /// Set up, then build the monitor package (and with it the eBPF objects).
     Build {
         /// Build with the release profile.
@@ -79,14 +84,25 @@ enum Cmd {
     /// Runs `cargo fmt --all -- --check` and
     /// `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
-    /// Set up, build the release agent, then measure its overhead and
+    /// Set up, build the release agent, then measure its cost and
     /// throughput against baselines taken in the same run (needs root).
     ///
-    /// Prints ns per open()+close() of an unwatched file bare, with the
-    /// agent and with an auditd watch rule (installs auditd with apt if
-    /// missing), as ratios; then the highest zero-loss rate of watched
-    /// reads and the agent's RSS at it. See BENCHMARKS.md.
-    Bench,
+    /// Times open()+close() of an unwatched file, getppid() and posix_spawn
+    /// of /bin/true bare, under a minimal bpftrace hook, under the agent and
+    /// under auditd, in alternating rounds; each BPF program's run time per
+    /// call from the kernel's statistics; and watched reads by several
+    /// processes against what the agent counts. Prints Markdown tables
+    /// (about 3 minutes), then times the open hooks in the second kernel
+    /// (about 2 minutes more). Takes /tmp/secretmon-bench.lock and
+    /// /tmp/secretmon-probes.lock while measuring. See BENCHMARKS.md.
+    Bench {
+        /// Skip the open hooks' comparison in the second kernel (qemu).
+        #[arg(long)]
+        skip_vm: bool,
+    },
+    /// One timed loop of `bench`, run in a process of its own.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,7 +118,9 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => toolchain::setup(Scope::Test).map(drop),
+        Cmd::Setup { bench } => {
+            toolchain::setup(if bench { Scope::Bench } else { Scope::Test }).map(drop)
+        }
         Cmd::Build { release } => {
             toolchain::setup(Scope::Full)?;
             build(release)
@@ -110,12 +128,16 @@ fn try_main() -> Result<()> {
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
-        Cmd::Bench => {
-            let kernel = toolchain::setup(Scope::Test)?;
+        Cmd::Bench { skip_vm } => {
+            let kernel = toolchain::setup(Scope::Bench)?;
             build(true)?;
             bench::bench()?;
+            if skip_vm {
+                return Ok(());
+            }
             bench_hooks_in_vm(kernel)
         }
+        Cmd::BenchWorker(args) => bench::worker(&args),
     }
 }
 

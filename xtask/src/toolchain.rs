@@ -3,7 +3,7 @@
 //! Every step checks first and only installs what is missing, so a second
 //! run installs nothing. Each step prints one status line to stderr.
 
-use std::{io, path::Path};
+use std::{io, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -35,7 +35,13 @@ pub enum Scope {
     /// Also qemu, busybox, cpio and the Debian kernel that the
     /// second-kernel tests (`tests/vm.rs`) boot.
     Test,
+    /// Also what `cargo xtask bench` measures with and against: bpftool
+    /// (per-program run times), bpftrace (the minimal hook) and auditd.
+    Bench,
 }
+
+/// Debian packages of [`Scope::Bench`].
+const BENCH_PACKAGES: [&str; 3] = ["bpftool", "bpftrace", "auditd"];
 
 /// Returns the guest kernels for the second-kernel tests when `scope` is
 /// [`Scope::Test`] and it could be set up.
@@ -53,8 +59,11 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
     }
+    if scope == Scope::Bench {
+        ensure_debs("bench tools", &BENCH_PACKAGES).context("setup step `bench tools` failed")?;
+    }
     let mut kernel = None;
-    if scope == Scope::Test {
+    if matches!(scope, Scope::Test | Scope::Bench) {
         match vm::ensure() {
             Ok(k) => kernel = Some(k),
             // CI must run them; elsewhere they skip and say why.
@@ -230,4 +239,45 @@ fn ensure_tracefs() -> Result<()> {
         bail!("mounted tracefs but {} is still missing", events.display());
     }
     Ok(())
+}
+
+/// Whether dpkg has `package` installed: a program on PATH may come from
+/// elsewhere (a `busybox` may be the dynamically linked one).
+fn installed(package: &str) -> bool {
+    cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// Install the Debian `packages` that are missing, printing one status line
+/// under `label`.
+pub fn ensure_debs(label: &str, packages: &[&str]) -> Result<()> {
+    let label = format!("{label} ({})", packages.join(", "));
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    if !cargo::is_root() {
+        bail!(
+            "{} not installed and installing needs root; run `sudo apt-get update && \
+             sudo apt-get install -y {}` and retry",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: {label}: missing {}, installing with apt-get ...",
+        missing.join(", ")
+    );
+    cargo::run(cargo::command("apt-get")?.arg("update"))?;
+    cargo::run(
+        cargo::command("apt-get")?
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
