@@ -70,6 +70,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.inventory.limits(),
         opts.inventory.policy(),
     );
+    let key_id = scanner.key_id();
     let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(opts.output.as_deref()).with_context(|| {
@@ -113,7 +114,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
+    let mut engine = Engine::start(
+        &opts.state,
+        settings,
+        opts.ledger.retention,
+        &watch,
+        &key_id,
+    )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
@@ -170,11 +177,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // at once.
     let mut periodic = tokio::time::interval(opts.findings.interval);
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -198,7 +206,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -237,7 +245,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -260,13 +268,48 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter: few
+/// enough that a ring buffer full at a loss still holds more records from
+/// before it than this.
+const LOSS_CHECK_EVERY: usize = 64;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

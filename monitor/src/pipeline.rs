@@ -3,15 +3,19 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     io,
     num::NonZeroUsize,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::{Path, PathBuf},
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{DirEntryExt as _, MetadataExt as _},
+    },
+    path::{Component, Path, PathBuf},
 };
 
 use chrono::{DateTime, Utc};
 use lru::LruCache;
-use monitor_common::{EventHeader, FileKey};
+use monitor_common::{COMPONENT_LEN, EventHeader, FileKey, PATH_COMPONENTS};
 
 use crate::{
     event::{
@@ -24,7 +28,10 @@ use crate::{
         InventoryChange, MapEdit,
         scan::{Scanner, Skip},
     },
-    ledger::{ExposureKind, Observation, Seen},
+    ledger::{
+        ExposureKind, Observation, OpenMode, Seen,
+        facts::{file_exists, secret_facts},
+    },
     probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
@@ -74,8 +81,9 @@ pub struct Stats {
     pub env_truncated: u64,
 }
 
-/// Reads waiting to be folded: same process, secret, result and way in.
-type FoldKey = (u32, u32, String, &'static str);
+/// Reads waiting to be folded: same process, secret, result, way in and
+/// mode (a write is not folded into a read).
+type FoldKey = (u32, u32, String, &'static str, OpenMode);
 
 pub struct Pipeline {
     pub watch: Inventory,
@@ -99,8 +107,60 @@ pub struct Pipeline {
     /// Keyed by what changes when the file does, or when its inode is
     /// recycled for another file.
     not_secrets: LruCache<FileVersion, ()>,
-    /// The agent reads secret files to fingerprint them: not a use.
-    own_pid: u32,
+    /// secretmon's own processes read secret files to fingerprint them
+    /// (the agent, `secretmon inventory`): not a use.
+    own: OwnExe,
+}
+
+/// This installation's executable, to tell secretmon's own processes by:
+/// its path, and its (device, inode) for another path to the same file.
+struct OwnExe {
+    pid: u32,
+    path: Option<String>,
+    file: Option<(u64, u64)>,
+    /// Executables already compared, by path.
+    seen: LruCache<String, bool>,
+}
+
+impl OwnExe {
+    fn of_this_process() -> Self {
+        let link = std::fs::read_link("/proc/self/exe").ok();
+        // Replaced by an upgrade while running: the new file at the same
+        // path is this installation too.
+        let path = link.map(|p| {
+            let p = p.to_string_lossy();
+            p.strip_suffix(" (deleted)").unwrap_or(&p).to_string()
+        });
+        let file = std::fs::metadata("/proc/self/exe")
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Self {
+            pid: std::process::id(),
+            path,
+            file,
+            seen: LruCache::new(NonZeroUsize::new(256).expect("nonzero")),
+        }
+    }
+
+    /// Whether `p` runs secretmon. A process the table cannot vouch for is
+    /// not known to be ours.
+    fn is(&mut self, p: &ProcessInfo) -> bool {
+        if p.pid == self.pid {
+            return true;
+        }
+        let Some(exe) = p.exe.as_deref().filter(|_| p.vouched) else {
+            return false;
+        };
+        if let Some(&ours) = self.seen.get(exe) {
+            return ours;
+        }
+        let ours = self.path.as_deref() == Some(exe)
+            || std::fs::metadata(exe)
+                .ok()
+                .is_some_and(|m| self.file == Some((m.dev(), m.ino())));
+        self.seen.put(exe.to_string(), ours);
+        ours
+    }
 }
 
 /// A file's identity and state: (dev, ino) can be reused after a delete,
@@ -136,8 +196,36 @@ impl Pipeline {
             discoverer: None,
             edits: Vec::new(),
             not_secrets: LruCache::new(NonZeroUsize::new(4096).expect("nonzero")),
-            own_pid: std::process::id(),
+            own: OwnExe::of_this_process(),
         })
+    }
+
+    /// Apply a change of the inventory to the watch list, and tell the
+    /// ledger at once: a secret found while the agent runs is a secret of
+    /// the ledger before its first read is.
+    pub fn inventory_change(&mut self, change: InventoryChange) -> MapEdit {
+        let at = Utc::now();
+        self.observed.push(match &change {
+            InventoryChange::Upsert(record) => Observation::Secret {
+                at,
+                facts: secret_facts(record),
+            },
+            InventoryChange::Remove(path) => Observation::SecretGone {
+                at,
+                id: crate::secret::secret_id(path),
+                file_exists: file_exists(path),
+            },
+        });
+        self.watch.apply(change)
+    }
+
+    /// The kernel lost events, the last of them at or before `boot_ns`
+    /// (the boot clock when the loss was noticed): from now on a process
+    /// is attributed only when an exec or fork seen since, or `/proc`,
+    /// vouches for what runs.
+    pub fn events_lost(&mut self, boot_ns: u64) {
+        self.procs.on_loss(boot_ns);
+        self.identities.forget_all();
     }
 
     /// Inventory the files the name rules find with `scanner`.
@@ -177,7 +265,7 @@ impl Pipeline {
                     return Ok(());
                 };
                 // The agent fingerprinting a rotated file is not a workload.
-                if open.header.pid == self.own_pid {
+                if open.header.pid == self.own.pid {
                     return Ok(());
                 }
                 let via = event::open_via(open.via);
@@ -226,9 +314,13 @@ impl Pipeline {
 
     /// Emit every folded read; called at least once a second.
     pub fn flush_folds(&mut self) -> io::Result<()> {
-        let mut pending: Vec<_> = self.folds.drain().map(|(_, v)| v).collect();
-        pending.sort_by_key(|(time, _, _)| *time);
-        for (time, body, cgroup_id) in pending {
+        let mut pending: Vec<_> = self
+            .folds
+            .drain()
+            .map(|((.., mode), (time, body, cgroup_id))| (time, body, cgroup_id, mode))
+            .collect();
+        pending.sort_by_key(|(time, ..)| *time);
+        for (time, body, cgroup_id, mode) in pending {
             self.observed.push(Observation::Read {
                 at: time,
                 secret_id: body.secret.id.clone(),
@@ -237,6 +329,7 @@ impl Pipeline {
                 uid: body.process.uid,
                 count: body.access.count,
                 denied: body.access.result != "ok",
+                mode,
             });
             self.sink
                 .emit(&Event::new("secret_read", time, &self.host, body))?;
@@ -295,14 +388,22 @@ impl Pipeline {
     /// one in the opener's mount namespace; it is the host's path when the
     /// host sees the same inode there.
     fn name_rule_open(&mut self, found: NameRuleOpen) -> io::Result<()> {
-        if found.header.pid == self.own_pid {
+        if found.header.pid == self.own.pid {
             return Ok(());
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
             return self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via);
         }
-        let meta = std::fs::metadata(&found.path).ok().filter(|m| {
-            crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
+        // A cut path is made whole where the directory listing can.
+        let path = if found.truncated {
+            whole_path(&found.path, found.key)
+        } else {
+            Some(found.path.clone())
+        };
+        let meta = path.as_ref().and_then(|p| {
+            std::fs::metadata(p).ok().filter(|m| {
+                crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
+            })
         });
         let version = meta.as_ref().map(|m| FileVersion {
             key: found.key,
@@ -314,13 +415,13 @@ impl Pipeline {
         {
             return Ok(());
         }
-        if !found.truncated
+        if let Some(path) = &path
             && let Some(version) = version
             && let Some(scanner) = &self.discoverer
         {
-            match scanner.inspect_discovered(&found.path) {
+            match scanner.inspect_discovered(path) {
                 Ok(record) => {
-                    let edit = self.watch.apply(InventoryChange::Upsert(record));
+                    let edit = self.inventory_change(InventoryChange::Upsert(record));
                     let slot = edit.add.map(|(_, slot)| slot);
                     self.edits.push(edit);
                     if let Some(slot) = slot {
@@ -341,18 +442,32 @@ impl Pipeline {
                 Err(_) => {}
             }
         }
-        // Not inventoried (another namespace's file, unreadable, cut path):
-        // report what the kernel saw.
+        // Not inventoried (another namespace's file, unreadable, a path the
+        // kernel cut): report what the kernel saw. A cut path may be another
+        // file's too: the id is then the file's, and the event says so.
+        let (process, identity, info) = self.who(&found.header);
+        if self.own.is(&info) {
+            return Ok(());
+        }
         self.stats.secret_reads += 1;
-        let (process, identity, _) = self.who(&found.header);
-        let shown = found.path.to_string_lossy().into_owned();
+        let (id, shown) = match &path {
+            Some(p) => (
+                crate::secret::secret_id(p),
+                p.to_string_lossy().into_owned(),
+            ),
+            None => (
+                crate::secret::file_secret_id(found.key.dev, found.key.ino),
+                found.path.to_string_lossy().into_owned(),
+            ),
+        };
         let body = SecretRead {
             process,
             identity,
             secret: event::Secret {
-                id: crate::secret::secret_id(&found.path),
-                path: shown.clone(),
-                container_path: meta.is_none().then_some(shown),
+                id,
+                container_path: meta.is_none().then(|| shown.clone()),
+                path: shown,
+                path_truncated: path.is_none(),
                 secret_type: crate::secret::SecretType::Generic,
                 fingerprint: String::new(),
                 lifetime: crate::secret::Lifetime::Unknown,
@@ -398,12 +513,12 @@ impl Pipeline {
         result: String,
         via: &'static str,
     ) -> io::Result<()> {
-        if h.pid == self.own_pid {
+        if h.pid == self.own.pid {
             return Ok(());
         }
-        self.stats.secret_reads += 1;
-        let key = (h.pid, file_id, result, via);
+        let key = (h.pid, file_id, result, via, OpenMode::from_flags(flags));
         if let Some((_, pending, _)) = self.folds.get_mut(&key) {
+            self.stats.secret_reads += 1;
             pending.access.count += 1;
             return Ok(());
         }
@@ -413,6 +528,13 @@ impl Pipeline {
         let path = file.path.clone();
         let mut secret = file.event_secret();
         let (process, identity, info) = self.who(h);
+        // `secretmon inventory` (or another secretmon of this installation)
+        // fingerprinting the file: not a use. Its opens are never folded,
+        // so each is checked here.
+        if self.own.is(&info) {
+            return Ok(());
+        }
+        self.stats.secret_reads += 1;
         secret.container_path = self.identities.container_path(&info, &path);
         let body = SecretRead {
             process,
@@ -455,16 +577,41 @@ impl Pipeline {
     }
 
     /// The process and identity of the header's process, and what the
-    /// table knows of it.
+    /// table knows of it. A process the table cannot vouch for (events
+    /// lost since its exec, a reused pid) has an `unknown` identity, no
+    /// executable, arguments or ancestry: only what the event itself
+    /// carries (pid, uid, comm, terminal, login uid, start).
     fn who(&mut self, h: &EventHeader) -> (Process, Identity, ProcessInfo) {
         let info = self.procs.observe(h);
         let user = self.procs.user_name(h.uid);
-        let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
-        let identity = self.identities.resolve(&info, &user, &ancestors);
         let start_time = self
             .clock
             .wall(info.start_ns)
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        if !info.vouched {
+            let process = Process {
+                pid: info.pid,
+                ppid: info.ppid,
+                uid: info.uid,
+                gid: info.gid,
+                user,
+                comm: info.comm.clone(),
+                exe: None,
+                args: Vec::new(),
+                args_truncated: false,
+                tty: info.tty,
+                loginuid: info.loginuid,
+                start_time,
+                ancestors: Vec::new(),
+            };
+            let identity = Identity {
+                human: info.tty || info.loginuid.is_some(),
+                ..Identity::unknown()
+            };
+            return (process, identity, info);
+        }
+        let ancestors = self.procs.ancestors(info.ppid, MAX_ANCESTORS);
+        let identity = self.identities.resolve(&info, &user, &ancestors);
         let process = Process {
             pid: info.pid,
             ppid: info.ppid,
@@ -511,6 +658,38 @@ fn resolve_open_path(proc_root: &Path, pid: u32, dfd: i32, name: &[u8]) -> Optio
         std::fs::read_link(proc_dir.join("fd").join(dfd.to_string())).ok()?
     };
     Some(base.join(name))
+}
+
+/// The kernel keeps `COMPONENT_LEN - 1` bytes of each name and
+/// `PATH_COMPONENTS` names. When only the last name was cut (the others
+/// are shorter and the walk reached the root), the directory holds the
+/// whole name: the entry with the file's inode and the cut name as prefix.
+/// `None` when that cannot be told.
+fn whole_path(cut: &Path, key: FileKey) -> Option<PathBuf> {
+    /// Bounds the listing of a huge directory.
+    const MAX_ENTRIES: usize = 65_536;
+    let names: Vec<&OsStr> = cut
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let limit = COMPONENT_LEN - 1;
+    let (leaf, dirs) = names.split_last()?;
+    if names.len() >= PATH_COMPONENTS || leaf.len() < limit || dirs.iter().any(|d| d.len() >= limit)
+    {
+        return None;
+    }
+    let parent = cut.parent()?;
+    let entry = std::fs::read_dir(parent)
+        .ok()?
+        .take(MAX_ENTRIES)
+        .flatten()
+        .find(|e| e.ino() == key.ino && e.file_name().as_bytes().starts_with(leaf.as_bytes()))?;
+    let path = entry.path();
+    let meta = std::fs::metadata(&path).ok()?;
+    (crate::inventory::kernel_dev(meta.dev()) == key.dev && meta.ino() == key.ino).then_some(path)
 }
 
 /// `EACCES` for 13: the errno's name, as the event contract wants.
@@ -564,6 +743,34 @@ mod tests {
             cgroup_id: 1,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
+    }
+
+    /// The pipeline's observations for the ledger, one line each.
+    fn observed(p: &Pipeline) -> Vec<String> {
+        p.observed
+            .iter()
+            .map(|o| match o {
+                Observation::Exposure {
+                    kind,
+                    subject,
+                    detail,
+                    who,
+                    ..
+                } => format!("{} {subject} {detail:?} {}", kind.as_str(), who.id),
+                Observation::Read {
+                    secret_id,
+                    count,
+                    denied,
+                    mode,
+                    who,
+                    ..
+                } => format!("read {secret_id} {count} {denied} {mode:?} {}", who.id),
+                Observation::Secret { facts, .. } => format!("secret {} {}", facts.id, facts.path),
+                Observation::SecretGone {
+                    id, file_exists, ..
+                } => format!("gone {id} {file_exists}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -682,40 +889,15 @@ mod tests {
         assert_eq!(p.stats.secret_reads, 2);
 
         // The same, for the ledger: redacted, the read folded.
-        let observed: Vec<String> = p
-            .observed
-            .iter()
-            .map(|o| match o {
-                Observation::Exposure {
-                    kind,
-                    subject,
-                    detail,
-                    who,
-                    ..
-                } => {
-                    format!("{} {subject} {detail:?} {}", kind.as_str(), who.id)
-                }
-                Observation::Read {
-                    secret_id,
-                    count,
-                    denied,
-                    who,
-                    ..
-                } => {
-                    format!(
-                        "read {} {count} {denied} {}",
-                        secret_id == v["secret"]["id"].as_str().unwrap(),
-                        who.id
-                    )
-                }
-            })
-            .collect();
         assert_eq!(
-            observed,
+            observed(&p),
             [
-                "argv secret_flag Some(\"--token=…\") user:root:/usr/bin/cat",
-                "env GITHUB_TOKEN None user:root:/usr/bin/cat",
-                "read true 2 false user:root:/usr/bin/cat",
+                "argv secret_flag Some(\"--token=…\") user:root:/usr/bin/cat".to_string(),
+                "env GITHUB_TOKEN None user:root:/usr/bin/cat".into(),
+                format!(
+                    "read {} 2 false Read user:root:/usr/bin/cat",
+                    v["secret"]["id"].as_str().unwrap()
+                ),
             ]
         );
     }

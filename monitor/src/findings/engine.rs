@@ -13,8 +13,10 @@ use crate::{
     event::{Event, Host},
     inventory::Inventory,
     ledger::{
-        Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, Writer, WriterStats,
-        facts::secret_facts,
+        self, Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, StateLock, Writer,
+        WriterStats,
+        facts::{file_exists, secret_facts},
+        to_ns,
     },
     sink::Sink,
 };
@@ -37,18 +39,24 @@ pub struct Engine {
     /// Something changed since the event rules last ran.
     dirty: bool,
     last_prune: DateTime<Utc>,
+    /// Held until the engine is dropped, after the writer's last commit.
+    _lock: StateLock,
 }
 
 impl Engine {
-    /// Open the ledger in `state_dir`, record the settings for `report`,
-    /// take the inventory of `watch` and prune what retention expired.
-    /// Call before the probes watch anything: fingerprinting reads the files.
+    /// Take the state dir's lock (one agent per ledger), open the ledger
+    /// in `state_dir`, record the settings for `report`, take the inventory
+    /// of `watch` (fingerprinted with the key whose id is `key_id`) and
+    /// prune what retention expired. Call before the probes watch
+    /// anything: fingerprinting reads the files.
     pub fn start(
         state_dir: &Path,
         settings: Settings,
         retention: Duration,
         watch: &Inventory,
+        key_id: &str,
     ) -> Result<Self, EngineError> {
+        let lock = StateLock::acquire(state_dir)?;
         let mut ledger = Ledger::open(state_dir)?;
         let mut snapshot = ledger.snapshot()?;
         let now = Utc::now();
@@ -56,6 +64,7 @@ impl Engine {
             "settings".into(),
             serde_json::to_string(&settings).expect("settings serialize"),
         )];
+        rows.extend(key_rows(&ledger, &mut snapshot, key_id, now)?);
         if let Ok(span) = chrono::Duration::from_std(retention) {
             rows.push(snapshot.prune(now - span));
         }
@@ -70,6 +79,7 @@ impl Engine {
             retention,
             dirty: false,
             last_prune: now,
+            _lock: lock,
         };
         engine.refresh(watch, now);
         Ok(engine)
@@ -83,7 +93,10 @@ impl Engine {
     }
 
     /// Take the inventory again: its facts (mode, owner, a rotation) for
-    /// the files still there, `removed` for those that are not.
+    /// the files it lists. A secret of the ledger it does not list is
+    /// `removed` when its file is gone, and `unwatched` while the file is
+    /// still there: this run may watch other paths than the one that found
+    /// it, which says nothing about the file.
     pub fn refresh(&mut self, watch: &Inventory, now: DateTime<Utc>) {
         let mut present = HashSet::new();
         for record in watch.records() {
@@ -92,15 +105,16 @@ impl Engine {
                 self.writer.send(row);
             }
         }
-        let gone: Vec<String> = self
+        let unlisted: Vec<(String, String)> = self
             .snapshot
             .secrets
-            .keys()
-            .filter(|id| !present.contains(id.as_str()))
-            .cloned()
+            .values()
+            .filter(|r| r.removed.is_none() && !present.contains(r.facts.id.as_str()))
+            .map(|r| (r.facts.id.clone(), r.facts.path.clone()))
             .collect();
-        for id in gone {
-            for row in self.snapshot.remove_secret(&id, now) {
+        for (id, path) in unlisted {
+            let exists = file_exists(Path::new(&path));
+            for row in self.snapshot.secret_gone(&id, exists, now) {
                 self.writer.send(row);
             }
         }
@@ -167,6 +181,38 @@ impl Engine {
     }
 }
 
+/// The rows that record which fingerprint key the ledger's fingerprints
+/// are made with. A key that changed (a deleted `fingerprint.key` made
+/// anew, a fleet key configured) makes every fingerprint new without any
+/// value changing: the ledger notes when, so that no rotation is claimed
+/// across it, and says so.
+fn key_rows(
+    ledger: &Ledger,
+    snapshot: &mut Snapshot,
+    key_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Row>, LedgerError> {
+    let id_row = Row::Meta(ledger::KEY_ID.into(), key_id.into());
+    Ok(match ledger.meta(ledger::KEY_ID)? {
+        Some(known) if known == key_id => Vec::new(),
+        // A ledger from before key ids were kept: its fingerprints are
+        // taken to be this key's, as nothing says otherwise.
+        None => vec![id_row],
+        Some(_) => {
+            tracing::warn!(
+                "the fingerprint key is not the one this ledger's fingerprints were made with \
+                 (fingerprint.key made anew, or a fleet key): fingerprints start a new baseline, \
+                 and a new fingerprint is taken for a rotation only where the file changed"
+            );
+            snapshot.key_changed = Some(now);
+            vec![
+                id_row,
+                Row::Meta(ledger::KEY_CHANGED.into(), to_ns(now).to_string()),
+            ]
+        }
+    })
+}
+
 #[derive(Serialize)]
 struct FindingBody<'a> {
     finding: &'a Finding,
@@ -186,8 +232,10 @@ mod tests {
     use super::*;
     use crate::{
         findings::{FindingType, Settings},
-        ledger::Seen,
+        ledger::{OpenMode, Seen},
     };
+
+    const DAY: Duration = Duration::from_secs(86_400);
 
     fn settings() -> Settings {
         Settings::new(
@@ -217,6 +265,7 @@ mod tests {
             uid: 0,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         }
     }
 
@@ -229,7 +278,7 @@ mod tests {
         let state = dir.path().join("state");
         let id = watch.records().next().unwrap().id.clone();
 
-        let mut e = Engine::start(&state, settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = Engine::start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         e.observe(&read(&id, "user:b:/bin/b"));
         let now = Utc::now();
@@ -246,7 +295,7 @@ mod tests {
         let stats = e.close();
         assert_eq!(stats.dropped, 0);
 
-        let mut e = Engine::start(&state, settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = Engine::start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         assert!(
             e.check(Utc::now(), Scope::Events).is_empty(),
@@ -276,8 +325,7 @@ mod tests {
         std::fs::write(&secret, "value").unwrap();
         let mut watch = Inventory::new(vec![crate::inventory::test_record(&secret, 1)]);
         let id = watch.records().next().unwrap().id.clone();
-        let mut e =
-            Engine::start(dir.path(), settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = Engine::start(dir.path(), settings(), DAY, &watch, "key-1").unwrap();
         std::fs::remove_file(&secret).unwrap();
         watch.apply(crate::inventory::InventoryChange::Remove(secret.clone()));
         e.refresh(&watch, Utc::now());

@@ -4,6 +4,11 @@
 //!
 //! Windows include their boundary: a read exactly `orphan_window` ago is
 //! within it, an age of exactly `max_age` is not over it.
+//!
+//! A reader is an identity with at least one successful open that could
+//! read: refused opens and opens for writing only (a `touch`) are not
+//! reads. A read by an `unknown` identity is a read (the secret is in
+//! use), but it takes no part in the rules about who reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +18,10 @@ use super::{
     Evidence, Finding, FindingIdentity, FindingSecret, FindingType, Settings, Severity,
     human_duration, rfc3339,
 };
-use crate::ledger::{AccessRow, ExposureKind, SecretRow, Snapshot};
+use crate::{
+    identity::UNKNOWN,
+    ledger::{AccessRow, ExposureKind, SecretRow, Snapshot},
+};
 
 /// Which rules to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +66,8 @@ fn live_secrets(s: &Snapshot) -> impl Iterator<Item = &SecretRow> {
     s.secrets.values().filter(|r| r.removed.is_none())
 }
 
-/// Identities that read secret `id` (at least one open succeeded).
+/// Identities that read secret `id`: at least one open that could read
+/// succeeded.
 fn readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
     s.accesses
         .range((id.to_string(), String::new())..)
@@ -66,6 +75,27 @@ fn readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
         .filter(|(_, a)| a.read())
         .map(|((_, identity), a)| (identity.as_str(), a))
         .collect()
+}
+
+/// Readers whose identity is known: the rules about who reads.
+fn known_readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
+    let mut r = readers(s, id);
+    r.retain(|(who, _)| *who != UNKNOWN);
+    r
+}
+
+/// Who stands behind a read, for the sharing rule. A person's own tools
+/// (`user:ana:/usr/bin/cat`, `user:ana:/usr/bin/less`) are one principal,
+/// the person `user:ana`: a user identity whose every read came from a
+/// human session. Any other identity is a workload of its own (a cron
+/// script and a daemon of one uid are two consumers of the credential).
+fn principal(s: &Snapshot, who: &str, a: &AccessRow) -> String {
+    let user = s.identities.get(who).is_some_and(|i| i.kind == "user");
+    match who.strip_prefix("user:").and_then(|r| r.split_once(':')) {
+        // A user name holds no `:` (it is the passwd file's separator).
+        Some((name, _)) if user && a.human == a.reads => format!("user:{name}"),
+        _ => who.to_string(),
+    }
 }
 
 fn identity(s: &Snapshot, id: &str) -> FindingIdentity {
@@ -110,7 +140,7 @@ fn evidence<'a>(reads: impl IntoIterator<Item = &'a AccessRow>, reason: String) 
     let mut first: Option<DateTime<Utc>> = None;
     let mut last: Option<DateTime<Utc>> = None;
     for a in reads {
-        e.count += a.count - a.denied;
+        e.count += a.reads;
         first = Some(first.map_or(a.first_seen, |f| f.min(a.first_seen)));
         last = Some(last.map_or(a.last_seen, |l| l.max(a.last_seen)));
     }
@@ -143,42 +173,78 @@ fn by_value(s: &Snapshot) -> BTreeMap<String, Vec<&SecretRow>> {
     groups
 }
 
-/// One value read by two or more identities, at one path or several.
+/// One value read by two or more principals, at one path or several.
 fn shared_secret(s: &Snapshot, out: &mut Vec<Finding>) {
     for (value, group) in by_value(s) {
-        let reads: Vec<(&str, &AccessRow)> =
-            group.iter().flat_map(|r| readers(s, &r.facts.id)).collect();
-        let ids = identities(s, reads.iter().map(|(i, _)| *i));
-        if ids.len() < 2 {
+        let reads: Vec<(&str, &AccessRow)> = group
+            .iter()
+            .flat_map(|r| known_readers(s, &r.facts.id))
+            .collect();
+        // Principal → the identities behind it.
+        let mut principals: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for (who, a) in &reads {
+            principals
+                .entry(principal(s, who, a))
+                .or_default()
+                .insert(who);
+        }
+        if principals.len() < 2 {
             continue;
         }
+        // Named by principal; a person by the programs they used too.
+        let named: Vec<String> = principals
+            .iter()
+            .map(|(p, behind)| {
+                if behind.len() == 1 && behind.contains(p.as_str()) {
+                    return p.clone();
+                }
+                let programs: Vec<&str> = behind
+                    .iter()
+                    .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
+                    .collect();
+                format!("{p} (by hand: {})", programs.join(", "))
+            })
+            .collect();
         let first = group[0];
         let paths: Vec<String> = group.iter().map(|r| r.facts.path.clone()).collect();
-        let mut ev = evidence(
-            reads.iter().map(|(_, a)| *a),
-            format!(
-                "{} identities read the same value: {}",
-                ids.len(),
-                list(&ids)
-            ),
+        let reason = format!(
+            "{} identities read the same value: {}",
+            principals.len(),
+            named.join(", ")
         );
+        let mut ev = evidence(reads.iter().map(|(_, a)| *a), reason);
         if paths.len() > 1 {
             ev.paths = paths;
         }
         let rec = format!(
             "give each of {} its own credential, ideally a workload identity, instead of sharing {}",
-            list(&ids),
+            principals.keys().cloned().collect::<Vec<_>>().join(", "),
             first.facts.path
         );
-        out.push(Finding::new(
-            FindingType::SharedSecret,
-            value,
-            "",
-            secret(first),
-            ids,
-            ev,
-            rec,
-        ));
+        // A person's next program is not a new sharing: the finding is
+        // keyed by principals, and lists every identity behind them.
+        let keyed = principals
+            .keys()
+            .map(|p| FindingIdentity {
+                id: p.clone(),
+                kind: String::new(),
+                spiffe_id: String::new(),
+                gone: false,
+            })
+            .collect();
+        let ids = identities(s, reads.iter().map(|(i, _)| *i));
+        out.push(
+            Finding::new(
+                FindingType::SharedSecret,
+                value,
+                "",
+                secret(first),
+                keyed,
+                ev,
+                rec,
+            )
+            .listing(ids),
+        );
     }
 }
 
@@ -223,6 +289,10 @@ fn orphaned_secret(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, out: &
     };
     let since = now - span;
     for r in live_secrets(s) {
+        // Not watched now: nobody can vouch that it was not read.
+        if r.unwatched.is_some() {
+            continue;
+        }
         let watched_from = s.created.max(r.first_seen);
         if watched_from > since {
             continue;
@@ -445,7 +515,7 @@ fn unexpected_reader(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) 
     };
     for r in live_secrets(s) {
         let baseline_end = s.created.max(r.first_seen) + baseline;
-        for (who, a) in readers(s, &r.facts.id) {
+        for (who, a) in known_readers(s, &r.facts.id) {
             let reason = match settings.policy().allows(&r.facts.path, who) {
                 Some(true) => continue,
                 Some(false) => format!("{who} is not on the policy's allow list for this path"),
@@ -554,6 +624,7 @@ fn static_despite_federation(s: &Snapshot, out: &mut Vec<Finding>) {
     for ((secret_id, who), a) in &s.accesses {
         if let Some(r) = s.secrets.get(secret_id)
             && a.read()
+            && who != UNKNOWN
             && federated(r)
         {
             federated_by.entry(who).or_default().push(&r.facts.path);
@@ -604,7 +675,7 @@ mod tests {
     use super::*;
     use crate::{
         findings::policy::PolicyRule,
-        ledger::{ExposureRow, Observation, SecretFacts, Seen},
+        ledger::{ExposureRow, Observation, OpenMode, SecretFacts, Seen},
     };
 
     const DAY: i64 = 86_400;
@@ -672,6 +743,7 @@ mod tests {
                 uid: 0,
                 count: 1,
                 denied: false,
+                mode: OpenMode::Read,
             });
             self
         }
@@ -794,6 +866,7 @@ mod tests {
             uid: 1000,
             count: 4,
             denied: true,
+            mode: OpenMode::Read,
         });
         assert!(!f.has(3, FindingType::SharedSecret));
     }
@@ -952,6 +1025,7 @@ mod tests {
             uid: 1000,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         });
         let found = evaluate(&f.0, &settings(), t(2), Scope::All);
         let w = found
@@ -989,6 +1063,7 @@ mod tests {
             first_seen: t(0),
             last_seen: t(0),
             removed: None,
+            unwatched: None,
         }));
     }
 

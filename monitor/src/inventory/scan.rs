@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::{
     Record,
     catalog::{Catalog, FileRule, Parse},
-    classify::{Classification, Facts, classify},
+    classify::{Classification, Facts, classify, public_key_only},
     fingerprint::Key,
     kernel_dev,
     settings::{Limits, Policy},
@@ -173,8 +173,13 @@ impl Scanner {
 
     /// The rule for a file as shown, and whether it is inventoried even
     /// when its content holds nothing recognizable (a `--watch` path).
+    /// Below a watched directory the catalog's exclusions (templates,
+    /// public keys) hold as everywhere; a file `--watch` names is taken.
     pub fn rule_for(&self, shown: &Path) -> Option<(&FileRule, bool)> {
-        if self.user.iter().any(|u| shown.starts_with(u)) {
+        if let Some(user) = self.user.iter().find(|u| shown.starts_with(u)) {
+            if shown != user && self.catalog.excludes(shown) {
+                return None;
+            }
             let rule = self.catalog.rule_for_tail(shown).unwrap_or(&self.generic);
             return Some((rule, true));
         }
@@ -196,6 +201,11 @@ impl Scanner {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The id of the key fingerprints are made with.
+    pub fn key_id(&self) -> String {
+        self.key.id()
     }
 
     /// Read, classify and fingerprint one candidate. The bytes are wiped
@@ -236,6 +246,10 @@ impl Scanner {
             .map_err(|_| Skip::Unreadable)?;
         if bytes.len() as u64 > max {
             return Err(Skip::TooBig);
+        }
+        // Whatever the name or the rule: a public key is no secret.
+        if public_key_only(&bytes) {
+            return Err(Skip::NoSecret);
         }
         let fingerprint = self.key.fingerprint(&bytes);
         let rotated = rotated || previous.is_some_and(|p| p != fingerprint);
@@ -387,7 +401,15 @@ impl Walk<'_> {
                         self.stats.duplicates += 1;
                     }
                 }
-                Err(Skip::NoSecret) => self.stats.no_secret += 1,
+                Err(Skip::NoSecret) => {
+                    if forced && s.user.iter().any(|u| *u == shown) {
+                        tracing::warn!(
+                            "--watch {}: holds no secret (a public key): not watched",
+                            shown.display()
+                        );
+                    }
+                    self.stats.no_secret += 1;
+                }
                 Err(Skip::Unreadable) => self.stats.unreadable += 1,
                 Err(Skip::TooBig) => self.stats.too_big += 1,
                 Err(Skip::Special) => self.stats.special += 1,
