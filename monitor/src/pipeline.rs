@@ -705,7 +705,7 @@ mod tests {
 
     use monitor_common::{
         ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
-        OpenEvent,
+        NameRuleOpenEvent, OpenEvent,
     };
 
     use super::*;
@@ -773,6 +773,289 @@ mod tests {
             .collect()
     }
 
+    fn pipeline(dir: &Path, records: Vec<crate::inventory::Record>) -> (Pipeline, Shared) {
+        let out = Shared::default();
+        let identities = IdentityResolver::new(
+            Naming::new(Some("td"), "h").unwrap(),
+            IdentityConfig::default(),
+            dir,
+            CgroupTree::at(None),
+            NonZeroUsize::new(8).unwrap(),
+        );
+        let p = Pipeline::new(
+            Inventory::new(records),
+            Host { name: "h".into() },
+            identities,
+            Sink::to_writer(out.clone()),
+        )
+        .unwrap();
+        (p, out)
+    }
+
+    fn exec_of(pid: u32, filename: &[u8]) -> ExecEvent {
+        let mut exec = ExecEvent {
+            header: header(EventKind::Exec, pid),
+            old_pid: pid,
+            filename_len: filename.len() as u32,
+            filename: [0; FILENAME_LEN],
+            args_len: 0,
+            args_truncated: 0,
+            args: [0; ARGS_LEN],
+            env_count: 0,
+            env_truncated: 0,
+            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
+        };
+        exec.filename[..filename.len()].copy_from_slice(filename);
+        exec
+    }
+
+    fn open_of(pid: u32, key: FileKey, flags: i32) -> OpenEvent {
+        OpenEvent {
+            header: header(EventKind::Open, pid),
+            key,
+            flags: flags as u32,
+            ret: 3,
+            via: monitor_common::VIA_SYSCALL,
+            _pad: 0,
+        }
+    }
+
+    fn events(out: &Shared) -> Vec<serde_json::Value> {
+        String::from_utf8(out.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Pids that cannot exist, so that /proc cannot help.
+    const PID: u32 = u32::MAX - 10;
+
+    /// Lost events may hold the child's exec: its read is the unknown
+    /// identity's, never the parent shell's; an exec seen after the loss
+    /// names it again.
+    #[test]
+    fn after_lost_events_a_reader_is_unknown_not_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
+        let key = record.key;
+        let (mut p, out) = pipeline(dir.path(), vec![record]);
+        let (shell, child) = (PID, PID + 1);
+        p.handle(&bytes_of(&exec_of(shell, b"/usr/bin/bash")))
+            .unwrap();
+        let fork = monitor_common::ForkEvent {
+            header: header(EventKind::Fork, shell),
+            child_pid: child,
+            _pad: 0,
+        };
+        p.handle(&bytes_of(&fork)).unwrap();
+        p.events_lost(1_500);
+        let mut open = open_of(child, key, libc::O_RDONLY);
+        open.header.boot_ns = 2_000;
+        p.handle(&bytes_of(&open)).unwrap();
+        p.flush_folds().unwrap();
+        let mut exec = exec_of(child, b"/usr/bin/cat");
+        exec.header.boot_ns = 3_000;
+        p.handle(&bytes_of(&exec)).unwrap();
+        open.header.boot_ns = 4_000;
+        p.handle(&bytes_of(&open)).unwrap();
+        p.flush_folds().unwrap();
+        p.sink.flush().unwrap();
+        let reads: Vec<_> = events(&out)
+            .into_iter()
+            .filter(|v| v["kind"] == "secret_read")
+            .collect();
+        assert_eq!(reads.len(), 2, "{reads:#?}");
+        let unknown = &reads[0];
+        assert_eq!(unknown["identity"]["id"], "unknown");
+        assert_eq!(unknown["identity"]["kind"], "unknown");
+        assert_eq!(unknown["process"]["exe"], serde_json::Value::Null);
+        assert_eq!(unknown["process"]["args"], serde_json::json!([]));
+        assert_eq!(unknown["process"]["ancestors"], serde_json::json!([]));
+        assert_eq!(unknown["process"]["comm"], "cat", "the event's own comm");
+        assert_eq!(reads[1]["identity"]["id"], "user:root:/usr/bin/cat");
+        let seen: Vec<String> = observed(&p)
+            .into_iter()
+            .map(|o| o.rsplit(' ').next().unwrap().to_string())
+            .collect();
+        assert_eq!(seen, ["unknown", "user:root:/usr/bin/cat"]);
+    }
+
+    /// `secretmon inventory` reads every secret while the agent runs: any
+    /// process of this installation's executable is no reader.
+    #[test]
+    fn secretmon_itself_is_no_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
+        let key = record.key;
+        let (mut p, out) = pipeline(dir.path(), vec![record]);
+        let own = std::fs::read_link("/proc/self/exe").unwrap();
+        p.handle(&bytes_of(&exec_of(PID, own.as_os_str().as_bytes())))
+            .unwrap();
+        p.handle(&bytes_of(&open_of(PID, key, libc::O_RDONLY)))
+            .unwrap();
+        p.handle(&bytes_of(&exec_of(PID + 1, b"/usr/bin/cat")))
+            .unwrap();
+        p.handle(&bytes_of(&open_of(PID + 1, key, libc::O_RDONLY)))
+            .unwrap();
+        p.flush_folds().unwrap();
+        p.sink.flush().unwrap();
+        let readers: Vec<_> = events(&out)
+            .into_iter()
+            .filter(|v| v["kind"] == "secret_read")
+            .map(|v| v["process"]["pid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(readers, [u64::from(PID + 1)]);
+        assert_eq!(p.stats.secret_reads, 1);
+        assert_eq!(observed(&p).len(), 1);
+    }
+
+    /// A `touch` and a `cat` by one process are two things: a write and a
+    /// read, never folded together.
+    #[test]
+    fn writes_are_observed_apart_from_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
+        let (key, id) = (record.key, record.id.clone());
+        let (mut p, _) = pipeline(dir.path(), vec![record]);
+        p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/touch")))
+            .unwrap();
+        for flags in [libc::O_WRONLY, libc::O_RDONLY, libc::O_WRONLY] {
+            p.handle(&bytes_of(&open_of(PID, key, flags))).unwrap();
+        }
+        p.flush_folds().unwrap();
+        let mut seen = observed(&p);
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                format!("read {id} 1 false Read user:root:/usr/bin/touch"),
+                format!("read {id} 2 false Write user:root:/usr/bin/touch"),
+            ]
+        );
+    }
+
+    /// What inotify finds (or loses) while the agent runs reaches the
+    /// ledger at once; a removal says whether the file is still there.
+    #[test]
+    fn inventory_changes_are_observed_for_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "x").unwrap();
+        let record = crate::inventory::test_record(&path, 7);
+        let id = record.id.clone();
+        let (mut p, _) = pipeline(dir.path(), Vec::new());
+        let edit = p.inventory_change(InventoryChange::Upsert(record));
+        assert!(edit.add.is_some());
+        p.inventory_change(InventoryChange::Remove(path.clone()));
+        std::fs::remove_file(&path).unwrap();
+        p.inventory_change(InventoryChange::Remove(path.clone()));
+        assert_eq!(
+            observed(&p),
+            [
+                format!("secret {id} {}", path.display()),
+                format!("gone {id} true"),
+                format!("gone {id} false"),
+            ]
+        );
+    }
+
+    /// A name longer than the kernel keeps is found whole in its
+    /// directory, by inode; a deep path or a cut directory name is not.
+    #[test]
+    fn a_cut_last_name_is_made_whole_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "a-service-account-credentials-for-prod";
+        let names = [format!("{long}-1.pem"), format!("{long}-2.pem")];
+        let mut keys = Vec::new();
+        for n in &names {
+            let path = dir.path().join(n);
+            std::fs::write(&path, "x").unwrap();
+            let m = std::fs::metadata(&path).unwrap();
+            keys.push(FileKey {
+                dev: crate::inventory::kernel_dev(m.dev()),
+                ino: m.ino(),
+            });
+        }
+        let cut = dir.path().join(&long[..COMPONENT_LEN - 1]);
+        for (n, key) in names.iter().zip(&keys) {
+            assert_eq!(whole_path(&cut, *key), Some(dir.path().join(n)));
+        }
+        let other = FileKey {
+            dev: keys[0].dev,
+            ino: keys[0].ino + 1_000_000,
+        };
+        assert_eq!(whole_path(&cut, other), None, "no such inode here");
+        let short = dir.path().join("short");
+        assert_eq!(whole_path(&short, keys[0]), None, "not a cut name");
+        let deep: PathBuf = std::iter::once("/".to_string())
+            .chain((0..PATH_COMPONENTS - 1).map(|i| i.to_string()))
+            .chain(std::iter::once(long[..COMPONENT_LEN - 1].to_string()))
+            .collect();
+        assert_eq!(
+            whole_path(&deep, keys[0]),
+            None,
+            "the walk may have stopped short"
+        );
+    }
+
+    fn name_rule_open(pid: u32, key: FileKey, inner_first: &[&str]) -> NameRuleOpenEvent {
+        let mut ev = NameRuleOpenEvent {
+            header: header(EventKind::NameRuleOpen, pid),
+            key,
+            flags: 0,
+            ret: 3,
+            rule: 0,
+            via: monitor_common::VIA_SYSCALL,
+            path: monitor_common::WalkedPath {
+                depth: inner_first.len() as u32,
+                truncated: 1,
+                components: [[0; COMPONENT_LEN]; PATH_COMPONENTS],
+            },
+        };
+        for (slot, name) in ev.path.components.iter_mut().zip(inner_first) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        ev
+    }
+
+    /// Two deep files the kernel's name rules found, whose paths it cut
+    /// alike: two ids, and the events say the path is cut.
+    #[test]
+    fn cut_paths_keep_files_apart_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, out) = pipeline(dir.path(), Vec::new());
+        p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/cat"))).unwrap();
+        let inner_first: Vec<String> = std::iter::once("deep.pem".to_string())
+            .chain((4..=18).rev().map(|i| i.to_string()))
+            .collect();
+        let names: Vec<&str> = inner_first.iter().map(String::as_str).collect();
+        for ino in [901, 902] {
+            let ev = name_rule_open(PID, FileKey { dev: 1, ino }, &names);
+            p.handle(&bytes_of(&ev)).unwrap();
+        }
+        p.sink.flush().unwrap();
+        let reads: Vec<_> = events(&out)
+            .into_iter()
+            .filter(|v| v["kind"] == "secret_read")
+            .collect();
+        assert_eq!(reads.len(), 2);
+        for r in &reads {
+            assert_eq!(r["secret"]["path_truncated"], true, "{r}");
+            assert!(
+                r["secret"]["path"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/18/deep.pem")
+            );
+        }
+        assert_ne!(reads[0]["secret"]["id"], reads[1]["secret"]["id"]);
+        assert_eq!(
+            reads[0]["secret"]["id"],
+            crate::secret::file_secret_id(1, 901).as_str()
+        );
+    }
+
     #[test]
     fn denied_paths_resolve_against_cwd_and_dfd() {
         let dir = tempfile::tempdir().unwrap();
@@ -805,50 +1088,17 @@ mod tests {
         std::fs::write(&secret, "not-a-real-secret").unwrap();
         let record = crate::inventory::test_record(&secret, 77);
         let key = record.key;
-        let watch = Inventory::new(vec![record]);
-        let out = Shared::default();
-        let identities = IdentityResolver::new(
-            Naming::new(Some("td"), "h").unwrap(),
-            IdentityConfig::default(),
-            dir.path(),
-            CgroupTree::at(None),
-            NonZeroUsize::new(8).unwrap(),
-        );
-        let mut p = Pipeline::new(
-            watch,
-            Host { name: "h".into() },
-            identities,
-            Sink::to_writer(out.clone()),
-        )
-        .unwrap();
+        let (mut p, out) = pipeline(dir.path(), vec![record]);
         // A pid that cannot exist, so /proc cannot help: only the exec event.
         let pid = u32::MAX - 1;
-        let mut exec = ExecEvent {
-            header: header(EventKind::Exec, pid),
-            old_pid: pid,
-            filename_len: 12,
-            filename: [0; FILENAME_LEN],
-            args_len: 0,
-            args_truncated: 0,
-            args: [0; ARGS_LEN],
-            env_count: 1,
-            env_truncated: 0,
-            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
-        };
+        let mut exec = exec_of(pid, b"/usr/bin/cat");
+        exec.env_count = 1;
         let argv = b"cat\0--token=not-a-real-token-0000\0";
         exec.args[..argv.len()].copy_from_slice(argv);
         exec.args_len = argv.len() as u32;
         exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
-        exec.filename[..12].copy_from_slice(b"/usr/bin/cat");
         p.handle(&bytes_of(&exec)).unwrap();
-        let open = OpenEvent {
-            header: header(EventKind::Open, pid),
-            key,
-            flags: 0,
-            ret: 3,
-            via: monitor_common::VIA_SYSCALL,
-            _pad: 0,
-        };
+        let open = open_of(pid, key, 0);
         p.handle(&bytes_of(&open)).unwrap();
         p.handle(&bytes_of(&open)).unwrap();
         p.handle(&bytes_of(&header(EventKind::Exit, pid))).unwrap();
@@ -857,10 +1107,7 @@ mod tests {
         p.sink.flush().unwrap();
 
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = events(&out);
         let kinds: Vec<&str> = lines.iter().map(|v| v["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,

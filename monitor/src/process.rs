@@ -434,6 +434,73 @@ mod tests {
         assert_eq!(t.ancestors(50, 2).len(), 2);
     }
 
+    /// A fake `/proc/<pid>` started at `ticks` after boot, running `exe`.
+    fn fake_proc(root: &Path, pid: u32, ticks: u64, exe: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!(
+                "{pid} (x) S 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {ticks} 1000000 100 \
+                 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0"
+            ),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(exe, d.join("exe")).unwrap();
+    }
+
+    #[test]
+    fn after_lost_events_only_a_later_exec_or_the_live_process_vouches() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_proc(dir.path(), 60, 1000, "/usr/bin/less");
+        let mut t = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let ns_per_tick = 1_000_000_000 / t.ticks_per_second;
+        let at = |pid, boot_ns| EventHeader {
+            boot_ns,
+            ..header(pid, 1)
+        };
+        t.on_exec(&at(50, 100), b"/no/such/sh", Vec::new(), false);
+        t.on_fork(&at(50, 120), 51);
+        assert!(t.observe(&at(51, 130)).vouched);
+        t.on_loss(200);
+        // 51 may have exec'd meanwhile: gone from /proc, it is not vouched
+        // for, whatever the table knew.
+        let stale = t.observe(&at(51, 210));
+        assert!(!stale.vouched);
+        assert_eq!(
+            stale.exe.as_deref(),
+            Some("/no/such/sh"),
+            "kept, not trusted"
+        );
+        // A fork of a process not vouched for is not either.
+        t.on_fork(&at(51, 220), 54);
+        assert!(!t.observe(&at(54, 230)).vouched);
+        // An exec stamped before the loss was noticed proves nothing...
+        t.on_exec(&at(52, 150), b"/usr/bin/cat", Vec::new(), false);
+        assert!(!t.observe(&at(52, 160)).vouched);
+        // ...one after it does, and so do its forks.
+        t.on_exec(&at(52, 300), b"/usr/bin/cat", Vec::new(), false);
+        assert!(t.observe(&at(52, 310)).vouched);
+        t.on_fork(&at(52, 320), 53);
+        assert!(t.observe(&at(53, 330)).vouched);
+        // A live process with the event's start time: /proc vouches.
+        let live = EventHeader {
+            start_ns: 1000 * ns_per_tick,
+            ..at(60, 400)
+        };
+        let info = t.observe(&live);
+        assert!(info.vouched);
+        assert_eq!(info.exe.as_deref(), Some("/usr/bin/less"));
+        // The same pid with another start: a reused pid, not that process.
+        let mut fresh = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let reused = fresh.observe(&EventHeader {
+            start_ns: 2000 * ns_per_tick,
+            ..at(60, 400)
+        });
+        assert!(!reused.vouched);
+        assert_eq!(reused.exe, None);
+    }
+
     #[test]
     fn capacity_bounds_the_table() {
         let dir = tempfile::tempdir().unwrap();

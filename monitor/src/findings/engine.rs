@@ -333,4 +333,121 @@ mod tests {
         assert!(e.snapshot.secrets[id].removed.is_some());
         e.close();
     }
+
+    fn record(path: &Path, ino: u64, fingerprint: &str, mode: u32) -> crate::inventory::Record {
+        crate::inventory::Record {
+            fingerprint: fingerprint.into(),
+            mode,
+            ..crate::inventory::test_record(path, ino)
+        }
+    }
+
+    /// A second run with another `--watch` on the same state dir: the
+    /// first run's secrets are still there, so not removed, and their
+    /// findings stay in the report.
+    #[test]
+    fn another_watch_leaves_the_first_runs_secrets_unwatched_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        let state = dir.path().join("state");
+        let first = Inventory::new(vec![record(&a, 1, "hmac-sha256:aa", 0o644)]);
+        let mut e = Engine::start(&state, settings(), DAY, &first, "key-1").unwrap();
+        let weak = e.check(Utc::now(), Scope::All);
+        assert_eq!(weak.len(), 1, "{weak:?}");
+        e.close();
+
+        let second = Inventory::new(vec![record(&b, 2, "hmac-sha256:bb", 0o600)]);
+        let mut e = Engine::start(&state, settings(), DAY, &second, "key-1").unwrap();
+        let id_a = crate::secret::secret_id(&a);
+        let row = &e.snapshot.secrets[&id_a];
+        assert_eq!(row.removed, None);
+        assert!(row.unwatched.is_some());
+        let all = rules::evaluate(&e.snapshot, &e.settings, Utc::now(), Scope::All);
+        assert!(all.iter().any(|f| f.id == weak[0].id), "{all:?}");
+        // Its file goes: now it is removed.
+        std::fs::remove_file(&a).unwrap();
+        e.refresh(&second, Utc::now());
+        assert!(e.snapshot.secrets[&id_a].removed.is_some());
+        e.close();
+    }
+
+    /// Found while the agent runs (inotify, the kernel's name rules): a
+    /// secret of the ledger at once, with the file rules' findings.
+    #[test]
+    fn a_secret_found_while_running_gets_its_row_and_findings() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut e = Engine::start(&state, settings(), DAY, &Inventory::default(), "key-1").unwrap();
+        let late = dir.path().join("credentials");
+        let r = record(&late, 3, "hmac-sha256:cc", 0o644);
+        e.observe(&Observation::Secret {
+            at: Utc::now(),
+            facts: secret_facts(&r),
+        });
+        e.observe(&read(&r.id, "user:a:/bin/a"));
+        let found = e.check(Utc::now(), Scope::All);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.finding_type == FindingType::WeakPermissions && f.secret.id == r.id),
+            "{found:?}"
+        );
+        e.close();
+        let disk = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert_eq!(disk.secrets[&r.id].facts.mode, Some(0o644));
+    }
+
+    #[test]
+    fn one_engine_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k").unwrap();
+        let Err(err) = Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k")
+        else {
+            panic!("two engines on one ledger");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        e.close();
+        Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k")
+            .unwrap()
+            .close();
+    }
+
+    /// `fingerprint.key` deleted between runs: every fingerprint is new,
+    /// no value changed, and the ledger says so instead of a rotation.
+    #[test]
+    fn a_new_fingerprint_key_is_not_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.token");
+        std::fs::write(&file, "value").unwrap();
+        let state = dir.path().join("state");
+        let before = Inventory::new(vec![record(&file, 1, "hmac-sha256:old", 0o600)]);
+        Engine::start(&state, settings(), DAY, &before, "key-1")
+            .unwrap()
+            .close();
+        let first = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        let after = Inventory::new(vec![record(&file, 1, "hmac-sha256:new", 0o600)]);
+        let e = Engine::start(&state, settings(), DAY, &after, "key-2").unwrap();
+        e.close();
+        let disk = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert!(disk.key_changed.is_some());
+        let id = crate::secret::secret_id(&file);
+        let old = first.fingerprints[&(id.clone(), "hmac-sha256:old".into())];
+        let new = disk.fingerprints[&(id, "hmac-sha256:new".into())];
+        assert_eq!(
+            new.first_seen, old.first_seen,
+            "the same value, not a rotation"
+        );
+        // The same key again: nothing changes.
+        Engine::start(&state, settings(), DAY, &after, "key-2")
+            .unwrap()
+            .close();
+        let again = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert_eq!(again.key_changed, disk.key_changed);
+    }
 }

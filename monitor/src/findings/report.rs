@@ -522,4 +522,83 @@ mod tests {
                 .contains("own credential")
         );
     }
+
+    /// Writers, unwatched secrets and a fingerprint key change, as the
+    /// report says them.
+    #[test]
+    fn writers_unwatched_secrets_and_key_changes_are_said() {
+        let mut s = fixture();
+        s.observe(&Observation::Read {
+            at: t(11),
+            secret_id: "sec-a".into(),
+            who: Seen {
+                id: "user:root:/usr/bin/touch".into(),
+                kind: "user".into(),
+                spiffe_id: String::new(),
+                unit: None,
+                user_manager: false,
+                cgroup_id: 0,
+                exe: None,
+                human: false,
+            },
+            pid: 4,
+            uid: 0,
+            count: 1,
+            denied: false,
+            mode: OpenMode::Write,
+        });
+        s.unwatch_secret("sec-b", t(12));
+        s.key_changed = Some(t(5));
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(20), Path::new("/state/ledger.db"));
+        let mut text = Vec::new();
+        write_text(&r, &mut text, false).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for want in [
+            "user:root:/usr/bin/touch wrote ×1, last",
+            "/srv/b",
+            "(not watched since",
+            "the fingerprint key changed at",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["fingerprint_key_changed"].is_string());
+        let a = v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/srv/a")
+            .unwrap();
+        assert_eq!(a["fingerprints"][0]["earlier_key"], true);
+        let touch = a["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["identity"] == "user:root:/usr/bin/touch")
+            .unwrap();
+        assert_eq!(
+            (touch["reads"].as_u64(), touch["writes"].as_u64()),
+            (Some(0), Some(1))
+        );
+        // The writer is no sharer: still the two readers' finding alone.
+        let shared: Vec<_> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["type"] == "shared_secret")
+            .collect();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0]["identities"].as_array().unwrap().len(), 2);
+        let b = v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/srv/b")
+            .unwrap();
+        assert!(b["unwatched"].is_string() && b["removed"].is_null());
+        assert_eq!(b["findings"][0]["type"], "weak_permissions");
+    }
 }

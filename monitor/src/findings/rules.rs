@@ -734,7 +734,10 @@ mod tests {
             self.0.observe_secret(f, t(0));
             self
         }
-        fn read_as(mut self, secs: i64, name: &str, w: Seen) -> Self {
+        fn read_as(self, secs: i64, name: &str, w: Seen) -> Self {
+            self.open(secs, name, w, OpenMode::Read, false)
+        }
+        fn open(mut self, secs: i64, name: &str, w: Seen, mode: OpenMode, denied: bool) -> Self {
             self.0.observe(&Observation::Read {
                 at: t(secs),
                 secret_id: format!("sec-{name}"),
@@ -742,10 +745,16 @@ mod tests {
                 pid: 10,
                 uid: 0,
                 count: 1,
-                denied: false,
-                mode: OpenMode::Read,
+                denied,
+                mode,
             });
             self
+        }
+        fn found(&self, now: i64, ty: FindingType) -> Vec<Finding> {
+            evaluate(&self.0, &settings(), t(now), Scope::All)
+                .into_iter()
+                .filter(|f| f.finding_type == ty)
+                .collect()
         }
         fn read(self, secs: i64, name: &str, id: &str) -> Self {
             self.read_as(secs, name, who(id))
@@ -941,6 +950,147 @@ mod tests {
         assert_eq!(h.identities[0].id, "user:root:/usr/bin/cat");
         assert_eq!(h.evidence.count, 1);
         assert_eq!(h.owasp, ["NHI10"]);
+    }
+
+    fn person(id: &str) -> Seen {
+        Seen {
+            kind: "user".into(),
+            human: true,
+            ..who(id)
+        }
+    }
+
+    #[test]
+    fn a_refused_open_from_a_terminal_is_no_human_use() {
+        let f = Fixture::new().secret(facts("a", "01")).open(
+            1,
+            "a",
+            person("user:eve:/usr/bin/cat"),
+            OpenMode::Read,
+            true,
+        );
+        assert!(!f.has(2, FindingType::HumanUse));
+        assert!(f.found(2, FindingType::UnexpectedReader).is_empty());
+    }
+
+    /// `touch` by another identity: a writer, not a second reader.
+    #[test]
+    fn writers_are_not_readers() {
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read(1, "a", "systemd:app.service")
+            .open(
+                DAY + 2,
+                "a",
+                who("user:root:/usr/bin/touch"),
+                OpenMode::Write,
+                false,
+            );
+        assert!(!f.has(DAY + 3, FindingType::SharedSecret));
+        assert!(!f.has(DAY + 3, FindingType::UnexpectedReader));
+        let a = &f.0.accesses[&("sec-a".into(), "user:root:/usr/bin/touch".into())];
+        assert_eq!((a.writes, a.reads), (1, 0));
+        // One that opens it for reading and writing reads it.
+        let f = f.open(
+            DAY + 4,
+            "a",
+            who("user:root:/usr/bin/vi"),
+            OpenMode::ReadWrite,
+            false,
+        );
+        assert!(f.has(DAY + 5, FindingType::SharedSecret));
+    }
+
+    /// An unknown reader proves the secret is in use, and nothing about who.
+    #[test]
+    fn unknown_readers_are_use_but_no_identity() {
+        let unknown = Seen {
+            kind: "unknown".into(),
+            ..who(UNKNOWN)
+        };
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read(1, "a", "systemd:app.service")
+            .read_as(DAY + 1, "a", unknown.clone());
+        for ty in [
+            FindingType::SharedSecret,
+            FindingType::UnexpectedReader,
+            FindingType::OrphanedSecret,
+        ] {
+            assert!(!f.has(DAY + 2, ty), "{ty:?}");
+        }
+        // Read only by an unknown process: in use, so not orphaned even a
+        // window later.
+        let f = Fixture::new()
+            .secret(facts("b", "02"))
+            .read_as(89 * DAY, "b", unknown);
+        assert!(!f.has(89 * DAY + 1, FindingType::OrphanedSecret));
+        assert!(f.has(90 * DAY + 1, FindingType::LongLivedSecret));
+    }
+
+    /// One person's tools are one principal; a person and a workload, or
+    /// two workloads of one uid, are two.
+    #[test]
+    fn a_persons_own_programs_do_not_share_a_secret() {
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read_as(1, "a", person("user:ana:/usr/bin/cat"))
+            .read_as(2, "a", person("user:ana:/usr/bin/less"));
+        assert!(!f.has(3, FindingType::SharedSecret));
+        let f = f.read(4, "a", "systemd:app.service");
+        let shared = f.found(5, FindingType::SharedSecret);
+        assert_eq!(shared.len(), 1);
+        let listed: Vec<&str> = shared[0].identities.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(
+            listed,
+            [
+                "systemd:app.service",
+                "user:ana:/usr/bin/cat",
+                "user:ana:/usr/bin/less"
+            ]
+        );
+        assert_eq!(
+            shared[0].evidence.reason,
+            "2 identities read the same value: systemd:app.service, user:ana (by hand: /usr/bin/cat, /usr/bin/less)"
+        );
+        // Her next program is the same sharing, not a new finding.
+        let g = Fixture(f.0.clone()).read_as(6, "a", person("user:ana:/usr/bin/vim"));
+        assert_eq!(g.found(7, FindingType::SharedSecret)[0].id, shared[0].id);
+        // A second person is a new one.
+        let g = g.read_as(8, "a", person("user:bob:/usr/bin/cat"));
+        assert_ne!(g.found(9, FindingType::SharedSecret)[0].id, shared[0].id);
+        // Two programs of one uid outside a session: two workloads.
+        let f = Fixture::new()
+            .secret(facts("b", "02"))
+            .read_as(
+                1,
+                "b",
+                Seen {
+                    kind: "user".into(),
+                    ..who("user:root:/opt/a")
+                },
+            )
+            .read_as(
+                2,
+                "b",
+                Seen {
+                    kind: "user".into(),
+                    ..who("user:root:/opt/b")
+                },
+            );
+        assert!(f.has(3, FindingType::SharedSecret));
+    }
+
+    /// Another run's `--watch` leaves a secret unwatched: what the ledger
+    /// knew of it stands, but it cannot be called orphaned.
+    #[test]
+    fn unwatched_secrets_keep_their_findings_but_are_never_orphaned() {
+        let mut loose = facts("a", "01");
+        loose.mode = Some(0o644);
+        let mut f = Fixture::new().secret(loose);
+        f.0.unwatch_secret("sec-a", t(1));
+        assert!(f.has(100 * DAY, FindingType::WeakPermissions));
+        assert!(!f.has(100 * DAY, FindingType::OrphanedSecret));
     }
 
     #[test]

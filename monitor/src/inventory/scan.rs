@@ -402,7 +402,7 @@ impl Walk<'_> {
                     }
                 }
                 Err(Skip::NoSecret) => {
-                    if forced && s.user.iter().any(|u| *u == shown) {
+                    if forced && s.user.contains(&shown) {
                         tracing::warn!(
                             "--watch {}: holds no secret (a public key): not watched",
                             shown.display()
@@ -546,6 +546,45 @@ mod tests {
         assert!(plan.dirs.contains(&PathBuf::from("/home/ana/.aws")));
         assert!(plan.trees.contains(&PathBuf::from("/var/run/secrets")));
         assert!(plan.planned.contains(&PathBuf::from("/home/bob/.aws")));
+    }
+
+    /// Public keys are no secret: not below a `--watch` directory, not by
+    /// content under another name, not even named by `--watch`.
+    #[test]
+    fn public_keys_below_a_watched_directory_are_no_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("srv/keys");
+        fs::create_dir_all(&keys).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inventory/home/ana/.ssh/id_ed25519");
+        fs::copy(&fixture, keys.join("id_ed25519")).unwrap();
+        let public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPLANTEDpublic ana@laptop\n";
+        fs::write(keys.join("id_ed25519.pub"), public).unwrap();
+        fs::write(keys.join("deploy_key"), public).unwrap();
+        fs::write(keys.join("authorized_keys"), public).unwrap();
+        fs::write(keys.join("api.token"), "PLANTED-token-value\n").unwrap();
+        let settings = Settings::default();
+        let (key, _) = Key::load(&settings, state.path()).unwrap();
+        let user = vec![
+            PathBuf::from("/srv/keys"),
+            PathBuf::from("/srv/keys/id_ed25519.pub"),
+        ];
+        let s = Scanner::new(
+            dir.path(),
+            Catalog::new(&settings).unwrap(),
+            user,
+            key,
+            settings.limits(),
+            settings.policy(),
+        );
+        let (records, _, _) = s.scan(&ProgressBar::hidden());
+        let mut names: Vec<_> = records
+            .iter()
+            .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["api.token", "id_ed25519"]);
     }
 
     #[test]

@@ -554,6 +554,13 @@ mod tests {
         rows.extend(mem.observe_secret(facts("a", "hmac-sha256:02"), at(10)));
         rows.extend(mem.observe(&read(1, "a", "systemd:app.service", 3)));
         rows.extend(mem.observe(&read(5, "a", "systemd:app.service", 2)));
+        let mut write = read(6, "a", "systemd:app.service", 1);
+        if let Observation::Read { mode, .. } = &mut write {
+            *mode = OpenMode::Write;
+        }
+        rows.extend(mem.observe(&write));
+        rows.extend(mem.observe_secret(facts("b", "hmac-sha256:03"), at(0)));
+        rows.extend(mem.secret_gone("b", true, at(12)));
         rows.extend(mem.observe(&Observation::Exposure {
             at: at(6),
             kind: ExposureKind::Env,
@@ -576,9 +583,10 @@ mod tests {
         let disk = ledger.snapshot().unwrap();
         assert_eq!(disk, mem);
         let access = &disk.accesses[&("a".into(), "systemd:app.service".into())];
-        assert_eq!(access.count, 5);
-        assert_eq!((access.first_seen, access.last_seen), (at(1), at(5)));
-        assert_eq!(disk.fingerprints.len(), 2, "both fingerprints kept");
+        assert_eq!((access.count, access.reads, access.writes), (6, 5, 1));
+        assert_eq!(disk.secrets["b"].unwatched, Some(at(12)));
+        assert_eq!((access.first_seen, access.last_seen), (at(1), at(6)));
+        assert_eq!(disk.fingerprints.len(), 3, "every fingerprint kept");
         assert_eq!(ledger.integrity().unwrap(), "ok");
     }
 

@@ -564,3 +564,142 @@ impl Snapshot {
         Row::Identity(row.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn facts(fp: &str, mtime: i64) -> SecretFacts {
+        SecretFacts {
+            id: "sec-a".into(),
+            path: "/srv/a".into(),
+            secret_type: "generic".into(),
+            fingerprint: Some(fp.into()),
+            lifetime: Some("static".into()),
+            hint: None,
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(0o600),
+            mtime: Some(t(mtime)),
+            expires: None,
+        }
+    }
+
+    fn open(s: &mut Snapshot, mode: OpenMode, denied: bool, human: bool) -> AccessRow {
+        let who = Seen {
+            id: "user:ana:/usr/bin/vi".into(),
+            kind: "user".into(),
+            spiffe_id: String::new(),
+            unit: None,
+            user_manager: false,
+            cgroup_id: 0,
+            exe: None,
+            human,
+        };
+        s.observe(&Observation::Read {
+            at: t(1),
+            secret_id: "sec-a".into(),
+            who: who.clone(),
+            pid: 1,
+            uid: 1000,
+            count: 2,
+            denied,
+            mode,
+        });
+        s.accesses[&("sec-a".into(), who.id)].clone()
+    }
+
+    #[test]
+    fn open_modes_from_flags() {
+        use OpenMode::*;
+        for (flags, mode) in [
+            (libc::O_RDONLY, Read),
+            (
+                libc::O_WRONLY | libc::O_CREAT | libc::O_NOCTTY | libc::O_NONBLOCK,
+                Write,
+            ),
+            (libc::O_RDWR | libc::O_APPEND, ReadWrite),
+            (libc::O_PATH | libc::O_RDONLY, Path),
+        ] {
+            assert_eq!(OpenMode::from_flags(flags as u32), mode, "{flags:#o}");
+        }
+        assert!(Read.reads() && !Read.writes());
+        assert!(!Write.reads() && Write.writes());
+        assert!(ReadWrite.reads() && ReadWrite.writes());
+        assert!(!Path.reads() && !Path.writes());
+    }
+
+    /// A `touch` writes, a refused open does nothing, and neither is a read
+    /// or a human's use.
+    #[test]
+    fn writes_and_refusals_are_not_reads() {
+        let mut s = Snapshot::new(t(0));
+        let touched = open(&mut s, OpenMode::Write, false, true);
+        assert_eq!((touched.count, touched.reads, touched.writes), (2, 0, 2));
+        assert_eq!(touched.human, 0);
+        assert!(!touched.read());
+        let refused = open(&mut s, OpenMode::Read, true, true);
+        assert_eq!((refused.count, refused.denied, refused.reads), (4, 2, 0));
+        assert_eq!(refused.human, 0, "a refused open is no use");
+        let edited = open(&mut s, OpenMode::ReadWrite, false, true);
+        assert_eq!((edited.reads, edited.writes, edited.human), (2, 4, 2));
+        assert!(edited.read());
+    }
+
+    /// Not listed by a run: removed only when the file is gone; listed
+    /// again, watched again.
+    #[test]
+    fn unlisted_secrets_are_unwatched_while_their_file_exists() {
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:01", 0), t(0));
+        let rows = s.secret_gone("sec-a", true, t(5));
+        assert_eq!(rows.len(), 1);
+        let row = &s.secrets["sec-a"];
+        assert_eq!((row.removed, row.unwatched), (None, Some(t(5))));
+        assert!(s.secret_gone("sec-a", true, t(6)).is_empty(), "once");
+        s.observe_secret(facts("hmac-sha256:01", 0), t(7));
+        assert_eq!(s.secrets["sec-a"].unwatched, None);
+        s.secret_gone("sec-a", false, t(8));
+        assert_eq!(s.secrets["sec-a"].removed, Some(t(8)));
+        // Retention forgets an unwatched secret by when it was last listed.
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:01", 0), t(0));
+        s.secret_gone("sec-a", true, t(100));
+        s.prune(t(1));
+        assert!(s.secrets.is_empty());
+    }
+
+    /// After a key change the same value has a new fingerprint: it keeps
+    /// its first sighting while the file did not change, and is new when
+    /// the file changed since it was last seen.
+    #[test]
+    fn a_new_key_is_no_rotation_unless_the_file_changed() {
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(10));
+        s.key_changed = Some(t(20));
+        s.observe_secret(facts("hmac-sha256:new", -50), t(20));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!(span.first_seen, t(0), "the same value since t=0");
+        // Later sightings under the new key change nothing.
+        s.observe_secret(facts("hmac-sha256:new", -50), t(30));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!((span.first_seen, span.last_seen), (t(0), t(30)));
+        // A rotation under the new key is one.
+        s.observe_secret(facts("hmac-sha256:newer", 35), t(40));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:newer".into())];
+        assert_eq!(span.first_seen, t(40));
+
+        // Modified after it was last seen under the old key: a new value.
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(0));
+        s.key_changed = Some(t(20));
+        s.observe_secret(facts("hmac-sha256:new", 15), t(20));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!(span.first_seen, t(20));
+    }
+}
