@@ -19,7 +19,7 @@ use crate::{
         self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         settings::Settings, sync::Follower,
     },
-    ledger::LedgerConfig,
+    ledger::{LedgerConfig, StateLock},
     name_rules::{self, NameRuleSpec},
     offsets,
     pipeline::Pipeline,
@@ -57,6 +57,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     let settings = opts.findings.settings()?;
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&opts.state)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let user = inventory::user_paths(&opts.watch)?;
     let catalog = Catalog::new(&opts.inventory)?;
@@ -116,6 +118,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
         &opts.state,
+        lock,
         settings,
         opts.ledger.retention,
         &watch,
@@ -145,6 +148,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut pipeline,
         AgentStatus::Started,
@@ -169,8 +176,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
     )?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is

@@ -44,19 +44,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Take the state dir's lock (one agent per ledger), open the ledger
-    /// in `state_dir`, record the settings for `report`, take the inventory
-    /// of `watch` (fingerprinted with the key whose id is `key_id`) and
-    /// prune what retention expired. Call before the probes watch
-    /// anything: fingerprinting reads the files.
+    /// Open the ledger in `state_dir`, whose `lock` the agent holds (one
+    /// agent per ledger), record the settings for `report`, take the
+    /// inventory of `watch` (fingerprinted with the key whose id is
+    /// `key_id`) and prune what retention expired. Call before the probes
+    /// watch anything: fingerprinting reads the files.
     pub fn start(
         state_dir: &Path,
+        lock: StateLock,
         settings: Settings,
         retention: Duration,
         watch: &Inventory,
         key_id: &str,
     ) -> Result<Self, EngineError> {
-        let lock = StateLock::acquire(state_dir)?;
         let mut ledger = Ledger::open(state_dir)?;
         let mut snapshot = ledger.snapshot()?;
         let now = Utc::now();
@@ -237,6 +237,18 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
+    /// `Engine::start` with the state dir's lock taken.
+    fn start(
+        state: &Path,
+        settings: Settings,
+        retention: Duration,
+        watch: &Inventory,
+        key_id: &str,
+    ) -> Result<Engine, EngineError> {
+        let lock = StateLock::acquire(state)?;
+        Engine::start(state, lock, settings, retention, watch, key_id)
+    }
+
     fn settings() -> Settings {
         Settings::new(
             Duration::from_secs(3600),
@@ -278,7 +290,7 @@ mod tests {
         let state = dir.path().join("state");
         let id = watch.records().next().unwrap().id.clone();
 
-        let mut e = Engine::start(&state, settings(), DAY, &watch, "key-1").unwrap();
+        let mut e = start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         e.observe(&read(&id, "user:b:/bin/b"));
         let now = Utc::now();
@@ -295,7 +307,7 @@ mod tests {
         let stats = e.close();
         assert_eq!(stats.dropped, 0);
 
-        let mut e = Engine::start(&state, settings(), DAY, &watch, "key-1").unwrap();
+        let mut e = start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         assert!(
             e.check(Utc::now(), Scope::Events).is_empty(),
@@ -325,7 +337,7 @@ mod tests {
         std::fs::write(&secret, "value").unwrap();
         let mut watch = Inventory::new(vec![crate::inventory::test_record(&secret, 1)]);
         let id = watch.records().next().unwrap().id.clone();
-        let mut e = Engine::start(dir.path(), settings(), DAY, &watch, "key-1").unwrap();
+        let mut e = start(dir.path(), settings(), DAY, &watch, "key-1").unwrap();
         std::fs::remove_file(&secret).unwrap();
         watch.apply(crate::inventory::InventoryChange::Remove(secret.clone()));
         e.refresh(&watch, Utc::now());
@@ -353,13 +365,13 @@ mod tests {
         std::fs::write(&b, "b").unwrap();
         let state = dir.path().join("state");
         let first = Inventory::new(vec![record(&a, 1, "hmac-sha256:aa", 0o644)]);
-        let mut e = Engine::start(&state, settings(), DAY, &first, "key-1").unwrap();
+        let mut e = start(&state, settings(), DAY, &first, "key-1").unwrap();
         let weak = e.check(Utc::now(), Scope::All);
         assert_eq!(weak.len(), 1, "{weak:?}");
         e.close();
 
         let second = Inventory::new(vec![record(&b, 2, "hmac-sha256:bb", 0o600)]);
-        let mut e = Engine::start(&state, settings(), DAY, &second, "key-1").unwrap();
+        let mut e = start(&state, settings(), DAY, &second, "key-1").unwrap();
         let id_a = crate::secret::secret_id(&a);
         let row = &e.snapshot.secrets[&id_a];
         assert_eq!(row.removed, None);
@@ -379,7 +391,7 @@ mod tests {
     fn a_secret_found_while_running_gets_its_row_and_findings() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let mut e = Engine::start(&state, settings(), DAY, &Inventory::default(), "key-1").unwrap();
+        let mut e = start(&state, settings(), DAY, &Inventory::default(), "key-1").unwrap();
         let late = dir.path().join("credentials");
         let r = record(&late, 3, "hmac-sha256:cc", 0o644);
         e.observe(&Observation::Secret {
@@ -399,25 +411,6 @@ mod tests {
         assert_eq!(disk.secrets[&r.id].facts.mode, Some(0o644));
     }
 
-    #[test]
-    fn one_engine_per_state_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let e = Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k").unwrap();
-        let Err(err) = Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k")
-        else {
-            panic!("two engines on one ledger");
-        };
-        let err = err.to_string();
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
-        e.close();
-        Engine::start(dir.path(), settings(), DAY, &Inventory::default(), "k")
-            .unwrap()
-            .close();
-    }
-
     /// `fingerprint.key` deleted between runs: every fingerprint is new,
     /// no value changed, and the ledger says so instead of a rotation.
     #[test]
@@ -427,12 +420,12 @@ mod tests {
         std::fs::write(&file, "value").unwrap();
         let state = dir.path().join("state");
         let before = Inventory::new(vec![record(&file, 1, "hmac-sha256:old", 0o600)]);
-        Engine::start(&state, settings(), DAY, &before, "key-1")
+        start(&state, settings(), DAY, &before, "key-1")
             .unwrap()
             .close();
         let first = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
         let after = Inventory::new(vec![record(&file, 1, "hmac-sha256:new", 0o600)]);
-        let e = Engine::start(&state, settings(), DAY, &after, "key-2").unwrap();
+        let e = start(&state, settings(), DAY, &after, "key-2").unwrap();
         e.close();
         let disk = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
         assert!(disk.key_changed.is_some());
@@ -444,7 +437,7 @@ mod tests {
             "the same value, not a rotation"
         );
         // The same key again: nothing changes.
-        Engine::start(&state, settings(), DAY, &after, "key-2")
+        start(&state, settings(), DAY, &after, "key-2")
             .unwrap()
             .close();
         let again = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();

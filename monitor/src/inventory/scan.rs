@@ -176,8 +176,9 @@ impl Scanner {
     /// Below a watched directory the catalog's exclusions (templates,
     /// public keys) hold as everywhere; a file `--watch` names is taken.
     pub fn rule_for(&self, shown: &Path) -> Option<(&FileRule, bool)> {
-        if let Some(user) = self.user.iter().find(|u| shown.starts_with(u)) {
-            if shown != user && self.catalog.excludes(shown) {
+        if self.user.iter().any(|u| shown.starts_with(u)) {
+            let named = self.user.iter().any(|u| u == shown);
+            if !named && self.catalog.excludes(shown) {
                 return None;
             }
             let rule = self.catalog.rule_for_tail(shown).unwrap_or(&self.generic);
