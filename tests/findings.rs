@@ -301,7 +301,10 @@ fn an_afternoon_on_a_host_raises_every_finding_once() {
         );
     }
     let stopped = lines.last().unwrap();
-    assert!(stopped.contains("0 dropped, 0 failed"), "{stopped}");
+    assert!(
+        stopped.contains("0 dropped, 0 failed commits (retried), 0 rows lost"),
+        "{stopped}"
+    );
     drop(cgroup);
 
     // The report, after the agent stopped: every planted problem. A window

@@ -225,7 +225,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -238,6 +238,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -273,10 +274,11 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
-/// Records handled between two looks at the kernel's loss counter: few
-/// enough that a ring buffer full at a loss still holds more records from
-/// before it than this.
-const LOSS_CHECK_EVERY: usize = 64;
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
 
 /// What the drain knows of the kernel's lost events.
 #[derive(Default)]
