@@ -342,11 +342,14 @@ impl Pipeline {
             self.stats.env_truncated += 1;
         }
         let (args, found) = redact_args(&exec.args);
-        self.procs
-            .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        let mut execed =
+            self.procs
+                .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        // The exec itself says what runs, events lost around it or not.
+        execed.vouched = true;
         self.identities.forget(exec.header.pid);
         for secret in found {
-            let (process, identity, info) = self.who(&exec.header);
+            let (process, identity, info) = self.describe(execed.clone());
             let (kind, shown) = (secret.kind.to_string(), Some(secret.redacted.clone()));
             self.observe(
                 &exec.header,
@@ -364,7 +367,7 @@ impl Pipeline {
             self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
         }
         for env_name in exec.env_names {
-            let (process, identity, info) = self.who(&exec.header);
+            let (process, identity, info) = self.describe(execed.clone());
             self.observe(
                 &exec.header,
                 ExposureKind::Env,
@@ -571,7 +574,11 @@ impl Pipeline {
             kind,
             subject,
             detail,
-            who: Seen::new(identity, info.cgroup_id, info.exe.clone()),
+            who: Seen::new(
+                identity,
+                info.cgroup_id,
+                info.exe.clone().filter(|_| info.vouched),
+            ),
             pid: h.pid,
         });
     }
@@ -583,7 +590,12 @@ impl Pipeline {
     /// carries (pid, uid, comm, terminal, login uid, start).
     fn who(&mut self, h: &EventHeader) -> (Process, Identity, ProcessInfo) {
         let info = self.procs.observe(h);
-        let user = self.procs.user_name(h.uid);
+        self.describe(info)
+    }
+
+    /// The process and identity of what the table says of a process.
+    fn describe(&mut self, info: ProcessInfo) -> (Process, Identity, ProcessInfo) {
+        let user = self.procs.user_name(info.uid);
         let start_time = self
             .clock
             .wall(info.start_ns)
@@ -879,6 +891,18 @@ mod tests {
             .map(|o| o.rsplit(' ').next().unwrap().to_string())
             .collect();
         assert_eq!(seen, ["unknown", "user:root:/usr/bin/cat"]);
+        // An exec handled after the loss names its own image, whenever it
+        // was stamped: its secrets in the environment are its own.
+        let mut exec = exec_of(PID + 2, b"/usr/bin/env");
+        exec.env_count = 1;
+        exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
+        p.handle(&bytes_of(&exec)).unwrap();
+        p.sink.flush().unwrap();
+        let env = events(&out)
+            .into_iter()
+            .find(|v| v["kind"] == "secret_in_env")
+            .unwrap();
+        assert_eq!(env["identity"]["id"], "user:root:/usr/bin/env", "{env}");
     }
 
     /// `secretmon inventory` reads every secret while the agent runs: any
