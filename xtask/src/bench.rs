@@ -37,7 +37,7 @@ pub use self::workload::{WorkerArgs, worker};
 use self::{
     configs::{Active, Agent, Audit, CONFIGS, Config, Setup},
     report::{Spread, Table, minus, over, rounds, thousands},
-    workload::{Job, Workload},
+    workload::{Job, Sample, Workload},
 };
 use crate::cargo;
 
@@ -148,44 +148,68 @@ impl Lock {
     }
 }
 
-/// ns per operation, per workload and configuration, one value per round;
-/// and the tracing programs of other processes seen at each round's start.
+/// Per workload and configuration, one entry per round: the worker's
+/// sample, and the CPU time the configuration's daemon spent meanwhile per
+/// operation. Also the tracing programs of other processes seen at each
+/// round's start.
 struct Timings {
-    ns: BTreeMap<(Workload, Config), Vec<f64>>,
+    samples: BTreeMap<(Workload, Config), Vec<Sample>>,
+    daemon: BTreeMap<(Workload, Config), Vec<f64>>,
     foreign: Vec<usize>,
 }
 
 fn run_rounds(setup: &Setup, unwatched: &Path) -> Result<Timings> {
-    let mut ns: BTreeMap<(Workload, Config), Vec<f64>> = BTreeMap::new();
-    let mut foreign = Vec::new();
+    let mut timings = Timings {
+        samples: BTreeMap::new(),
+        daemon: BTreeMap::new(),
+        foreign: Vec::new(),
+    };
     for round in 0..ROUNDS {
         // None of ours is loaded between configurations.
-        foreign.push(stats::programs()?.iter().filter(|p| p.traces()).count());
+        let foreign = stats::programs()?.iter().filter(|p| p.traces()).count();
+        timings.foreign.push(foreign);
         let mut line = format!("bench: round {}/{ROUNDS}:", round + 1);
         for i in 0..CONFIGS.len() {
             let config = CONFIGS[(i + round) % CONFIGS.len()];
             let active = Active::start(config, setup)?;
+            let daemon = active.daemon();
             let mut cells = Vec::new();
             for workload in TIMED {
+                let daemon_before = daemon.and_then(configs::cpu_ns);
                 let sample = job(workload, unwatched).run()?;
-                ns.entry((workload, config))
+                if let Some((after, before)) = daemon.and_then(configs::cpu_ns).zip(daemon_before)
+                {
+                    let per_op = (after - before) as f64 / sample.ops as f64;
+                    timings
+                        .daemon
+                        .entry((workload, config))
+                        .or_default()
+                        .push(per_op);
+                }
+                timings
+                    .samples
+                    .entry((workload, config))
                     .or_default()
-                    .push(sample.ns_per_op);
-                cells.push(format!("{:.0}", sample.ns_per_op));
+                    .push(sample);
+                cells.push(format!("{:.0}", sample.cpu_ns_per_op));
             }
             active.stop()?;
             line.push_str(&format!(" {} {}", config.label(), cells.join("/")));
         }
         eprintln!("{line}");
     }
-    Ok(Timings { ns, foreign })
+    Ok(timings)
 }
 
 impl Timings {
-    fn of(&self, workload: Workload, config: Config) -> &[f64] {
-        self.ns
+    fn of(&self, workload: Workload, config: Config, f: fn(&Sample) -> f64) -> Vec<f64> {
+        self.samples
             .get(&(workload, config))
-            .map_or(&[][..], Vec::as_slice)
+            .map_or_else(Vec::new, |v| v.iter().map(f).collect())
+    }
+
+    fn cpu(&self, workload: Workload, config: Config) -> Vec<f64> {
+        self.of(workload, config, |s| s.cpu_ns_per_op)
     }
 
     fn render(&self) -> String {
@@ -204,10 +228,10 @@ impl Timings {
                 Workload::Spawn => ("µs", 1e-3, 1),
                 _ => ("ns", 1.0, 1),
             };
-            let bare = self.of(workload, Config::Bare);
             let scaled = |v: &[f64]| v.iter().map(|x| x * scale).collect::<Vec<_>>();
+            let bare = self.cpu(workload, Config::Bare);
             out.push_str(&format!(
-                "### {} ({unit}/op, median of {ROUNDS} rounds, range)\n\n",
+                "### {} (CPU {unit}/op, median of {ROUNDS} rounds, range)\n\n",
                 workload.label()
             ));
             let mut table = Table::new(&[
@@ -215,32 +239,38 @@ impl Timings {
                 &format!("{unit}/op"),
                 &format!("added {unit}"),
                 "x bare",
+                &format!("daemon CPU {unit}/op"),
             ]);
             for config in CONFIGS {
-                let values = self.of(workload, config);
-                let added = Spread::of(&scaled(&minus(values, bare)));
-                let ratio = Spread::of(&over(values, bare));
+                let values = self.cpu(workload, config);
+                let daemon = self
+                    .daemon
+                    .get(&(workload, config))
+                    .map_or(String::new(), |d| Spread::of(&scaled(d)).show(digits));
                 table.row(vec![
                     config.label().to_string(),
-                    Spread::of(&scaled(values)).show(digits),
+                    Spread::of(&scaled(&values)).show(digits),
                     if config == Config::Bare {
                         String::new()
                     } else {
-                        added.show(digits)
+                        Spread::of(&scaled(&minus(&values, &bare))).show(digits)
                     },
-                    ratio.show(3),
+                    Spread::of(&over(&values, &bare)).show(3),
+                    daemon,
                 ]);
             }
             out.push_str(&table.render());
-            let bare_spread = Spread::of(bare);
+            let wall_bare = self.of(workload, Config::Bare, |s| s.wall_ns_per_op);
             out.push_str(&format!(
-                "\nBare varied by {:.0} % between rounds.\n",
-                bare_spread.range_pct()
+                "\nBare varied by {:.0} % between rounds; its wall time was {} {unit}/op \
+                 (others' load).\n",
+                Spread::of(&bare).range_pct(),
+                Spread::of(&scaled(&wall_bare)).show(digits),
             ));
             if workload == Workload::Open {
-                let hook = minus(self.of(workload, Config::Hook), bare);
-                let agent = minus(self.of(workload, Config::Agent), bare);
-                let auditd = minus(self.of(workload, Config::Auditd), bare);
+                let hook = minus(&self.cpu(workload, Config::Hook), &bare);
+                let agent = minus(&self.cpu(workload, Config::Agent), &bare);
+                let auditd = minus(&self.cpu(workload, Config::Auditd), &bare);
                 out.push_str(&format!(
                     "secretmon's added cost ÷ the minimal hook's, per round: {} (goal <= 1.5); \
                      auditd's ÷ the hook's: {}.\n",
@@ -250,12 +280,12 @@ impl Timings {
             }
             let configs: Vec<Vec<f64>> = CONFIGS
                 .iter()
-                .map(|&c| scaled(self.of(workload, c)))
+                .map(|&c| scaled(&self.cpu(workload, c)))
                 .collect();
             out.push_str(&format!(
                 "Rounds ({}): {}.\n\n",
                 CONFIGS.map(Config::label).join(" / "),
-                rounds(&configs, 0)
+                rounds(&configs, digits)
             ));
         }
         out
@@ -366,7 +396,7 @@ fn run_reads(setup: &Setup) -> Result<Vec<ReadRun>> {
             rate.map_or("flat out".to_string(), |r| format!("{r}/s in all"))
         );
         let agent = Agent::start(setup)?;
-        let ticks_before = configs::cpu_ticks(agent.pid());
+        let cpu_before = configs::cpu_ns(agent.pid());
         let wall = Instant::now();
         let reader = Job {
             workload: Workload::Reads,
@@ -387,8 +417,8 @@ fn run_reads(setup: &Setup) -> Result<Vec<ReadRun>> {
         // The agent folds reads and writes them out every 500 ms.
         thread::sleep(Duration::from_millis(1500));
         let memory = configs::memory(agent.pid());
-        let ticks = configs::cpu_ticks(agent.pid())
-            .zip(ticks_before)
+        let cpu = configs::cpu_ns(agent.pid())
+            .zip(cpu_before)
             .map_or(0, |(a, b)| a - b);
         let wall = wall.elapsed();
         let output = agent.output.clone();
@@ -406,15 +436,10 @@ fn run_reads(setup: &Setup) -> Result<Vec<ReadRun>> {
                 .max()
                 .unwrap_or_default(),
             memory,
-            agent_cpu: ticks as f64 / clock_ticks_per_sec() / wall.as_secs_f64(),
+            agent_cpu: cpu as f64 / wall.as_nanos() as f64,
         });
     }
     Ok(runs)
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }
 
 /// Sum of `access.count` of the readers' `secret_read` events in the

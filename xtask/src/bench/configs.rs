@@ -66,6 +66,16 @@ impl Active {
         })
     }
 
+    /// The daemon that does this configuration's work outside the measured
+    /// processes: the agent, or auditd.
+    pub fn daemon(&self) -> Option<u32> {
+        match self {
+            Self::Agent(a) => Some(a.pid()),
+            Self::Auditd(_) => audit_pid(),
+            Self::Bare | Self::Hook(_) => None,
+        }
+    }
+
     /// The pid whose BPF programs this configuration loaded.
     pub fn bpf_owner(&self) -> Option<u32> {
         match self {
@@ -172,7 +182,7 @@ impl Agent {
             .arg(&setup.secret)
             .arg("--output")
             .arg(&output)
-            .arg("--state")
+            .arg("--state-dir")
             .arg(&state)
             .stdout(Stdio::null())
             .stderr(File::create(setup.dir.join("agent.log"))?)
@@ -201,26 +211,27 @@ impl Agent {
     }
 }
 
-/// CPU time (user + system) of `pid` so far, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`, which may hold spaces: utime and stime are
-    // the 14th and 15th of the line, the 12th and 13th after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+/// CPU time of all threads of process `pid` so far, in ns: the first field
+/// of each thread's `/proc/<pid>/task/<tid>/schedstat`.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        // A thread that ended since the listing has no schedstat any more.
+        if let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("schedstat")) {
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
 
-/// Wait (at most 10 s) until `pid` uses less than a tick of CPU in 300 ms.
+/// Wait (at most 10 s) until `pid` uses less than 5 ms of CPU in 300 ms.
 fn wait_quiet(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = cpu_ticks(pid);
+    let mut last = cpu_ns(pid).unwrap_or(0);
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(300));
-        let now = cpu_ticks(pid);
-        if now == last {
+        let now = cpu_ns(pid).unwrap_or(0);
+        if now.saturating_sub(last) < 5_000_000 {
             return;
         }
         last = now;
