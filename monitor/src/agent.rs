@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     env_names,
     event::{Agent, AgentStatus, Capture, Event, Host},
+    features::ActiveHooks,
     findings::{
         FindingsConfig,
         engine::{self, Engine, Scope},
@@ -21,10 +22,9 @@ use crate::{
     },
     ledger::LedgerConfig,
     name_rules::{self, NameRuleSpec},
-    offsets,
     pipeline::Pipeline,
     preflight,
-    probes::{ActiveHooks, Probes},
+    probes::{KernelCounters, Probes},
     sink::Sink,
 };
 
@@ -39,7 +39,7 @@ pub struct RunOptions {
     pub name_rules: Vec<NameRuleSpec>,
     pub output: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
-    pub opens: crate::probes::OpenHooks,
+    pub opens: crate::features::OpenHooks,
     pub trust_domain: Option<String>,
     pub identity: IdentityConfig,
     pub ledger: LedgerConfig,
@@ -56,8 +56,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // else is checked.
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     let settings = opts.findings.settings()?;
-    preflight::check()?;
-    let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
+    let kernel = preflight::check()?;
     let user = inventory::user_paths(&opts.watch)?;
     let catalog = Catalog::new(&opts.inventory)?;
     let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
@@ -82,15 +81,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     })?;
 
-    let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
     let name_rules = name_rules::rules(&opts.name_rules)?;
-    let mut probes = Probes::attach(
-        offsets,
-        opts.ring_buffer_bytes,
-        &tracefs,
-        &name_rules,
-        opts.opens,
-    )?;
+    let mut probes = Probes::attach(kernel, opts.ring_buffer_bytes, &name_rules, opts.opens)?;
     let io_uring = match probes.io_uring {
         _ if probes.active != ActiveHooks::Tracepoints => {
             format!("io_uring opens seen by {}", probes.active.opens())
@@ -144,7 +136,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         format!(
             "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
              watching {watched} files; {io_uring}",
-            probes.hooks + usize::from(probes.io_uring.is_some()),
+            probes.hooks,
             probes.active.opens(),
             probes.active.denied_opens(),
             match (probes.active, probes.from_registers) {
@@ -153,7 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 (_, false) => ", arguments from enter hooks",
             }
         ),
-        0,
+        &KernelCounters::default(),
         None,
         Some(Capture {
             opens: probes.active.opens(),
@@ -169,7 +161,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(opts.findings.interval);
-    let mut lost_reported = 0;
+    let mut reported = KernelCounters::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -183,7 +175,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 pipeline.flush_folds().context("writing events")?;
                 record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
-                lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+                reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
@@ -201,7 +193,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drain(ring.get_mut(), &mut pipeline, &mut probes)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
-    lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
     let ledger = engine.close();
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
@@ -226,7 +218,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ledger.dropped,
             ledger.failed,
         ),
-        lost_reported,
+        &reported,
         Some(cache),
         None,
     )?;
@@ -285,38 +277,70 @@ fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow:
     engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
 }
 
-/// Emit an `agent` event with `lost` when the kernel dropped events since
-/// the last report. Returns the new total.
-fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyhow::Result<u64> {
-    let total = probes.lost()?;
-    if total > reported {
-        let delta = total - reported;
-        tracing::warn!("ring buffer full: {delta} events lost ({total} in all)");
+/// Emit an `agent` event when the kernel dropped events (`lost`) or
+/// counted failed reads (`kernel_errors`) since the last report. Returns
+/// the new totals.
+fn report_kernel_counters(
+    probes: &Probes,
+    pipeline: &mut Pipeline,
+    reported: &KernelCounters,
+) -> anyhow::Result<KernelCounters> {
+    let now = probes.counters()?;
+    if now.lost > reported.lost {
+        let delta = now.lost - reported.lost;
+        tracing::warn!(
+            "ring buffer full: {delta} events lost ({} in all)",
+            now.lost
+        );
         emit_agent(
             pipeline,
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
-            total,
+            &now,
             None,
             None,
         )?;
-        pipeline.sink.flush()?;
     }
-    Ok(total)
+    if now.total_errors() > reported.total_errors() {
+        let before = reported.errors_by_program();
+        let new: Vec<String> = now
+            .errors_by_program()
+            .into_iter()
+            .filter_map(|(program, n)| {
+                let delta = n - before.get(program).copied().unwrap_or(0);
+                (delta > 0).then(|| format!("{program} {delta}"))
+            })
+            .collect();
+        let message = format!(
+            "kernel reads failed since the last report (events may be incomplete): {}",
+            new.join(", ")
+        );
+        tracing::warn!("{message}");
+        emit_agent(
+            pipeline,
+            AgentStatus::KernelErrors,
+            message,
+            &now,
+            None,
+            None,
+        )?;
+    }
+    Ok(now)
 }
 
 fn emit_agent(
     pipeline: &mut Pipeline,
     status: AgentStatus,
     message: String,
-    lost: u64,
+    counters: &KernelCounters,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
         message,
-        lost,
+        lost: counters.lost,
+        kernel_errors: counters.errors_by_program(),
         identity_cache,
         capture,
     };

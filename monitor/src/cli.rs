@@ -96,8 +96,8 @@ pub struct RunArgs {
     /// then `tracepoints` (every kernel >= 5.8; io_uring opens are not seen,
     /// their submitters are reported). Naming one fails if it cannot load.
     /// `secretmon check` says which load here.
-    #[arg(long, value_name = "HOOKS", value_enum, default_value_t = crate::probes::OpenHooks::Auto)]
-    pub opens: crate::probes::OpenHooks,
+    #[arg(long, value_name = "HOOKS", value_enum, default_value_t = crate::features::OpenHooks::Auto)]
+    pub opens: crate::features::OpenHooks,
 }
 
 #[derive(Debug, clap::Args)]

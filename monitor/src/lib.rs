@@ -14,6 +14,7 @@ pub mod config;
 pub mod env_names;
 pub mod errors;
 pub mod event;
+pub mod features;
 pub mod findings;
 pub mod identity;
 pub mod inventory;

@@ -41,7 +41,6 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
     let field = |s, f| field_offset(btf, s, f);
     Ok(KernelOffsets {
-        valid: 1,
         task_files: field("task_struct", "files")?,
         task_real_parent: field("task_struct", "real_parent")?,
         task_tgid: field("task_struct", "tgid")?,
@@ -157,7 +156,6 @@ mod tests {
             return;
         }
         let off = from_btf_file(path).expect("BTF parses and has every field");
-        assert_eq!(off.valid, 1);
         // `max_fds` is the first field of `struct fdtable` on every kernel.
         assert_eq!(off.fdtable_max_fds, 0);
         assert!(off.fdtable_fd >= 4 && off.fdtable_fd <= 16);

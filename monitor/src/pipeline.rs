@@ -11,7 +11,11 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use lru::LruCache;
-use monitor_common::{EventHeader, FileKey};
+use monitor_common::{
+    EventHeader, FileKey,
+    abi::{AT_FDCWD, io_uring_op_name},
+    user::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
+};
 
 use crate::{
     event::{
@@ -25,7 +29,6 @@ use crate::{
         scan::{Scanner, Skip},
     },
     ledger::{ExposureKind, Observation, Seen},
-    probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
@@ -154,9 +157,13 @@ impl Pipeline {
     /// Handle one ring-buffer record.
     pub fn handle(&mut self, record: &[u8]) -> io::Result<()> {
         self.stats.records += 1;
-        let Some(ev) = crate::probes::decode(record) else {
-            self.stats.malformed += 1;
-            return Ok(());
+        let ev = match KernelEvent::decode(record) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!("skipped a kernel record: {e}");
+                self.stats.malformed += 1;
+                return Ok(());
+            }
         };
         match ev {
             KernelEvent::Exec(exec) => self.exec(exec),
@@ -180,7 +187,7 @@ impl Pipeline {
                 if open.header.pid == self.own_pid {
                     return Ok(());
                 }
-                let via = event::open_via(open.via);
+                let via = open.via.as_str();
                 self.secret_read(&open.header, id, open.flags, "ok".into(), via)
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
@@ -190,11 +197,7 @@ impl Pipeline {
                 let body = IoUringOpen {
                     process,
                     identity,
-                    opcode: if opcode == 28 {
-                        "IORING_OP_OPENAT2"
-                    } else {
-                        "IORING_OP_OPENAT"
-                    },
+                    opcode: io_uring_op_name(opcode),
                     message: "opens files through io_uring, which the syscall tracepoints do not see: its secret reads may be missing",
                 };
                 self.emit("io_uring_open", header.boot_ns, &body)
@@ -299,7 +302,13 @@ impl Pipeline {
             return Ok(());
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            return self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via);
+            return self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via.as_str(),
+            );
         }
         let meta = std::fs::metadata(&found.path).ok().filter(|m| {
             crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
@@ -329,7 +338,7 @@ impl Pipeline {
                             slot,
                             found.flags,
                             "ok".into(),
-                            found.via,
+                            found.via.as_str(),
                         );
                     }
                 }
@@ -363,7 +372,7 @@ impl Pipeline {
                 flags: event::open_flags(found.flags),
                 result: "ok".into(),
                 count: 1,
-                via: found.via,
+                via: found.via.as_str(),
             },
         };
         self.emit("secret_read", found.header.boot_ns, &body)
@@ -518,15 +527,13 @@ fn errno_name(errno: i32) -> String {
     format!("{:?}", nix::errno::Errno::from_raw(errno))
 }
 
-const AT_FDCWD: i32 = -100;
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use monitor_common::{
-        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
-        OpenEvent,
+        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event, EventHeader, EventKind, ExecData,
+        FILENAME_LEN, OpenData,
     };
 
     use super::*;
@@ -616,31 +623,35 @@ mod tests {
         .unwrap();
         // A pid that cannot exist, so /proc cannot help: only the exec event.
         let pid = u32::MAX - 1;
-        let mut exec = ExecEvent {
+        let mut exec = Event {
             header: header(EventKind::Exec, pid),
-            old_pid: pid,
-            filename_len: 12,
-            filename: [0; FILENAME_LEN],
-            args_len: 0,
-            args_truncated: 0,
-            args: [0; ARGS_LEN],
-            env_count: 1,
-            env_truncated: 0,
-            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
+            data: ExecData {
+                old_pid: pid,
+                filename_len: 12,
+                filename: [0; FILENAME_LEN],
+                args_len: 0,
+                args_truncated: 0,
+                args: [0; ARGS_LEN],
+                env_count: 1,
+                env_truncated: 0,
+                env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
+            },
         };
         let argv = b"cat\0--token=not-a-real-token-0000\0";
-        exec.args[..argv.len()].copy_from_slice(argv);
-        exec.args_len = argv.len() as u32;
-        exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
-        exec.filename[..12].copy_from_slice(b"/usr/bin/cat");
+        exec.data.args[..argv.len()].copy_from_slice(argv);
+        exec.data.args_len = argv.len() as u32;
+        exec.data.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
+        exec.data.filename[..12].copy_from_slice(b"/usr/bin/cat");
         p.handle(&bytes_of(&exec)).unwrap();
-        let open = OpenEvent {
+        let open = Event {
             header: header(EventKind::Open, pid),
-            key,
-            flags: 0,
-            ret: 3,
-            via: monitor_common::VIA_SYSCALL,
-            _pad: 0,
+            data: OpenData {
+                key,
+                flags: 0,
+                ret: 3,
+                via: monitor_common::VIA_SYSCALL,
+                _pad: 0,
+            },
         };
         p.handle(&bytes_of(&open)).unwrap();
         p.handle(&bytes_of(&open)).unwrap();
