@@ -1,28 +1,23 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
 //! events until SIGINT or SIGTERM, and drain what is left before exiting.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    env_names,
-    event::{Agent, AgentStatus, Capture, Event, Host},
+    event::{Agent, AgentStatus, Capture, Event},
     features::ActiveHooks,
-    findings::{
-        FindingsConfig,
-        engine::{self, Engine, Scope},
-    },
-    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    findings::engine::{self, Engine, Scope},
+    identity::{CacheStats, IdentityResolver},
     inventory::{
-        self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
-        settings::Settings, sync::Follower,
+        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        sync::Follower,
     },
-    ledger::LedgerConfig,
-    name_rules::{self, NameRuleSpec},
     pipeline::Pipeline,
+    plan::RunPlan,
     preflight,
     probes::{KernelCounters, Probes},
     sink::Sink,
@@ -31,58 +26,27 @@ use crate::{
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub struct RunOptions {
-    pub watch: Vec<PathBuf>,
-    pub state: PathBuf,
-    pub inventory: Settings,
-    pub env_names: Vec<String>,
-    pub name_rules: Vec<NameRuleSpec>,
-    pub output: Option<PathBuf>,
-    pub ring_buffer_bytes: Option<u32>,
-    pub opens: crate::features::OpenHooks,
-    pub trust_domain: Option<String>,
-    pub identity: IdentityConfig,
-    pub ledger: LedgerConfig,
-    pub findings: FindingsConfig,
-}
-
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    // A bad trust domain is a configuration error: say so before anything
-    // else is checked.
-    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
-    let settings = opts.findings.settings()?;
+pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let kernel = preflight::check()?;
-    let user = inventory::user_paths(&opts.watch)?;
-    let catalog = Catalog::new(&opts.inventory)?;
-    let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
-    let key = listing::load_key(&opts.inventory, &opts.state)?;
-    let scanner = Scanner::new(
-        std::path::Path::new("/"),
-        catalog,
-        user,
-        key,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    let scanner = host_scanner(&plan)?;
+    let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
-    let sink = Sink::open(opts.output.as_deref()).with_context(|| {
+    let sink = Sink::open(plan.output.as_deref()).with_context(|| {
         format!(
             "cannot open --output {}",
-            opts.output
+            plan.output
                 .as_deref()
                 .unwrap_or(std::path::Path::new("-"))
                 .display()
         )
     })?;
 
-    let name_rules = name_rules::rules(&opts.name_rules)?;
-    let mut probes = Probes::attach(kernel, opts.ring_buffer_bytes, &name_rules, opts.opens)?;
+    let mut probes = Probes::attach(
+        kernel,
+        Some(plan.capture.ring_buffer_size),
+        &plan.name_rules,
+        plan.capture.opens,
+    )?;
     let io_uring = match probes.io_uring {
         _ if probes.active != ActiveHooks::Tracepoints => {
             format!("io_uring opens seen by {}", probes.active.opens())
@@ -95,7 +59,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
+    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
             "{} directories cannot be watched for new or rotated secrets",
@@ -105,13 +69,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
+    let mut engine = Engine::start(
+        &plan.state_dir,
+        plan.findings.clone(),
+        plan.ledger.retention,
+        &watch,
+    )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
-    for pattern in &env_patterns {
+    for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
     let mut ring = probes
@@ -119,16 +88,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
     let watched = watch.len();
-    let identities = IdentityResolver::for_host(naming, opts.identity);
-    let discoverer = Scanner::new(
-        std::path::Path::new("/"),
-        Catalog::new(&opts.inventory)?,
-        inventory::user_paths(&opts.watch)?,
-        listing::load_key(&opts.inventory, &opts.state)?,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
+    let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
+    let discoverer = host_scanner(&plan)?;
+    let mut pipeline =
+        Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -160,7 +123,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(opts.findings.interval);
+    let mut periodic = tokio::time::interval(plan.findings_interval);
     let mut reported = KernelCounters::default();
     let reason = loop {
         tokio::select! {
@@ -224,6 +187,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     pipeline.sink.flush()?;
     Ok(())
+}
+
+/// The inventory's scanner of the whole host, as the plan configures it.
+fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+    Ok(Scanner::new(
+        std::path::Path::new("/"),
+        Catalog::new(&plan.inventory)?,
+        plan.watch.clone(),
+        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        plan.inventory.limits(),
+        plan.inventory.policy(),
+    ))
 }
 
 /// Follow a created, rotated or removed secret: watch its new inode before

@@ -62,8 +62,11 @@ pub struct IoUringTracepoint {
     pub opcode_offset: u32,
 }
 
-/// Which hooks see opens (`--opens`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which hooks see opens (`--opens`, `capture.opens`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum OpenHooks {
     /// The cheapest this kernel loads: fexit, then lsm, then tracepoints.
     Auto,

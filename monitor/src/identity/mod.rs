@@ -12,7 +12,7 @@ pub mod cgroup_tree;
 pub mod k8s;
 mod mounts;
 mod resolver;
-mod spiffe;
+pub mod spiffe;
 
 use std::path::PathBuf;
 
@@ -28,7 +28,7 @@ pub use self::{
 };
 
 /// `[identity]` of the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     /// The kubelet's root directory, holding `pods/<uid>/`.
