@@ -16,6 +16,7 @@ use crate::{
         Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         sync::Follower,
     },
+    ledger::StateLock,
     pipeline::Pipeline,
     plan::RunPlan,
     preflight,
@@ -28,7 +29,10 @@ const CHANGES_QUEUE: usize = 1024;
 
 pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let kernel = preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let scanner = host_scanner(&plan)?;
+    let key_id = scanner.key_id();
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(plan.output.as_deref()).with_context(|| {
@@ -71,9 +75,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
         &plan.state_dir,
+        lock,
         plan.findings.clone(),
         plan.ledger.retention,
         &watch,
+        &key_id,
     )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
@@ -93,6 +99,10 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut pipeline =
         Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut pipeline,
         AgentStatus::Started,
@@ -117,19 +127,18 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }),
     )?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(plan.findings_interval);
     let mut reported = KernelCounters::default();
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -153,7 +162,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
@@ -167,7 +176,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -180,6 +189,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         &reported,
         Some(cache),
@@ -204,7 +214,7 @@ fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -227,13 +237,49 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

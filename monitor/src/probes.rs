@@ -250,23 +250,35 @@ impl Probes {
 
     /// What the kernel side counted so far, all CPUs summed.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let sum = |map: &PerCpuArray<MapData, u64>, name, index: u32| {
-            map.get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum::<u64>())
-                .map_err(|source| ProbeError::Map { name, source })
-        };
         let mut errors = Vec::new();
         for program in Program::ALL {
-            let n = sum(&self.errors, maps::ERRORS, program as u32)?;
+            let n = per_cpu_sum(&self.errors, maps::ERRORS, program as u32)?;
             if n > 0 {
                 errors.push((program, n));
             }
         }
         Ok(KernelCounters {
-            lost: sum(&self.lost, maps::LOST, 0)?,
+            lost: self.lost()?,
             errors,
         })
     }
+
+    /// Events dropped so far because the ring buffer was full, all CPUs:
+    /// one map read, cheap enough to look at often during a drain.
+    pub fn lost(&self) -> Result<u64, ProbeError> {
+        per_cpu_sum(&self.lost, maps::LOST, 0)
+    }
+}
+
+/// Entry `index` of a per-CPU counter map, summed over CPUs.
+fn per_cpu_sum(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    index: u32,
+) -> Result<u64, ProbeError> {
+    map.get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum::<u64>())
+        .map_err(|source| ProbeError::Map { name, source })
 }
 
 /// The kernel side's own counters.
