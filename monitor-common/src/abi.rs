@@ -12,6 +12,8 @@ pub const CREAT_FLAGS: u32 = 0o1101;
 
 /// `super_block.s_magic` of procfs.
 pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// `super_block.s_magic` of overlayfs.
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// `task_struct.flags`: an io_uring worker thread of the submitting process.
 pub const PF_IO_WORKER: u32 = 0x10;
@@ -25,6 +27,7 @@ pub const IORING_OP_OPENAT2: u8 = 28;
 pub const NR_OPEN: u64 = 2;
 pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
+pub const NR_OPEN_BY_HANDLE_AT: u64 = 304;
 pub const NR_IO_URING_ENTER: u64 = 426;
 pub const NR_OPENAT2: u64 = 437;
 

@@ -65,10 +65,24 @@ pub struct KernelOffsets {
     /// arguments of `do_filp_open`, for the fexit hook.
     pub filename_name: u32,
     pub open_flags_open_flag: u32,
+    /// `file.private_data`: on an overlayfs file, where its layer's file is.
+    pub file_private_data: u32,
+    /// Where the layer's file sits in overlayfs's `struct ovl_file`, which
+    /// `private_data` points to on kernels that have it; [`NO_OFFSET`] where
+    /// `private_data` is the layer's file itself; [`OVL_LAYOUT_UNKNOWN`]
+    /// where the agent could not tell (overlayfs a module not loaded yet).
+    pub ovl_file_realfile: u32,
 }
 
 /// An offset the running kernel lacks (e.g. `loginuid` without CONFIG_AUDIT).
 pub const NO_OFFSET: u32 = u32::MAX;
+
+/// `ovl_file_realfile` when overlayfs's types were not in the kernel's BTF
+/// at start: the programs tell the two layouts apart by the first word of
+/// what `private_data` points to, a kernel address in a `struct ovl_file`
+/// (`realfile`, its first field) and never in an open `struct file` (a
+/// reference count or flags there).
+pub const OVL_LAYOUT_UNKNOWN: u32 = u32::MAX - 1;
 
 impl KernelOffsets {
     /// Every field [`NO_OFFSET`]: what the object holds until the agent

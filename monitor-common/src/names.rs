@@ -34,6 +34,7 @@ pub enum Program {
     SysExitOpenRegs,
     SysExitOpenat2Regs,
     SysExitCreatRegs,
+    SysExitOpenByHandleAt,
     IoUringSubmit,
     SchedProcessExec,
     SchedProcessExit,
@@ -49,7 +50,7 @@ const fn tp(category: &'static str, names: &'static [&'static str]) -> Hook {
 impl Program {
     pub const COUNT: usize = Self::ALL.len();
 
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::SysEnterOpenat,
         Self::SysEnterOpen,
         Self::SysEnterOpenat2,
@@ -62,6 +63,7 @@ impl Program {
         Self::SysExitOpenRegs,
         Self::SysExitOpenat2Regs,
         Self::SysExitCreatRegs,
+        Self::SysExitOpenByHandleAt,
         Self::IoUringSubmit,
         Self::SchedProcessExec,
         Self::SchedProcessExit,
@@ -85,6 +87,7 @@ impl Program {
             Self::SysExitOpenRegs => "sys_exit_open_regs",
             Self::SysExitOpenat2Regs => "sys_exit_openat2_regs",
             Self::SysExitCreatRegs => "sys_exit_creat_regs",
+            Self::SysExitOpenByHandleAt => "sys_exit_open_by_handle_at",
             Self::IoUringSubmit => "io_uring_submit",
             Self::SchedProcessExec => "sched_process_exec",
             Self::SchedProcessExit => "sched_process_exit",
@@ -107,6 +110,7 @@ impl Program {
                 tp("syscalls", &["sys_exit_openat2"])
             }
             Self::SysExitCreat | Self::SysExitCreatRegs => tp("syscalls", &["sys_exit_creat"]),
+            Self::SysExitOpenByHandleAt => tp("syscalls", &["sys_exit_open_by_handle_at"]),
             // Renamed in 5.19.
             Self::IoUringSubmit => tp("io_uring", &["io_uring_submit_req", "io_uring_submit_sqe"]),
             Self::SchedProcessExec => tp("sched", &["sched_process_exec"]),

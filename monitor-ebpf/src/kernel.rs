@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     generated::{self as helper, bpf_get_current_task},
 };
-use monitor_common::{NO_OFFSET, UNSET_LOGINUID};
+use monitor_common::{NO_OFFSET, OVL_LAYOUT_UNKNOWN, UNSET_LOGINUID};
 
 use crate::maps::OFFSETS;
 
@@ -274,7 +274,37 @@ impl File {
             mnt: VfsMount(read(self.0 + offset!(file_vfsmount))?),
         })
     }
+
+    /// The layer's file behind this overlayfs file, which overlayfs opens
+    /// and keeps in `private_data` (directly, or in a `struct ovl_file`);
+    /// `None` before overlayfs's own open has run (the LSM hook runs
+    /// earlier, and then sees the layer's file opened in its own right).
+    #[inline(always)]
+    pub fn overlay_layer_file(self) -> Result<Option<File>> {
+        let private: u64 = read(self.0 + offset!(file_private_data))?;
+        if private == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a field projection of the global's own pointer.
+        let realfile = OFFSETS.field(|o| unsafe { &raw const (*o).ovl_file_realfile });
+        let layer: u64 = match realfile {
+            NO_OFFSET => private,
+            OVL_LAYOUT_UNKNOWN => {
+                let first: u64 = read(private)?;
+                if first >= KERNEL_SPACE {
+                    first
+                } else {
+                    private
+                }
+            }
+            at => read(private + u64::from(at))?,
+        };
+        Ok((layer != 0).then_some(File(layer)))
+    }
 }
+
+/// Where kernel addresses start (x86_64, 4- and 5-level paging alike).
+const KERNEL_SPACE: u64 = 0xff00_0000_0000_0000;
 
 /// `struct inode *`.
 #[derive(Clone, Copy)]

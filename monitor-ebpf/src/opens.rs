@@ -13,15 +13,15 @@ use monitor_common::{
     VIA_IO_URING, VIA_OTHER, VIA_SYSCALL,
     abi::{
         AT_FDCWD, CREAT_FLAGS, EACCES, EPERM, IORING_OP_OPENAT, IORING_OP_OPENAT2, MAX_ERRNO,
-        NR_CREAT, NR_IO_URING_ENTER, NR_OPEN, NR_OPENAT, NR_OPENAT2, PF_IO_WORKER,
-        PROC_SUPER_MAGIC,
+        NR_CREAT, NR_IO_URING_ENTER, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
+        OVERLAYFS_SUPER_MAGIC, PF_IO_WORKER, PROC_SUPER_MAGIC,
     },
     names::Program,
 };
 
 use crate::{
     emit::{emit, run},
-    kernel::{self, File, Filename, OpenFlags, ReadError, Task, UserRegs},
+    kernel::{self, File, Filename, OpenFlags, ReadError, SuperBlock, Task, UserRegs},
     maps::{CAPTURE, IO_URING, IO_URING_SEEN, OPEN_ARGS, WATCHED},
     name_rules::name_rule_open,
     path_walk::walk_path,
@@ -167,6 +167,26 @@ pub fn sys_exit_creat_regs(ctx: TracePointContext) -> u32 {
     on_open_exit(&ctx, Program::SysExitCreatRegs, from)
 }
 
+/// `open_by_handle_at(2)`: an open by file handle, which names no path, so
+/// a denial has nothing to report; a success is reported as any open.
+/// Attached unless the LSM hook, which sees these opens too, reports them.
+#[tracepoint(category = "syscalls", name = "sys_exit_open_by_handle_at")]
+pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
+    let program = Program::SysExitOpenByHandleAt;
+    run(program, handle_open_exit(&ctx, program));
+    0
+}
+
+#[inline(always)]
+fn handle_open_exit(ctx: &TracePointContext, program: Program) -> kernel::Result<()> {
+    // SAFETY: within the tracepoint's fixed record.
+    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(|_| ReadError)?;
+    if ret < 0 || lsm_reports_opens() {
+        return Ok(());
+    }
+    opened_fd(program, ret)
+}
+
 #[derive(Clone, Copy)]
 enum OpenSyscall {
     Open,
@@ -211,6 +231,12 @@ fn open_exit(ctx: &TracePointContext, program: Program, from: ArgsFrom) -> kerne
             None => Ok(()),
         };
     }
+    opened_fd(program, ret)
+}
+
+/// A syscall's successful open of new fd `ret`.
+#[inline(always)]
+fn opened_fd(program: Program, ret: i64) -> kernel::Result<()> {
     match Task::current().file(ret as u32)? {
         Some(file) => opened_file(program, file, ret, VIA_SYSCALL),
         None => Ok(()),
@@ -299,30 +325,60 @@ fn hook_via() -> u32 {
         return VIA_IO_URING;
     }
     match UserRegs::current().syscall() {
-        Ok(NR_OPEN | NR_OPENAT | NR_OPENAT2 | NR_CREAT) => VIA_SYSCALL,
+        Ok(NR_OPEN | NR_OPENAT | NR_OPENAT2 | NR_CREAT | NR_OPEN_BY_HANDLE_AT) => VIA_SYSCALL,
         Ok(NR_IO_URING_ENTER) => VIA_IO_URING,
         _ => VIA_OTHER,
     }
 }
 
-/// A successful open of `file`: report it if it is watched, an environ
-/// read, or a name-rule match. `ret` is the new fd, or 0 from a hook.
+/// A successful open of `file`: report it if it is watched (itself, or the
+/// layer's file behind an overlayfs file), an environ read, or a name-rule
+/// match. `ret` is the new fd, or 0 from a hook.
 #[inline(always)]
 fn opened_file(program: Program, file: File, ret: i64, via: u32) -> kernel::Result<()> {
+    let (key, sb) = file_key(file)?;
+    if watched(&key) {
+        return watched_open(file, key, ret, via);
+    }
+    let magic = sb.magic()?;
+    if magic == PROC_SUPER_MAGIC {
+        return proc_open(file);
+    }
+    // Through an overlay mount (a container's image layers) a file has the
+    // overlay's device and inode: the layer's file is the watched one.
+    if magic == OVERLAYFS_SUPER_MAGIC
+        && let Some(layer) = file.overlay_layer_file()?
+    {
+        let (layer_key, _) = file_key(layer)?;
+        if watched(&layer_key) {
+            return watched_open(file, layer_key, ret, via);
+        }
+    }
+    name_rule_open(program, file, &key, ret, via);
+    Ok(())
+}
+
+/// The watch map's key for `file`, and its superblock.
+#[inline(always)]
+fn file_key(file: File) -> kernel::Result<(FileKey, SuperBlock)> {
     let inode = file.inode()?;
     let sb = inode.sb()?;
     let key = FileKey {
         dev: u64::from(sb.dev()?),
         ino: inode.ino()?,
     };
+    Ok((key, sb))
+}
+
+#[inline(always)]
+fn watched(key: &FileKey) -> bool {
     // SAFETY: only tested for presence.
-    if unsafe { WATCHED.get(&key) }.is_none() {
-        if sb.magic()? == PROC_SUPER_MAGIC {
-            return proc_open(file);
-        }
-        name_rule_open(program, file, &key, ret, via);
-        return Ok(());
-    }
+    unsafe { WATCHED.get(key) }.is_some()
+}
+
+/// Report the open of watched file `key` through `file`.
+#[inline(always)]
+fn watched_open(file: File, key: FileKey, ret: i64, via: u32) -> kernel::Result<()> {
     let flags = file.flags()?;
     emit(|ev: *mut OpenData| {
         // SAFETY: `ev` points into the reservation.

@@ -723,8 +723,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use monitor_common::{
-        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event, EventHeader, EventKind, ExecData,
-        ExecEvent, FILENAME_LEN, NameRuleOpenData, NameRuleOpenEvent, OpenData, OpenEvent,
+        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event, EventHeader, EventKind, ExecData, ExecEvent,
+        FILENAME_LEN, NameRuleOpenData, NameRuleOpenEvent, OpenData, OpenEvent,
     };
 
     use super::*;

@@ -51,6 +51,10 @@ const OPEN_HOOKS_REGS: &[Program] = &[
     Program::SysExitCreatRegs,
 ];
 
+/// Opens by file handle, which neither the path-open tracepoints nor
+/// `do_filp_open` see: attached unless the LSM hook sees opens.
+const HANDLE_OPEN_HOOKS: &[Program] = &[Program::SysExitOpenByHandleAt];
+
 /// Process lifecycle: always attached.
 const PROCESS_HOOKS: &[Program] = &[
     Program::SchedProcessExec,
@@ -153,7 +157,11 @@ impl Probes {
             (_, true) => OPEN_HOOKS_REGS,
             (_, false) => OPEN_HOOKS_ENTER,
         };
-        for &program in PROCESS_HOOKS.iter().chain(open_hooks) {
+        let handle_hooks = match active {
+            ActiveHooks::Lsm => &[][..],
+            ActiveHooks::Fexit | ActiveHooks::Tracepoints => HANDLE_OPEN_HOOKS,
+        };
+        for &program in PROCESS_HOOKS.iter().chain(open_hooks).chain(handle_hooks) {
             attach(&mut ebpf, program, None, &btf)?;
         }
         // The trampoline hooks see io_uring opens themselves.
@@ -180,6 +188,7 @@ impl Probes {
         Ok(Self {
             hooks: PROCESS_HOOKS.len()
                 + open_hooks.len()
+                + handle_hooks.len()
                 + usize::from(active != ActiveHooks::Tracepoints)
                 + usize::from(io_uring.is_some()),
             active,
