@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use crate::{
+    coverage,
     features::{ActiveHooks, KernelFeatures, OpenHooks, Support},
     offsets, preflight,
 };
@@ -186,6 +187,14 @@ pub fn print(report: &Report, out: &mut impl Write) -> std::io::Result<bool> {
     } else {
         writeln!(out, "not ready: fix the MISSING items above")?;
     }
+    writeln!(
+        out,
+        "\nways to an open secret, with {}:",
+        report.open_hooks.opens()
+    )?;
+    for way in coverage::ways(report.open_hooks) {
+        writeln!(out, "{:<8} {}: {}", way.seen.as_str(), way.what, way.how)?;
+    }
     Ok(ready)
 }
 
@@ -211,7 +220,7 @@ mod tests {
         };
         let (ready, text) = printed(&ok);
         assert!(ready, "{text}");
-        assert!(text.ends_with("ready: secretmon run will use tracepoints\n"));
+        assert!(text.contains("\nready: secretmon run will use tracepoints\n"));
         let bad = Report {
             items: vec![item("tracefs", true, Status::Missing, "not mounted").fix("mount it")],
             open_hooks: ActiveHooks::Tracepoints,
@@ -239,6 +248,25 @@ mod tests {
         assert!(text.contains("absent   fentry/fexit"), "{text}");
         k.saved_registers = Support::No("Linux < 5.15".into());
         let (_, text) = printed(&report(&k));
-        assert!(text.ends_with("will use tracepoints\n"), "{text}");
+        assert!(text.contains("will use tracepoints\n"), "{text}");
+    }
+
+    #[test]
+    fn the_report_states_what_the_hooks_see_and_miss() {
+        let mut k = debian_6_1();
+        k.fentry = Support::No("load refused: EPERM".into());
+        k.bpf_lsm = Support::No("load refused: EPERM".into());
+        let (_, text) = printed(&report(&k));
+        assert!(
+            text.contains("ways to an open secret, with tracepoints:"),
+            "{text}"
+        );
+        assert!(text.contains("covered  open_by_handle_at: "), "{text}");
+        assert!(text.contains("covered  overlay mounts"), "{text}");
+        assert!(text.contains("partly   io_uring open: "), "{text}");
+        assert!(
+            text.contains("blind    an fd passed over a unix socket"),
+            "{text}"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod coverage;
 pub mod env_names;
 pub mod errors;
 pub mod event;

@@ -191,7 +191,7 @@ mod tests {
             off.dentry_name_len + 4,
             "qstr: hash, len, name"
         );
-        assert!(off.file_private_data > off.file_f_inode);
+        assert_ne!(off.file_private_data, off.file_f_inode);
         // The kernel's programs assume `realfile` first when the layout is
         // unknown: true wherever the struct is known.
         assert!(
