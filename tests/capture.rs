@@ -404,3 +404,114 @@ fn name_rules_find_credential_files_the_inventory_did_not_know() {
     );
     assert_no_planted(&[&lines.join("\n"), &stderr]);
 }
+
+/// `name_to_handle_at` + `open_by_handle_at` (root, CAP_DAC_READ_SEARCH):
+/// an open that names no path, by its own syscall.
+#[test]
+fn an_open_by_file_handle_is_reported() {
+    if !can_load_probes("an_open_by_file_handle_is_reported") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    // The secret is never opened by path: only its directory, as the
+    // handle's mount fd.
+    let script = "\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [('bytes', ctypes.c_uint), ('type', ctypes.c_int), ('data', ctypes.c_ubyte * 128)]
+h = Handle(128)
+mount_id = ctypes.c_int()
+if libc.name_to_handle_at(-100, sys.argv[1].encode(), ctypes.byref(h), ctypes.byref(mount_id), 0):
+    raise OSError(ctypes.get_errno(), 'name_to_handle_at')
+mount_fd = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY | os.O_DIRECTORY)
+fd = libc.open_by_handle_at(mount_fd, ctypes.byref(h), os.O_RDONLY)
+if fd < 0:
+    raise OSError(ctypes.get_errno(), 'open_by_handle_at')
+os.read(fd, 1)
+os.close(fd)
+";
+    let pid = run_ok(Command::new("python3").args(["-c", script]).arg(&secret));
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], secret.to_str().unwrap());
+    let (code, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
+}
+
+/// A read through an overlay mount's merged view, as a container reads its
+/// image layers, is reported for the layer's file where it is watched:
+/// from the lower layer and from the upper one. The overlay is mounted in
+/// a mount namespace of its own, so it is gone with the reader.
+#[test]
+fn reads_through_an_overlay_are_reported_for_the_layer_file() {
+    if !can_load_probes("reads_through_an_overlay_are_reported_for_the_layer_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| {
+        let p = dir.path().join(d);
+        std::fs::create_dir(&p).unwrap();
+        p
+    });
+    let in_lower = plant_secret(&lower);
+    let in_upper = plant_secret(&upper.join("app"));
+    let mut agent = Agent::start(&[
+        "--watch",
+        in_lower.to_str().unwrap(),
+        "--watch",
+        in_upper.to_str().unwrap(),
+    ]);
+    let read_merged = |relative: &str| {
+        let sh = format!(
+            "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {m} && \
+             cat {m}/{relative} && umount {m}",
+            lower.display(),
+            upper.display(),
+            work.display(),
+            m = merged.display(),
+        );
+        run_ok(Command::new("unshare").args(["-m", "sh", "-c", &sh]))
+    };
+    for (relative, watched) in [
+        (".aws/credentials", &in_lower),
+        ("app/.aws/credentials", &in_upper),
+    ] {
+        let sh = read_merged(relative);
+        // The reader is `cat`, a child of the shell that mounted.
+        let ev = agent.wait_for(WAIT, |v| {
+            v["kind"] == "secret_read" && v["process"]["ppid"] == sh
+        });
+        assert_eq!(ev["secret"]["path"], watched.to_str().unwrap(), "{ev}");
+    }
+    let (code, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
+}
+
+/// Opening another process's open file again through `/proc/<pid>/fd/N`
+/// is an open of the file itself.
+#[test]
+fn a_reopen_through_proc_fd_is_reported() {
+    if !can_load_probes("a_reopen_through_proc_fd_is_reported") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let mut agent = Agent::start(&["--watch", secret.to_str().unwrap()]);
+    let mut holder = Command::new("sh")
+        .args(["-c", "exec 3<\"$1\"; exec sleep 30", "sh"])
+        .arg(&secret)
+        .spawn()
+        .unwrap();
+    agent.wait_for(WAIT, |v| is_read_by(v, holder.id()));
+    let pid = run_ok(Command::new("cat").arg(format!("/proc/{}/fd/3", holder.id())));
+    let ev = agent.wait_for(WAIT, |v| is_read_by(v, pid));
+    assert_eq!(ev["secret"]["path"], secret.to_str().unwrap());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
+}

@@ -297,7 +297,9 @@ fn agent_on_debian_6_1_with_tracepoints_and_no_bpf_lsm() {
     assert!(lsm.contains("not an active LSM"), "{out}");
     let (_, out) = boot.step_ok("forced_lsm");
     assert!(
-        out.contains("secretmon: --opens lsm is not available here: `bpf` is not an active LSM"),
+        out.contains(
+            "secretmon: --opens lsm is not available here: BPF LSM: `bpf` is not an active LSM"
+        ),
         "{out}"
     );
     assert_common(

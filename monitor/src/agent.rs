@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     event::{Agent, AgentStatus, Capture, Event},
+    features::ActiveHooks,
     findings::engine::{self, Engine, Scope},
     identity::{CacheStats, IdentityResolver},
     inventory::{
@@ -16,11 +17,10 @@ use crate::{
         sync::Follower,
     },
     ledger::StateLock,
-    offsets,
     pipeline::Pipeline,
     plan::RunPlan,
     preflight,
-    probes::{ActiveHooks, Probes},
+    probes::{KernelCounters, Probes},
     sink::Sink,
 };
 
@@ -28,10 +28,9 @@ use crate::{
 const CHANGES_QUEUE: usize = 1024;
 
 pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
-    preflight::check()?;
+    let kernel = preflight::check()?;
     // One agent per state dir, checked before any work.
     let lock = StateLock::acquire(&plan.state_dir)?;
-    let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let scanner = host_scanner(&plan)?;
     let key_id = scanner.key_id();
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
@@ -46,11 +45,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         )
     })?;
 
-    let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
     let mut probes = Probes::attach(
-        offsets,
+        kernel,
         Some(plan.capture.ring_buffer_size),
-        &tracefs,
         &plan.name_rules,
         plan.capture.opens,
     )?;
@@ -112,7 +109,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         format!(
             "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
              watching {watched} files; {io_uring}",
-            probes.hooks + usize::from(probes.io_uring.is_some()),
+            probes.hooks,
             probes.active.opens(),
             probes.active.denied_opens(),
             match (probes.active, probes.from_registers) {
@@ -121,7 +118,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 (_, false) => ", arguments from enter hooks",
             }
         ),
-        0,
+        &KernelCounters::default(),
         None,
         Some(Capture {
             opens: probes.active.opens(),
@@ -135,7 +132,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(plan.findings_interval);
-    let mut lost_reported = 0;
+    let mut reported = KernelCounters::default();
     let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
@@ -150,7 +147,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 pipeline.flush_folds().context("writing events")?;
                 record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
-                lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+                reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
@@ -168,7 +165,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
-    lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
     let ledger = engine.close();
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
@@ -194,7 +191,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             ledger.failed,
             ledger.lost,
         ),
-        lost_reported,
+        &reported,
         Some(cache),
         None,
     )?;
@@ -301,38 +298,70 @@ fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow:
     engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
 }
 
-/// Emit an `agent` event with `lost` when the kernel dropped events since
-/// the last report. Returns the new total.
-fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyhow::Result<u64> {
-    let total = probes.lost()?;
-    if total > reported {
-        let delta = total - reported;
-        tracing::warn!("ring buffer full: {delta} events lost ({total} in all)");
+/// Emit an `agent` event when the kernel dropped events (`lost`) or
+/// counted failed reads (`kernel_errors`) since the last report. Returns
+/// the new totals.
+fn report_kernel_counters(
+    probes: &Probes,
+    pipeline: &mut Pipeline,
+    reported: &KernelCounters,
+) -> anyhow::Result<KernelCounters> {
+    let now = probes.counters()?;
+    if now.lost > reported.lost {
+        let delta = now.lost - reported.lost;
+        tracing::warn!(
+            "ring buffer full: {delta} events lost ({} in all)",
+            now.lost
+        );
         emit_agent(
             pipeline,
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
-            total,
+            &now,
             None,
             None,
         )?;
-        pipeline.sink.flush()?;
     }
-    Ok(total)
+    if now.total_errors() > reported.total_errors() {
+        let before = reported.errors_by_program();
+        let new: Vec<String> = now
+            .errors_by_program()
+            .into_iter()
+            .filter_map(|(program, n)| {
+                let delta = n - before.get(program).copied().unwrap_or(0);
+                (delta > 0).then(|| format!("{program} {delta}"))
+            })
+            .collect();
+        let message = format!(
+            "kernel reads failed since the last report (events may be incomplete): {}",
+            new.join(", ")
+        );
+        tracing::warn!("{message}");
+        emit_agent(
+            pipeline,
+            AgentStatus::KernelErrors,
+            message,
+            &now,
+            None,
+            None,
+        )?;
+    }
+    Ok(now)
 }
 
 fn emit_agent(
     pipeline: &mut Pipeline,
     status: AgentStatus,
     message: String,
-    lost: u64,
+    counters: &KernelCounters,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
         message,
-        lost,
+        lost: counters.lost,
+        kernel_errors: counters.errors_by_program(),
         identity_cache,
         capture,
     };

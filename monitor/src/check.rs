@@ -1,15 +1,14 @@
 //! `secretmon check`: what this kernel supports, what is missing, and how to
-//! fix each gap.
+//! fix each gap, from the same feature probe the loader chooses its hooks
+//! with.
 
-use std::{io::Write, path::Path};
+use std::io::Write;
 
-use aya::{
-    maps::MapType,
-    programs::{LsmAttachType, ProgramType},
-    sys::{is_map_supported, is_program_supported},
+use crate::{
+    coverage,
+    features::{ActiveHooks, KernelFeatures, OpenHooks, Support},
+    offsets, preflight,
 };
-
-use crate::{offsets, preflight};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -45,16 +44,34 @@ impl Item {
         }
         self
     }
+
+    fn from_support(name: &'static str, required: bool, support: &Support) -> Self {
+        let status = match support {
+            Support::Yes(_) => Status::Ok,
+            Support::No(_) => Status::Missing,
+            Support::Unknown(_) => Status::Unknown,
+        };
+        item(name, required, status, support.detail())
+    }
 }
 
-/// Probe everything. Probes that load programs need privileges; without
-/// them they say `unknown` rather than a misleading `missing`.
-pub fn probe() -> Vec<Item> {
-    let privileged = preflight::missing_caps().is_empty();
-    let mut items = Vec::new();
+/// What `check` prints.
+#[derive(Debug)]
+pub struct Report {
+    pub items: Vec<Item>,
+    /// What `run --opens auto` will see opens with, when it can run.
+    pub open_hooks: ActiveHooks,
+}
 
+/// The report for the running kernel.
+pub fn probe() -> Report {
+    report(KernelFeatures::get())
+}
+
+fn report(k: &KernelFeatures) -> Report {
+    let mut items = Vec::new();
     items.push(
-        if privileged {
+        if k.privileged() {
             item(
                 "privileges",
                 true,
@@ -62,10 +79,7 @@ pub fn probe() -> Vec<Item> {
                 "root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE",
             )
         } else {
-            let names: Vec<String> = preflight::missing_caps()
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
+            let names: Vec<String> = k.missing_caps.iter().map(|c| c.to_string()).collect();
             item(
                 "privileges",
                 true,
@@ -75,40 +89,31 @@ pub fn probe() -> Vec<Item> {
         }
         .fix("run secretmon as root (sudo)"),
     );
-
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let new_enough = kernel_at_least(&release, 5, 8);
     items.push(
         item(
             "kernel",
             true,
-            if new_enough {
+            if k.kernel_supported() {
                 Status::Ok
             } else {
                 Status::Missing
             },
-            format!("Linux {release}"),
+            format!("Linux {}", k.release),
         )
         .fix("upgrade to Linux >= 5.8 (ring buffer, BTF)"),
     );
-
-    let btf = Path::new(offsets::VMLINUX_BTF);
-    items.push(match offsets::from_btf_file(btf) {
+    items.push(match &k.offsets {
         Ok(_) => item(
             "BTF",
             true,
             Status::Ok,
-            format!("{} (all fields found)", btf.display()),
+            format!("{} (all fields found)", offsets::VMLINUX_BTF),
         ),
         Err(e) => item("BTF", true, Status::Missing, e.to_string())
             .fix("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
     });
-
-    let tracefs = preflight::tracefs_dir();
     items.push(
-        match &tracefs {
+        match &k.tracefs {
             Some(d) => item(
                 "tracefs",
                 true,
@@ -119,164 +124,44 @@ pub fn probe() -> Vec<Item> {
         }
         .fix(preflight::TRACEFS_FIX),
     );
-
-    let ring = if privileged {
-        match is_map_supported(MapType::RingBuf) {
-            Ok(true) => item("ring buffer", true, Status::Ok, "BPF_MAP_TYPE_RINGBUF"),
-            Ok(false) => item(
-                "ring buffer",
-                true,
-                Status::Missing,
-                "BPF_MAP_TYPE_RINGBUF refused",
-            ),
-            Err(e) => item(
-                "ring buffer",
-                true,
-                Status::Unknown,
-                format!("probe failed: {}", crate::errors::error_text(&e)),
-            ),
-        }
-    } else {
-        item("ring buffer", true, Status::Unknown, "probing needs root")
-    };
-    items.push(ring.fix("upgrade to Linux >= 5.8"));
-
-    let events = tracefs.map(|d| d.join("events"));
-    let has_tp = |cat: &str, name: &str| {
-        events
-            .as_ref()
-            .is_some_and(|e| e.join(cat).join(name).is_dir())
-    };
-    let tp_names = ["syscalls/sys_exit_openat", "sched/sched_process_exec"];
-    let tps_present =
-        has_tp("syscalls", "sys_exit_openat") && has_tp("sched", "sched_process_exec");
-    let tp = match (
-        privileged.then(|| is_program_supported(ProgramType::TracePoint)),
-        tps_present,
-    ) {
-        (Some(Ok(true)), true) => item("tracepoints", true, Status::Ok, tp_names.join(", ")),
-        (Some(Ok(true)), false) => item(
-            "tracepoints",
-            true,
-            Status::Missing,
-            "syscall tracepoints absent (CONFIG_FTRACE_SYSCALLS) or tracefs unmounted",
-        ),
-        (Some(Ok(false)), _) => item(
-            "tracepoints",
-            true,
-            Status::Missing,
-            "tracepoint programs refused",
-        ),
-        (Some(Err(e)), _) => item(
-            "tracepoints",
-            true,
-            Status::Unknown,
-            format!("probe failed: {}", crate::errors::error_text(&e)),
-        ),
-        (None, _) => item("tracepoints", true, Status::Unknown, "probing needs root"),
-    };
-    items.push(tp.fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"));
-
-    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
-    let bpf_active = lsm_list.as_deref().is_some_and(lists_bpf);
-    let lsm = match (privileged, lsm_list) {
-        (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root"),
-        (true, Some(list)) if !lists_bpf(&list) => item(
-            "BPF LSM",
-            false,
-            Status::Missing,
-            format!("`bpf` is not an active LSM ({})", list.trim()),
-        ),
-        (true, list) => match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
-            Ok(true) if list.is_some() => item("BPF LSM", false, Status::Ok, "active"),
-            Ok(true) => item(
-                "BPF LSM",
-                false,
-                Status::Unknown,
-                "program type loads; active LSMs unknown (securityfs not mounted)",
-            ),
-            Ok(false) => item("BPF LSM", false, Status::Missing, "program type refused"),
-            Err(e) => item(
-                "BPF LSM",
-                false,
-                Status::Missing,
-                format!("load refused: {}", crate::errors::error_text(&e)),
-            ),
-        },
-    };
-    items.push(lsm.fix(if bpf_active {
-        "optional: `bpf` is an active LSM but this kernel refuses BPF LSM programs \
-         (a hardened or hypervisor-restricted build); secretmon uses tracepoints without it"
-    } else {
-        "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it"
-    }));
-
-    let fentry = if privileged {
-        match is_program_supported(ProgramType::Tracing) {
-            Ok(true) => item("fentry/fexit", false, Status::Ok, "BPF trampolines load"),
-            Ok(false) => item(
-                "fentry/fexit",
-                false,
-                Status::Missing,
-                "refused by this kernel",
-            ),
-            Err(e) => item(
-                "fentry/fexit",
-                false,
-                Status::Missing,
-                format!("load refused: {}", crate::errors::error_text(&e)),
-            ),
-        }
-    } else {
-        item("fentry/fexit", false, Status::Unknown, "probing needs root")
-    };
-    items.push(fentry.fix(
-        "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; secretmon uses tracepoints without it",
+    items.push(
+        Item::from_support("ring buffer", true, &k.ring_buffer).fix("upgrade to Linux >= 5.8"),
+    );
+    items.push(
+        Item::from_support("tracepoints", true, &k.tracepoints)
+            .fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"),
+    );
+    let lsm_listed = matches!(&k.bpf_lsm, Support::No(d) if d.starts_with("load refused"));
+    items.push(
+        Item::from_support("BPF LSM", false, &k.bpf_lsm).fix(if lsm_listed {
+            "optional: `bpf` is an active LSM but this kernel refuses BPF LSM programs \
+             (a hardened or hypervisor-restricted build); secretmon uses tracepoints without it"
+        } else {
+            "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it"
+        }),
+    );
+    items.push(Item::from_support("fentry/fexit", false, &k.fentry).fix(
+        "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; \
+         secretmon uses tracepoints without it",
     ));
-    items
-}
-
-/// Whether `bpf` is in a list of active LSMs (`/sys/kernel/security/lsm`).
-pub fn lists_bpf(lsm_list: &str) -> bool {
-    lsm_list.split(',').any(|l| l.trim() == "bpf")
-}
-
-/// What `secretmon run --opens auto` will see opens with, from the probes:
-/// the trampoline hooks also need `bpf_task_pt_regs` (5.15+).
-fn open_hooks(items: &[Item]) -> &'static str {
-    let ok = |name| {
-        items
-            .iter()
-            .any(|i| i.name == name && i.status == Status::Ok)
-    };
-    let recent = items
-        .iter()
-        .find(|i| i.name == "kernel")
-        .and_then(|i| i.detail.strip_prefix("Linux "))
-        .is_some_and(|release| kernel_at_least(release, 5, 15));
-    match (recent, ok("fentry/fexit"), ok("BPF LSM")) {
-        (true, true, _) => {
-            "fexit:do_filp_open for every open (io_uring's and denied ones too), no syscall tracepoints"
-        }
-        (true, false, true) => {
-            "lsm:file_open for opens (io_uring's too), tracepoints for denied opens"
-        }
-        _ => "tracepoints",
-    }
-}
-
-/// `major.minor` of a release string such as `6.18.44-fc-v669`.
-pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let ma = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let mi = parts.next().and_then(|p| p.parse::<u32>().ok());
-    matches!((ma, mi), (Some(a), Some(b)) if (a, b) >= (major, minor))
+    items.push(
+        Item::from_support("saved regs", false, &k.saved_registers).fix(
+            "optional: Linux >= 5.15 on x86_64; without it denied opens need enter hooks \
+             and the fexit and LSM hooks are not used",
+        ),
+    );
+    let open_hooks = k
+        .open_hooks(OpenHooks::Auto)
+        .ok()
+        .and_then(|hooks| hooks.first().copied())
+        .unwrap_or(ActiveHooks::Tracepoints);
+    Report { items, open_hooks }
 }
 
 /// Print the report; `true` when every required item is present.
-pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
+pub fn print(report: &Report, out: &mut impl Write) -> std::io::Result<bool> {
     let mut ready = true;
-    for it in items {
+    for it in &report.items {
         let status = match it.status {
             Status::Ok => "ok",
             Status::Missing if it.required => "MISSING",
@@ -292,12 +177,23 @@ pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
             writeln!(out, "{:<8} {:<13} {:<9} fix: {fix}", "", "", "")?;
         }
     }
-    let path = open_hooks(items);
     writeln!(out)?;
     if ready {
-        writeln!(out, "ready: secretmon run will use {path}")?;
+        writeln!(
+            out,
+            "ready: secretmon run will use {}",
+            report.open_hooks.summary()
+        )?;
     } else {
         writeln!(out, "not ready: fix the MISSING items above")?;
+    }
+    writeln!(
+        out,
+        "\nways to an open secret, with {}:",
+        report.open_hooks.opens()
+    )?;
+    for way in coverage::ways(report.open_hooks) {
+        writeln!(out, "{:<8} {}: {}", way.seen.as_str(), way.what, way.how)?;
     }
     Ok(ready)
 }
@@ -305,28 +201,32 @@ pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::tests::debian_6_1;
 
-    #[test]
-    fn kernel_versions() {
-        assert!(kernel_at_least("6.18.44-fc-v669", 5, 8));
-        assert!(kernel_at_least("5.8.0", 5, 8));
-        assert!(!kernel_at_least("5.4.0-150-generic", 5, 8));
-        assert!(!kernel_at_least("garbage", 5, 8));
-        assert!(kernel_at_least("10.0", 5, 8));
+    fn printed(report: &Report) -> (bool, String) {
+        let mut out = Vec::new();
+        let ready = print(report, &mut out).unwrap();
+        (ready, String::from_utf8(out).unwrap())
     }
 
     #[test]
     fn report_says_ready_only_when_required_items_are_ok() {
-        let ok = vec![
-            item("BTF", true, Status::Ok, "x"),
-            item("BPF LSM", false, Status::Missing, "y"),
-        ];
-        let mut out = Vec::new();
-        assert!(print(&ok, &mut out).unwrap());
-        let bad = vec![item("tracefs", true, Status::Missing, "not mounted").fix("mount it")];
-        let mut out = Vec::new();
-        assert!(!print(&bad, &mut out).unwrap());
-        let text = String::from_utf8(out).unwrap();
+        let ok = Report {
+            items: vec![
+                item("BTF", true, Status::Ok, "x"),
+                item("BPF LSM", false, Status::Missing, "y"),
+            ],
+            open_hooks: ActiveHooks::Tracepoints,
+        };
+        let (ready, text) = printed(&ok);
+        assert!(ready, "{text}");
+        assert!(text.contains("\nready: secretmon run will use tracepoints\n"));
+        let bad = Report {
+            items: vec![item("tracefs", true, Status::Missing, "not mounted").fix("mount it")],
+            open_hooks: ActiveHooks::Tracepoints,
+        };
+        let (ready, text) = printed(&bad);
+        assert!(!ready);
         assert!(
             text.contains("MISSING") && text.contains("fix: mount it"),
             "{text}"
@@ -334,28 +234,39 @@ mod tests {
     }
 
     #[test]
-    fn bpf_in_lsm_lists() {
-        assert!(lists_bpf("lockdown,capability,landlock,bpf\n"));
-        assert!(!lists_bpf(
-            "lockdown,capability,landlock,yama,apparmor,tomoyo"
-        ));
-        assert!(!lists_bpf("bpf_not,ebpf"));
+    fn the_report_names_the_hooks_the_loader_would_pick() {
+        let mut k = debian_6_1();
+        let (ready, text) = printed(&report(&k));
+        assert!(ready, "{text}");
+        assert!(
+            text.contains("ready: secretmon run will use fexit:do_filp_open"),
+            "{text}"
+        );
+        k.fentry = Support::No("load refused: EPERM".into());
+        let (_, text) = printed(&report(&k));
+        assert!(text.contains("will use lsm:file_open"), "{text}");
+        assert!(text.contains("absent   fentry/fexit"), "{text}");
+        k.saved_registers = Support::No("Linux < 5.15".into());
+        let (_, text) = printed(&report(&k));
+        assert!(text.contains("will use tracepoints\n"), "{text}");
     }
 
     #[test]
-    fn open_hooks_prefer_fexit_then_lsm_on_5_15_and_later() {
-        let with = |release: &str, fexit, lsm| {
-            let status = |ok| if ok { Status::Ok } else { Status::Missing };
-            open_hooks(&[
-                item("kernel", true, Status::Ok, format!("Linux {release}")),
-                item("fentry/fexit", false, status(fexit), "x"),
-                item("BPF LSM", false, status(lsm), "x"),
-            ])
-        };
-        assert!(with("6.1.0-56-cloud-amd64", true, true).starts_with("fexit:do_filp_open"));
-        assert!(with("6.1.0", false, true).starts_with("lsm:file_open"));
-        assert_eq!(with("6.18.44-fc-v669", false, false), "tracepoints");
-        // No bpf_task_pt_regs before 5.15: the trampoline hooks are not used.
-        assert_eq!(with("5.10.0-30-amd64", true, true), "tracepoints");
+    fn the_report_states_what_the_hooks_see_and_miss() {
+        let mut k = debian_6_1();
+        k.fentry = Support::No("load refused: EPERM".into());
+        k.bpf_lsm = Support::No("load refused: EPERM".into());
+        let (_, text) = printed(&report(&k));
+        assert!(
+            text.contains("ways to an open secret, with tracepoints:"),
+            "{text}"
+        );
+        assert!(text.contains("covered  open_by_handle_at: "), "{text}");
+        assert!(text.contains("covered  overlay mounts"), "{text}");
+        assert!(text.contains("partly   io_uring open: "), "{text}");
+        assert!(
+            text.contains("blind    an fd passed over a unix socket"),
+            "{text}"
+        );
     }
 }

@@ -130,7 +130,7 @@ pub struct AgentArgs {
     /// are reported). Naming one fails if it cannot load. `secretmon check`
     /// says which load here.
     #[arg(long, value_name = "HOOKS", value_enum)]
-    pub opens: Option<crate::probes::OpenHooks>,
+    pub opens: Option<crate::features::OpenHooks>,
 
     /// Size of the kernel ring buffer in bytes: a power of two, at least the
     /// page size. Larger absorbs bigger bursts; losses are reported as
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(s.agent.state_dir, PathBuf::from("/flag"));
         assert_eq!(s.agent.watch, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(s.agent.host_name.as_deref(), Some("node-7"));
-        assert_eq!(s.capture.opens, crate::probes::OpenHooks::Tracepoints);
+        assert_eq!(s.capture.opens, crate::features::OpenHooks::Tracepoints);
         assert_eq!(s.capture.ring_buffer_size, 65536);
         assert_eq!(s.log.level, LogLevel::Debug);
         assert_eq!(s.findings.interval, Duration::from_secs(5));

@@ -1,5 +1,7 @@
 //! The native JSON-lines event contract (`secretmon/v1`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -45,6 +47,8 @@ pub struct Host {
 pub enum AgentStatus {
     Started,
     Lost,
+    /// Kernel reads or map updates failed: some events may be incomplete.
+    KernelErrors,
     Stopped,
 }
 
@@ -53,6 +57,10 @@ pub struct Agent {
     pub status: AgentStatus,
     pub message: String,
     pub lost: u64,
+    /// Failed kernel reads and map updates so far, by program; absent when
+    /// there were none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernel_errors: BTreeMap<&'static str, u64>,
     /// On `stopped`: how the per-process identity cache did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_cache: Option<CacheStats>,
@@ -135,15 +143,6 @@ pub struct Access {
     /// creat), `io_uring`, or `other` (open_by_handle_at, exec, the kernel
     /// itself: seen only by the LSM and fexit hooks).
     pub via: &'static str,
-}
-
-/// The name of a kernel `VIA_*` value.
-pub fn open_via(via: u32) -> &'static str {
-    match via {
-        monitor_common::VIA_SYSCALL => "syscall",
-        monitor_common::VIA_IO_URING => "io_uring",
-        _ => "other",
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -250,6 +249,7 @@ mod tests {
                 status: AgentStatus::Started,
                 message: "probes attached".into(),
                 lost: 0,
+                kernel_errors: BTreeMap::new(),
                 identity_cache: None,
                 capture: None,
             },
@@ -261,5 +261,6 @@ mod tests {
         assert_eq!(v["host"]["name"], "web-1");
         assert_eq!(v["status"], "started");
         assert_eq!(v["lost"], 0);
+        assert!(v.get("kernel_errors").is_none(), "absent when none");
     }
 }

@@ -8,9 +8,11 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use monitor_common::{KernelOffsets, NO_OFFSET};
+use monitor_common::{KernelOffsets, NO_OFFSET, OVL_LAYOUT_UNKNOWN};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// overlayfs's own BTF when it is a module, next to vmlinux's once loaded.
+const OVERLAY_MODULE_BTF: &str = "overlay";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
@@ -35,13 +37,15 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
         path: path.display().to_string(),
         source,
     })?;
-    from_btf(&btf)
+    let overlay = Btf::from_split_file(path.with_file_name(OVERLAY_MODULE_BTF), &btf).ok();
+    from_btf(&btf, overlay.as_ref())
 }
 
-pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
+/// The offsets in `btf` (vmlinux's), with overlayfs's module BTF `overlay`
+/// when it is a loaded module.
+pub fn from_btf(btf: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, OffsetsError> {
     let field = |s, f| field_offset(btf, s, f);
     Ok(KernelOffsets {
-        valid: 1,
         task_files: field("task_struct", "files")?,
         task_real_parent: field("task_struct", "real_parent")?,
         task_tgid: field("task_struct", "tgid")?,
@@ -87,7 +91,22 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         // Internal to fs/: the fexit hook is not used without them.
         filename_name: field("filename", "name").unwrap_or(NO_OFFSET),
         open_flags_open_flag: field("open_flags", "open_flag").unwrap_or(NO_OFFSET),
+        file_private_data: field("file", "private_data")?,
+        ovl_file_realfile: ovl_file_realfile(overlay.unwrap_or(btf)),
     })
+}
+
+/// Where an overlayfs file's `private_data` leads to its layer's file, by
+/// overlayfs's types in `btf` (vmlinux's when built in, else the module's):
+/// a `struct ovl_file` holds it on newer kernels; on older ones
+/// `private_data` is that file;
+/// without overlayfs's types (a module not loaded yet) the programs tell.
+fn ovl_file_realfile(btf: &Btf) -> u32 {
+    match field_offset(btf, "ovl_file", "realfile") {
+        Ok(at) => at,
+        Err(_) if field_offset(btf, "ovl_inode", "vfs_inode").is_ok() => NO_OFFSET,
+        Err(_) => OVL_LAYOUT_UNKNOWN,
+    }
 }
 
 /// Byte offset of `field` in `struct name`, looking through anonymous
@@ -157,7 +176,6 @@ mod tests {
             return;
         }
         let off = from_btf_file(path).expect("BTF parses and has every field");
-        assert_eq!(off.valid, 1);
         // `max_fds` is the first field of `struct fdtable` on every kernel.
         assert_eq!(off.fdtable_max_fds, 0);
         assert!(off.fdtable_fd >= 4 && off.fdtable_fd <= 16);
@@ -172,6 +190,14 @@ mod tests {
             off.dentry_name_ptr,
             off.dentry_name_len + 4,
             "qstr: hash, len, name"
+        );
+        assert_ne!(off.file_private_data, off.file_f_inode);
+        // The kernel's programs assume `realfile` first when the layout is
+        // unknown: true wherever the struct is known.
+        assert!(
+            [0, NO_OFFSET, OVL_LAYOUT_UNKNOWN].contains(&off.ovl_file_realfile),
+            "{}",
+            off.ovl_file_realfile
         );
     }
 

@@ -15,7 +15,11 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use lru::LruCache;
-use monitor_common::{COMPONENT_LEN, EventHeader, FileKey, PATH_COMPONENTS};
+use monitor_common::{
+    COMPONENT_LEN, EventHeader, FileKey, PATH_COMPONENTS,
+    abi::{AT_FDCWD, io_uring_op_name},
+    user::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
+};
 
 use crate::{
     event::{
@@ -32,7 +36,6 @@ use crate::{
         ExposureKind, Observation, OpenMode, Seen,
         facts::{file_exists, secret_facts},
     },
-    probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
@@ -242,9 +245,13 @@ impl Pipeline {
     /// Handle one ring-buffer record.
     pub fn handle(&mut self, record: &[u8]) -> io::Result<()> {
         self.stats.records += 1;
-        let Some(ev) = crate::probes::decode(record) else {
-            self.stats.malformed += 1;
-            return Ok(());
+        let ev = match KernelEvent::decode(record) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!("skipped a kernel record: {e}");
+                self.stats.malformed += 1;
+                return Ok(());
+            }
         };
         match ev {
             KernelEvent::Exec(exec) => self.exec(exec),
@@ -268,7 +275,7 @@ impl Pipeline {
                 if open.header.pid == self.own.pid {
                     return Ok(());
                 }
-                let via = event::open_via(open.via);
+                let via = open.via.as_str();
                 self.secret_read(&open.header, id, open.flags, "ok".into(), via)
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
@@ -278,11 +285,7 @@ impl Pipeline {
                 let body = IoUringOpen {
                     process,
                     identity,
-                    opcode: if opcode == 28 {
-                        "IORING_OP_OPENAT2"
-                    } else {
-                        "IORING_OP_OPENAT"
-                    },
+                    opcode: io_uring_op_name(opcode),
                     message: "opens files through io_uring, which the syscall tracepoints do not see: its secret reads may be missing",
                 };
                 self.emit("io_uring_open", header.boot_ns, &body)
@@ -395,7 +398,13 @@ impl Pipeline {
             return Ok(());
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            return self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via);
+            return self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via.as_str(),
+            );
         }
         // A cut path is made whole where the directory listing can.
         let path = if found.truncated {
@@ -433,7 +442,7 @@ impl Pipeline {
                             slot,
                             found.flags,
                             "ok".into(),
-                            found.via,
+                            found.via.as_str(),
                         );
                     }
                 }
@@ -481,7 +490,7 @@ impl Pipeline {
                 flags: event::open_flags(found.flags),
                 result: "ok".into(),
                 count: 1,
-                via: found.via,
+                via: found.via.as_str(),
             },
         };
         self.emit("secret_read", found.header.boot_ns, &body)
@@ -709,15 +718,13 @@ fn errno_name(errno: i32) -> String {
     format!("{:?}", nix::errno::Errno::from_raw(errno))
 }
 
-const AT_FDCWD: i32 = -100;
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use monitor_common::{
-        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
-        NameRuleOpenEvent, OpenEvent,
+        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event, EventHeader, EventKind, ExecData, ExecEvent,
+        FILENAME_LEN, NameRuleOpenData, NameRuleOpenEvent, OpenData, OpenEvent,
     };
 
     use super::*;
@@ -805,30 +812,34 @@ mod tests {
     }
 
     fn exec_of(pid: u32, filename: &[u8]) -> ExecEvent {
-        let mut exec = ExecEvent {
+        let mut exec = Event {
             header: header(EventKind::Exec, pid),
-            old_pid: pid,
-            filename_len: filename.len() as u32,
-            filename: [0; FILENAME_LEN],
-            args_len: 0,
-            args_truncated: 0,
-            args: [0; ARGS_LEN],
-            env_count: 0,
-            env_truncated: 0,
-            env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
+            data: ExecData {
+                old_pid: pid,
+                filename_len: filename.len() as u32,
+                filename: [0; FILENAME_LEN],
+                args_len: 0,
+                args_truncated: 0,
+                args: [0; ARGS_LEN],
+                env_count: 0,
+                env_truncated: 0,
+                env_names: [[0; ENV_NAME_LEN]; ENV_NAMES_MAX],
+            },
         };
-        exec.filename[..filename.len()].copy_from_slice(filename);
+        exec.data.filename[..filename.len()].copy_from_slice(filename);
         exec
     }
 
     fn open_of(pid: u32, key: FileKey, flags: i32) -> OpenEvent {
-        OpenEvent {
+        Event {
             header: header(EventKind::Open, pid),
-            key,
-            flags: flags as u32,
-            ret: 3,
-            via: monitor_common::VIA_SYSCALL,
-            _pad: 0,
+            data: OpenData {
+                key,
+                flags: flags as u32,
+                ret: 3,
+                via: monitor_common::VIA_SYSCALL,
+                _pad: 0,
+            },
         }
     }
 
@@ -855,10 +866,12 @@ mod tests {
         let (shell, child) = (PID, PID + 1);
         p.handle(&bytes_of(&exec_of(shell, b"/usr/bin/bash")))
             .unwrap();
-        let fork = monitor_common::ForkEvent {
+        let fork = Event {
             header: header(EventKind::Fork, shell),
-            child_pid: child,
-            _pad: 0,
+            data: monitor_common::ForkData {
+                child_pid: child,
+                _pad: 0,
+            },
         };
         p.handle(&bytes_of(&fork)).unwrap();
         p.events_lost(1_500);
@@ -894,8 +907,8 @@ mod tests {
         // An exec handled after the loss names its own image, whenever it
         // was stamped: its secrets in the environment are its own.
         let mut exec = exec_of(PID + 2, b"/usr/bin/env");
-        exec.env_count = 1;
-        exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
+        exec.data.env_count = 1;
+        exec.data.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
         p.handle(&bytes_of(&exec)).unwrap();
         p.sink.flush().unwrap();
         let env = events(&out)
@@ -1024,20 +1037,22 @@ mod tests {
     }
 
     fn name_rule_open(pid: u32, key: FileKey, inner_first: &[&str]) -> NameRuleOpenEvent {
-        let mut ev = NameRuleOpenEvent {
+        let mut ev = Event {
             header: header(EventKind::NameRuleOpen, pid),
-            key,
-            flags: 0,
-            ret: 3,
-            rule: 0,
-            via: monitor_common::VIA_SYSCALL,
-            path: monitor_common::WalkedPath {
-                depth: inner_first.len() as u32,
-                truncated: 1,
-                components: [[0; COMPONENT_LEN]; PATH_COMPONENTS],
+            data: NameRuleOpenData {
+                key,
+                flags: 0,
+                ret: 3,
+                rule: 0,
+                via: monitor_common::VIA_SYSCALL,
+                path: monitor_common::WalkedPath {
+                    depth: inner_first.len() as u32,
+                    truncated: 1,
+                    components: [[0; COMPONENT_LEN]; PATH_COMPONENTS],
+                },
             },
         };
-        for (slot, name) in ev.path.components.iter_mut().zip(inner_first) {
+        for (slot, name) in ev.data.path.components.iter_mut().zip(inner_first) {
             slot[..name.len()].copy_from_slice(name.as_bytes());
         }
         ev
@@ -1116,11 +1131,11 @@ mod tests {
         // A pid that cannot exist, so /proc cannot help: only the exec event.
         let pid = u32::MAX - 1;
         let mut exec = exec_of(pid, b"/usr/bin/cat");
-        exec.env_count = 1;
+        exec.data.env_count = 1;
         let argv = b"cat\0--token=not-a-real-token-0000\0";
-        exec.args[..argv.len()].copy_from_slice(argv);
-        exec.args_len = argv.len() as u32;
-        exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
+        exec.data.args[..argv.len()].copy_from_slice(argv);
+        exec.data.args_len = argv.len() as u32;
+        exec.data.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
         p.handle(&bytes_of(&exec)).unwrap();
         let open = open_of(pid, key, 0);
         p.handle(&bytes_of(&open)).unwrap();

@@ -17,9 +17,7 @@ use std::{
 };
 
 use lru::LruCache;
-use monitor_common::{EventHeader, UNSET_LOGINUID};
-
-use crate::probes::comm_str;
+use monitor_common::{EventHeader, UNSET_LOGINUID, user::comm_str};
 
 /// What the table keeps per process.
 #[derive(Debug, Clone, PartialEq, Eq)]

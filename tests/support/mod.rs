@@ -173,7 +173,18 @@ impl Agent {
             .take()
             .map(|h| h.join().unwrap())
             .unwrap_or_default();
-        (status.code(), self.seen, stderr)
+        (status.code(), std::mem::take(&mut self.seen), stderr)
+    }
+}
+
+/// An agent a failed test leaves behind is killed, so that it holds no
+/// probes (and no inherited lock) after the test.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -81,8 +81,10 @@ enum Cmd {
     },
     /// Set up, then check formatting and run clippy with warnings denied.
     ///
-    /// Runs `cargo fmt --all -- --check` and
-    /// `cargo clippy --workspace --all-targets -- -D warnings`.
+    /// Runs `cargo fmt --all -- --check`,
+    /// `cargo clippy --workspace --all-targets -- -D warnings`, and clippy
+    /// on the kernel programs as they are built: for the BPF target
+    /// (`--package monitor-ebpf --target bpfel-unknown-none`).
     Lint,
     /// Set up, build the release agent, then measure its cost and
     /// throughput against baselines taken in the same run (needs root).
@@ -243,11 +245,43 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]));
-    match (fmt, clippy) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e.context("lint failed")),
-        (Err(fmt), Err(clippy)) => Err(fmt.context(format!("lint failed; also {clippy:#}"))),
+    let bpf_clippy = cargo::run(&mut bpf_clippy()?);
+    let failures: Vec<String> = [fmt, clippy, bpf_clippy]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("lint failed: {}", failures.join("; also "))
     }
+}
+
+/// clippy on the kernel programs, built as monitor/build.rs builds them
+/// (aya-build): for the BPF target, with core from source and the BPF
+/// target architecture the programs' register access is compiled for. A
+/// target directory of its own, so it does not invalidate the host build.
+fn bpf_clippy() -> Result<std::process::Command> {
+    let mut cmd = cargo::cargo()?;
+    cmd.args([
+        "clippy",
+        "--package",
+        "monitor-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(cargo::target_dir().join("bpf-clippy"))
+    .args(["--", "-D", "warnings"])
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    );
+    Ok(cmd)
 }
 
 fn secs(d: Duration) -> String {

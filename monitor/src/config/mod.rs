@@ -78,7 +78,7 @@ impl Default for AgentSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureSettings {
     /// Which kernel hooks see opens.
-    pub opens: crate::probes::OpenHooks,
+    pub opens: crate::features::OpenHooks,
     /// Bytes of the kernel ring buffer: a power of two, at least a page.
     #[serde(deserialize_with = "ring_buffer_size")]
     pub ring_buffer_size: u32,
@@ -94,7 +94,7 @@ pub struct CaptureSettings {
 impl Default for CaptureSettings {
     fn default() -> Self {
         Self {
-            opens: crate::probes::OpenHooks::Auto,
+            opens: crate::features::OpenHooks::Auto,
             ring_buffer_size: DEFAULT_RING_BUFFER,
             env_names: Vec::new(),
             name_rules: Vec::new(),
@@ -228,7 +228,7 @@ policy = "/etc/p.toml"
         .unwrap();
         assert_eq!(c.agent.host_name.as_deref(), Some("web-1"));
         assert_eq!(c.agent.watch, [PathBuf::from("/srv/app/.env")]);
-        assert_eq!(c.capture.opens, crate::probes::OpenHooks::Tracepoints);
+        assert_eq!(c.capture.opens, crate::features::OpenHooks::Tracepoints);
         assert_eq!(c.capture.ring_buffer_size, 65536);
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.identity.kubelet_root, PathBuf::from("/srv/kubelet"));

@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(reparsed.agent.state_dir, PathBuf::from("/srv/sm"));
         assert_eq!(
             reparsed.capture.opens,
-            crate::probes::OpenHooks::Tracepoints
+            crate::features::OpenHooks::Tracepoints
         );
     }
 }

@@ -1,0 +1,101 @@
+//! Sending events: the header every event starts with, the one function
+//! that reserves, fills and submits a record, and the per-CPU counters of
+//! what could not be sent or read.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+};
+use monitor_common::{Data, Event, EventHeader, UNSET_LOGINUID, names::Program};
+
+use crate::{
+    kernel::{self, Task},
+    maps::{ERRORS, EVENTS, LOST},
+};
+
+/// Send one event of `T`: reserve it in the ring buffer, fill its header
+/// from `current`, let `fill` write the data in place, submit. A full ring
+/// buffer counts the event as lost. When `fill` fails the event is sent
+/// with what it has, and the error returned for the program to count.
+#[inline(always)]
+pub fn emit<T: Data + 'static>(
+    fill: impl FnOnce(*mut T) -> kernel::Result<()>,
+) -> kernel::Result<()> {
+    let Some(mut entry) = EVENTS.reserve::<Event<T>>(0) else {
+        count(&LOST, 0);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points into the live reservation, sized for `Event<T>`.
+    let filled = unsafe {
+        fill_header(&raw mut (*ev).header, T::KIND as u32);
+        fill(&raw mut (*ev).data)
+    };
+    entry.submit(0);
+    filled
+}
+
+/// A program's result: an error is counted for the agent to report.
+#[inline(always)]
+pub fn run(program: Program, result: kernel::Result<()>) {
+    if result.is_err() {
+        count(&ERRORS, program as u32);
+    }
+}
+
+#[inline(always)]
+fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
+    if let Some(n) = counters.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot: no other writer can race us.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Fill the common header from `current`, in place in the reservation.
+///
+/// # Safety
+/// `h` points into a live reservation.
+unsafe fn fill_header(h: *mut EventHeader, kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // A failed read leaves the field at its "unknown" value.
+    let facts = task_facts(Task::current()).unwrap_or(TaskFacts {
+        ppid: 0,
+        loginuid: UNSET_LOGINUID,
+        tty: 0,
+        start_ns: 0,
+    });
+    // SAFETY: plain helper calls; `h` is valid by the caller's contract.
+    unsafe {
+        (*h).kind = kind;
+        (*h).pid = (pid_tgid >> 32) as u32;
+        (*h).tid = pid_tgid as u32;
+        (*h).ppid = facts.ppid;
+        (*h).uid = uid_gid as u32;
+        (*h).gid = (uid_gid >> 32) as u32;
+        (*h).loginuid = facts.loginuid;
+        (*h).tty = facts.tty;
+        (*h).boot_ns = bpf_ktime_get_boot_ns();
+        (*h).start_ns = facts.start_ns;
+        (*h).cgroup_id = bpf_get_current_cgroup_id();
+        (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+}
+
+struct TaskFacts {
+    ppid: u32,
+    loginuid: u32,
+    tty: u32,
+    start_ns: u64,
+}
+
+/// What identity needs from `task`, read here because the process may be
+/// gone by the time userspace could look in /proc.
+fn task_facts(task: Task) -> kernel::Result<TaskFacts> {
+    Ok(TaskFacts {
+        ppid: task.real_parent()?.tgid()?,
+        loginuid: task.loginuid()?,
+        tty: u32::from(task.has_tty()?),
+        start_ns: task.group_leader()?.start_boottime()?,
+    })
+}

@@ -1,0 +1,173 @@
+//! The environment of a new image, scanned in the kernel: only the names
+//! of watched variables are reported, never a value.
+
+use monitor_common::{ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, ExecData};
+
+use crate::{
+    kernel::{self, ReadError},
+    maps::{ENV_SCRATCH, WATCHED_ENV, WATCHED_ENV_SUFFIX},
+};
+
+/// Bytes of one environment entry read at a time; an entry longer than this
+/// ends the scan (flagged as truncated).
+const ENV_ENTRY_MAX: usize = 4096;
+/// Environment entries scanned per exec, at most.
+const ENV_ENTRIES_MAX: u32 = 96;
+/// The scratch name is longer than a name, so that masked indexing past its
+/// end reads zeros.
+const NAME_SCRATCH_LEN: usize = 64;
+
+/// Per-CPU working memory of the scan: too big for the stack.
+#[repr(C)]
+pub struct EnvScratch {
+    entry: [u8; ENV_ENTRY_MAX],
+    /// The name, NUL-padded.
+    name: [u8; NAME_SCRATCH_LEN],
+    suffix: [u8; ENV_SUFFIX_LEN],
+    state: NameScan,
+    pos: u64,
+}
+
+/// Walk the environment entry by entry: the helper finds each entry's end,
+/// and only the name (up to `=`) is looked at and, if watched, reported.
+///
+/// The per-byte work is branch-free arithmetic: every branch on unknown
+/// data leaves the verifier a path to explore later, and a byte loop over
+/// many entries would exceed its limit on pending paths.
+///
+/// # Safety
+/// `ev` points into a live reservation.
+pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Result<()> {
+    let scratch = ENV_SCRATCH.get_ptr_mut(0).ok_or(ReadError)?;
+    let mut pos = start;
+    for _ in 0..ENV_ENTRIES_MAX {
+        if pos >= end {
+            return Ok(());
+        }
+        // SAFETY: `entry` has room for `ENV_ENTRY_MAX` bytes. A failed read
+        // (or an empty entry) ends the environment.
+        let Ok(n) = (unsafe {
+            kernel::user_str_raw((*scratch).entry.as_mut_ptr(), ENV_ENTRY_MAX as u32, pos)
+        }) else {
+            return Ok(());
+        };
+        let (name_len, has_eq, last_us, prev_us) = unsafe { copy_name(scratch) };
+        if has_eq != 0 && name_len > 0 {
+            let watched =
+                unsafe { WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>()) }
+                    .is_some()
+                    || unsafe { suffix_watched(scratch, last_us) }
+                    || unsafe { suffix_watched(scratch, prev_us) };
+            if watched {
+                let count = unsafe { (*ev).env_count } as usize;
+                if count >= ENV_NAMES_MAX {
+                    unsafe { (*ev).env_truncated = 1 };
+                    return Ok(());
+                }
+                unsafe {
+                    let name = &*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>();
+                    (*ev).env_names[count & (ENV_NAMES_MAX - 1)] = *name;
+                    (*ev).env_count = count as u32 + 1;
+                }
+            }
+        }
+        if n >= ENV_ENTRY_MAX {
+            // An entry longer than the scratch: its end is unknown.
+            unsafe { (*ev).env_truncated = 1 };
+            return Ok(());
+        }
+        // Laundered through memory like the name scan's state (see there).
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).pos, pos + n as u64);
+            pos = core::ptr::read_volatile(&raw const (*scratch).pos);
+        }
+    }
+    if pos < end {
+        unsafe { (*ev).env_truncated = 1 };
+    }
+    Ok(())
+}
+
+/// 1 when `a == b`, else 0, without a branch.
+#[inline(always)]
+fn eq(a: u64, b: u64) -> u64 {
+    (a ^ b).wrapping_sub(1) >> 63
+}
+
+/// Name-scan state carried from byte to byte.
+#[derive(Clone, Copy)]
+pub struct NameScan {
+    name_len: u64,
+    found: u64,
+    has_eq: u64,
+    last_us: u64,
+    prev_us: u64,
+}
+
+/// Copy the entry's name into `scratch.name`, NUL-padded to the end of the
+/// buffer. Returns (name length, 1 if a `=` ended it, position of the last
+/// `_`, of the one before it), positions being `ENV_NAME_LEN` for none.
+///
+/// Four bytes per loop turn, written out: the verifier keeps a state per
+/// turn and compares each new one against all kept, so fewer turns verify
+/// far faster; more bytes per turn would make the compiler spill more than
+/// the stack of kernels before 6.13 holds.
+unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
+    let max = ENV_NAME_LEN as u64;
+    let mut st = NameScan {
+        name_len: max,
+        found: 0,
+        has_eq: 0,
+        last_us: max,
+        prev_us: max,
+    };
+    for w in 0..ENV_NAME_LEN / 4 {
+        let base = w * 4;
+        for k in [0, 1, 2, 3] {
+            unsafe { name_step(scratch, &mut st, base + k) };
+        }
+        // Launder the state through memory: the verifier forgets the value
+        // ranges it derived, so the states of successive turns compare equal
+        // and are pruned instead of piling up.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).state, st);
+            st = core::ptr::read_volatile(&raw const (*scratch).state);
+        }
+    }
+    (st.name_len, st.has_eq, st.last_us, st.prev_us)
+}
+
+#[inline(always)]
+unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
+    // Volatile, like the write below: steps stay in order, so the compiler
+    // does not compute many bytes' values at once and spill them (kernels
+    // before 6.13 allow 512 bytes of stack in all).
+    let b = u64::from(unsafe { core::ptr::read_volatile(&raw const (*scratch).entry[j]) });
+    let is_eq = eq(b, u64::from(b'='));
+    let ends = (is_eq | eq(b, 0)) & (1 - st.found);
+    // name_len >= j until found, so this never wraps.
+    st.name_len -= ends * (st.name_len - j as u64);
+    st.has_eq |= ends & is_eq;
+    st.found |= ends;
+    let in_name = 1 - st.found;
+    let us = eq(b, u64::from(b'_')) & in_name;
+    st.prev_us = st
+        .prev_us
+        .wrapping_add(us.wrapping_mul(st.last_us.wrapping_sub(st.prev_us)));
+    st.last_us = st
+        .last_us
+        .wrapping_add(us.wrapping_mul((j as u64).wrapping_sub(st.last_us)));
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).name[j], (b * in_name) as u8) };
+}
+
+/// Is the name from `from` on a watched suffix? `from` is a `_` position,
+/// or `ENV_NAME_LEN` for none, which reads only padding and matches nothing.
+/// Inlined: a call from `exec_args` would stack its frame on that one's.
+#[inline(always)]
+unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
+    for t in 0..ENV_SUFFIX_LEN {
+        let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
+        unsafe { (*scratch).suffix[t] = (*scratch).name[i] };
+    }
+    unsafe { WATCHED_ENV_SUFFIX.get(&(*scratch).suffix) }.is_some()
+}
