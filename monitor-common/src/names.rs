@@ -143,4 +143,7 @@ pub mod maps {
     pub const OFFSETS: &str = "OFFSETS";
     pub const NAME_FILTER: &str = "NAME_FILTER";
     pub const IO_URING: &str = "IO_URING";
+    /// Read-only global: pending bytes in [`EVENTS`] at each multiple of
+    /// which the reader is woken (`u64`).
+    pub const WAKE_UP_BYTES: &str = "WAKE_UP_BYTES";
 }

@@ -49,6 +49,12 @@ pub static IO_URING: ReadOnly<IoUringLayout> = ReadOnly::new(IoUringLayout {
     opcode_offset: u32::MAX,
 });
 
+/// Pending bytes in `EVENTS` at each multiple of which the reader is
+/// woken; the agent sets an eighth of the ring. The placeholder wakes on
+/// every 64 KiB.
+#[unsafe(no_mangle)]
+pub static WAKE_UP_BYTES: ReadOnly<u64> = ReadOnly::new(64 * 1024);
+
 /// `CAPTURE_LSM_OPENS` once the agent has attached the `file_open` LSM hook:
 /// a map, not a global, so that the agent switches both sides at once after
 /// loading.

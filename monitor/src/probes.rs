@@ -113,11 +113,11 @@ pub struct Probes {
 
 impl Probes {
     /// Load the object for this kernel and attach its programs, with the
-    /// open hooks `wanted` asks for. `ring_bytes` overrides the ring buffer
-    /// size (a power of two multiple of the page size).
+    /// open hooks `wanted` asks for. `ring_bytes` is the ring buffer's size
+    /// (a power of two multiple of the page size).
     pub fn attach(
         kernel: &KernelFeatures,
-        ring_bytes: Option<u32>,
+        ring_bytes: u32,
         name_rules: &CompiledRules,
         wanted: OpenHooks,
     ) -> Result<Self, ProbeError> {
@@ -145,9 +145,11 @@ impl Probes {
         loader.override_global(maps::OFFSETS, offsets, true);
         loader.override_global(maps::NAME_FILTER, &name_rules.filter, true);
         loader.override_global(maps::IO_URING, &layout, true);
-        if let Some(bytes) = ring_bytes {
-            loader.map_max_entries(maps::EVENTS, bytes);
-        }
+        // Woken at each eighth of the ring, the reader has 7/8 of it left
+        // for what arrives while it wakes up; it polls on a timer besides.
+        let wake_up_bytes = u64::from(ring_bytes / 8);
+        loader.override_global(maps::WAKE_UP_BYTES, &wake_up_bytes, true);
+        loader.map_max_entries(maps::EVENTS, ring_bytes);
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
         let from_registers = kernel.saved_registers.is_yes();
