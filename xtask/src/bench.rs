@@ -177,8 +177,7 @@ fn run_rounds(setup: &Setup, unwatched: &Path) -> Result<Timings> {
             for workload in TIMED {
                 let daemon_before = daemon.and_then(configs::cpu_ns);
                 let sample = job(workload, unwatched).run()?;
-                if let Some((after, before)) = daemon.and_then(configs::cpu_ns).zip(daemon_before)
-                {
+                if let Some((after, before)) = daemon.and_then(configs::cpu_ns).zip(daemon_before) {
                     let per_op = (after - before) as f64 / sample.ops as f64;
                     timings
                         .daemon

@@ -163,9 +163,11 @@ fn cpu_time() -> Result<Duration> {
         return Err(std::io::Error::last_os_error()).context("getrusage");
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-        + tv(usage.ru_utime)
-        + tv(usage.ru_stime))
+    Ok(
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+            + tv(usage.ru_utime)
+            + tv(usage.ru_stime),
+    )
 }
 
 fn open_close(path: &CString) -> Result<()> {
