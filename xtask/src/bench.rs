@@ -131,18 +131,29 @@ impl Lock {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {path}"))?;
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        let mut said = false;
         // SAFETY: flock(2) on an fd we own.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            if !said {
-                eprintln!("bench: waiting for {path} (another helper measures or tests)");
-                said = true;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Self { _file: file });
+        }
+        eprintln!("bench: waiting for {path} (another helper measures or tests)");
+        // A blocking wait, in the kernel's queue with the other waiters
+        // (`flock -o ...`): a poller loses the lock to them at every release.
+        // The thread is left blocked if the wait times out; the bench exits.
+        let fd = file.as_raw_fd();
+        let (done, wait) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            // SAFETY: flock(2) on the fd `file` keeps open until we return.
+            let locked = match unsafe { libc::flock(fd, libc::LOCK_EX) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            let _ = done.send(locked);
+        });
+        match wait.recv_timeout(Duration::from_secs(1800)) {
+            Ok(locked) => locked.with_context(|| format!("locking {path}"))?,
+            Err(_) => {
+                bail!("{path} stayed locked for 30 min (is this run inside `flock {path}`?)")
             }
-            if Instant::now() > deadline {
-                bail!("{path} stayed locked for 30 min (is this run inside `flock {path}`?)");
-            }
-            thread::sleep(Duration::from_millis(500));
         }
         Ok(Self { _file: file })
     }
