@@ -41,8 +41,6 @@ use self::{
 };
 use crate::cargo;
 
-/// Rounds of every configuration; odd, so the median is a round.
-const ROUNDS: usize = 7;
 /// The timed workloads of the rounds.
 const TIMED: [Workload; 3] = [Workload::Open, Workload::Getppid, Workload::Spawn];
 /// Passes of the per-program phase, alternating the hook and the agent.
@@ -54,7 +52,6 @@ const READ_SECONDS: f64 = 3.0;
 const STATS_READ_SECONDS: f64 = 1.0;
 
 const DIR: &str = "/tmp/secretmon-bench";
-const PROBES_LOCK: &str = "/tmp/secretmon-probes.lock";
 const BENCH_LOCK: &str = "/tmp/secretmon-bench.lock";
 
 /// Operations and batches per worker: a worker takes 0.1-0.3 s bare.
@@ -75,7 +72,11 @@ fn job<'a>(workload: Workload, unwatched: &'a Path) -> Job<'a> {
     }
 }
 
-pub fn bench() -> Result<()> {
+/// `rounds`: rounds of every configuration; odd, so the median is a round.
+pub fn bench(rounds: usize) -> Result<()> {
+    if rounds % 2 == 0 {
+        bail!("--rounds must be odd, so that the median is a round");
+    }
     if !cargo::is_root() {
         bail!("the benchmark loads BPF programs and audit rules: run it as root");
     }
@@ -91,29 +92,37 @@ pub fn bench() -> Result<()> {
         dir,
     };
 
-    // Other helpers' agents would hook our loops: hold both locks.
-    let _probes = Lock::take(PROBES_LOCK)?;
+    // Not the probe lock: tests wait behind it, and a bench is long. Others'
+    // tracing programs are counted at each round instead (see `render`).
     let _bench = Lock::take(BENCH_LOCK)?;
     let start = Instant::now();
     let cpu_before = CpuTimes::read()?;
+    let load_before = load_average();
     let audit = Audit::prepare()?;
 
-    let measured = measure(&setup, &unwatched);
+    let measured = measure(&setup, &unwatched, rounds);
     let finished = audit.finish();
     let (timings, costs, reads) = measured?;
     finished?;
     let cpu = CpuTimes::read()?.since(&cpu_before);
 
-    println!("{}", header(start.elapsed(), &cpu));
+    println!(
+        "{}",
+        header(start.elapsed(), &cpu, [load_before, load_average()])
+    );
     println!("{}", timings.render());
     println!("{}", render_costs(&costs));
     println!("{}", render_reads(&reads));
     Ok(())
 }
 
-fn measure(setup: &Setup, unwatched: &Path) -> Result<(Timings, Costs, Vec<ReadRun>)> {
+fn measure(
+    setup: &Setup,
+    unwatched: &Path,
+    rounds: usize,
+) -> Result<(Timings, Costs, Vec<ReadRun>)> {
     Ok((
-        run_rounds(setup, unwatched)?,
+        run_rounds(setup, unwatched, rounds)?,
         run_program_costs(setup, unwatched)?,
         run_reads(setup)?,
     ))
@@ -169,17 +178,17 @@ struct Timings {
     foreign: Vec<usize>,
 }
 
-fn run_rounds(setup: &Setup, unwatched: &Path) -> Result<Timings> {
+fn run_rounds(setup: &Setup, unwatched: &Path, rounds: usize) -> Result<Timings> {
     let mut timings = Timings {
         samples: BTreeMap::new(),
         daemon: BTreeMap::new(),
         foreign: Vec::new(),
     };
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // None of ours is loaded between configurations.
         let foreign = stats::programs()?.iter().filter(|p| p.traces()).count();
         timings.foreign.push(foreign);
-        let mut line = format!("bench: round {}/{ROUNDS}:", round + 1);
+        let mut line = format!("bench: round {}/{rounds}:", round + 1);
         for i in 0..CONFIGS.len() {
             let config = CONFIGS[(i + round) % CONFIGS.len()];
             let active = Active::start(config, setup)?;
@@ -228,8 +237,9 @@ impl Timings {
         if disturbed > 0 {
             out.push_str(&format!(
                 "**Other processes had tracing programs loaded at the start of {disturbed} \
-                 of {ROUNDS} rounds (up to {}): their cost is in every configuration's \
+                 of {} rounds (up to {}): their cost is in every configuration's \
                  figures.**\n\n",
+                self.foreign.len(),
                 self.foreign.iter().max().unwrap_or(&0)
             ));
         }
@@ -241,8 +251,9 @@ impl Timings {
             let scaled = |v: &[f64]| v.iter().map(|x| x * scale).collect::<Vec<_>>();
             let bare = self.cpu(workload, Config::Bare);
             out.push_str(&format!(
-                "### {} (CPU {unit}/op, median of {ROUNDS} rounds, range)\n\n",
-                workload.label()
+                "### {} (CPU {unit}/op, median of {} rounds, range)\n\n",
+                workload.label(),
+                self.foreign.len()
             ));
             let mut table = Table::new(&[
                 "configuration",
@@ -568,7 +579,13 @@ impl CpuTimes {
     }
 }
 
-fn header(elapsed: Duration, cpu: &CpuTimes) -> String {
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn header(elapsed: Duration, cpu: &CpuTimes, load: [Option<f64>; 2]) -> String {
     let kernel = cargo::output(Command::new("uname").arg("-r")).unwrap_or_default();
     let commit = cargo::output(
         Command::new("git")
@@ -578,15 +595,19 @@ fn header(elapsed: Duration, cpu: &CpuTimes) -> String {
     .unwrap_or_default();
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let share = |x: u64| x as f64 * 100.0 / cpu.total.max(1) as f64;
+    let show = |l: Option<f64>| l.map_or("unknown".to_string(), |l| format!("{l:.1}"));
     format!(
         "## cargo xtask bench: tree {}, kernel {}, {cpus} CPUs\n\n\
          Measured in {:.0} s. The machine's CPUs were {:.0} % busy over the run \
-         (this bench's own loops included), steal {:.1} %.\n",
+         (this bench's own loops included), steal {:.1} %; 1-minute load average \
+         {} at the start, {} at the end.\n",
         commit.trim(),
         kernel.trim(),
         elapsed.as_secs_f64(),
         share(cpu.busy),
         share(cpu.steal),
+        show(load[0]),
+        show(load[1]),
     )
 }
 

@@ -95,12 +95,15 @@ enum Cmd {
     /// call from the kernel's statistics; and watched reads by several
     /// processes against what the agent counts. Prints Markdown tables
     /// (about 3 minutes), then times the open hooks in the second kernel
-    /// (about 2 minutes more). Takes /tmp/secretmon-bench.lock and
-    /// /tmp/secretmon-probes.lock while measuring. See BENCHMARKS.md.
+    /// (about 2 minutes more). Takes /tmp/secretmon-bench.lock (not the
+    /// probe lock) while measuring. See BENCHMARKS.md.
     Bench {
         /// Skip the open hooks' comparison in the second kernel (qemu).
         #[arg(long)]
         skip_vm: bool,
+        /// Rounds of every configuration (odd); fewer for a quick look.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
     /// One timed loop of `bench`, run in a process of its own.
     #[command(hide = true)]
@@ -130,10 +133,10 @@ fn try_main() -> Result<()> {
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
-        Cmd::Bench { skip_vm } => {
+        Cmd::Bench { skip_vm, rounds } => {
             let kernel = toolchain::setup(Scope::Bench)?;
             build(true)?;
-            bench::bench()?;
+            bench::bench(rounds)?;
             if skip_vm {
                 return Ok(());
             }
