@@ -1,0 +1,199 @@
+//! The per-program table (`programs.toml`): what the generic rules cannot
+//! know about particular programs' options and positional arguments.
+
+use std::{collections::HashMap, sync::LazyLock};
+
+use serde::Deserialize;
+
+const TABLE: &str = include_str!("programs.toml");
+
+/// What an option's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    Secret,
+    Attached,
+    Switch,
+    Plain,
+    UserSecret,
+    OpensslPass,
+    Assignment,
+    Cookie,
+    SlashPassword,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionRule {
+    pub name: String,
+    pub value: Value,
+    #[serde(default = "colon")]
+    pub separator: char,
+    pub after: Option<String>,
+}
+
+fn colon() -> char {
+    ':'
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionalRule {
+    pub after: Option<String>,
+    #[serde(default)]
+    pub skip: usize,
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub rest: bool,
+    #[serde(default)]
+    pub last: bool,
+    pub when: Option<char>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default = "secret")]
+    pub value: Value,
+}
+
+fn secret() -> Value {
+    Value::Secret
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Program {
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<OptionRule>,
+    #[serde(default)]
+    pub positionals: Vec<PositionalRule>,
+    #[serde(default)]
+    pub name_value: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    program: Vec<Program>,
+}
+
+struct Index {
+    programs: Vec<Program>,
+    by_name: HashMap<String, usize>,
+}
+
+static INDEX: LazyLock<Index> = LazyLock::new(|| {
+    // The table is part of the binary and checked by a unit test: a broken
+    // one is a build defect, and no rules is the safe reading of it (the
+    // generic rules still apply).
+    let programs = toml::from_str::<Table>(TABLE)
+        .map(|t| t.program)
+        .unwrap_or_default();
+    let by_name = programs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.names.iter().map(move |n| (n.clone(), i)))
+        .collect();
+    Index { programs, by_name }
+});
+
+/// The rules for the program `word` names (`/usr/bin/mysql`, `mysql`).
+pub fn lookup(word: &str) -> Option<&'static Program> {
+    let base = word.rsplit('/').next().unwrap_or(word);
+    let index = &*INDEX;
+    index.by_name.get(base).map(|&i| &index.programs[i])
+}
+
+impl OptionRule {
+    /// Whether this option's subcommand condition holds, given the
+    /// positional words seen so far.
+    pub fn applies(&self, positionals: &[String]) -> bool {
+        self.after
+            .as_ref()
+            .is_none_or(|w| positionals.iter().any(|p| p.eq_ignore_ascii_case(w)))
+    }
+}
+
+impl Program {
+    /// The option `word` is, and the byte where its attached value starts
+    /// (`-pV` → 2, `--password=V` → 11), if any.
+    pub fn option(
+        &self,
+        word: &str,
+        positionals: &[String],
+    ) -> Option<(&OptionRule, Option<usize>)> {
+        self.options
+            .iter()
+            .filter(|o| o.applies(positionals))
+            .find_map(|o| {
+                let name = o.name.as_str();
+                if word == name {
+                    return Some((o, None));
+                }
+                let rest = word.strip_prefix(name)?;
+                let attached =
+                    if rest.starts_with('=') || (name.starts_with('/') && rest.starts_with(':')) {
+                        name.len() + 1
+                    } else if is_short(name) && !rest.is_empty() {
+                        name.len()
+                    } else {
+                        return None;
+                    };
+                Some((o, Some(attached)))
+            })
+    }
+}
+
+/// `-p`: one dash, one letter; its value may be attached (`-pV`).
+fn is_short(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 2 && b[0] == b'-' && b[1].is_ascii_alphanumeric()
+}
+
+/// Whether `pattern` (a word, or a prefix ending in `*`) matches `word`.
+pub fn word_matches(pattern: &str, word: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => word.starts_with(prefix),
+        None => word.eq_ignore_ascii_case(pattern),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_parses_and_names_are_unique() {
+        let table: Table = toml::from_str(TABLE).expect("programs.toml");
+        let mut seen = std::collections::HashSet::new();
+        for p in &table.program {
+            for n in &p.names {
+                assert!(seen.insert(n.clone()), "{n} twice");
+            }
+            assert!(
+                !p.options.is_empty() || !p.positionals.is_empty() || !p.name_value.is_empty(),
+                "{:?}",
+                p.names
+            );
+        }
+        assert_eq!(INDEX.programs.len(), table.program.len());
+    }
+
+    #[test]
+    fn options_attached_and_scoped() {
+        let mysql = lookup("/usr/bin/mysql").unwrap();
+        let (o, at) = mysql.option("-pS3cret", &[]).unwrap();
+        assert_eq!((o.value, at), (Value::Attached, Some(2)));
+        let (o, at) = mysql.option("--password=x", &[]).unwrap();
+        assert_eq!((o.value, at), (Value::Attached, Some(11)));
+        assert!(mysql.option("--port", &[]).is_none());
+        let docker = lookup("docker").unwrap();
+        assert!(
+            docker.option("-p", &["run".into()]).is_none(),
+            "-p publishes a port"
+        );
+        assert!(docker.option("-p", &["login".into()]).is_some());
+        let rdp = lookup("xfreerdp").unwrap();
+        assert_eq!(rdp.option("/p:x", &[]).unwrap().1, Some(3));
+        assert!(lookup("cat").is_none());
+    }
+}
