@@ -44,7 +44,6 @@ struct Command {
     short_letters: String,
     /// The word index of its last positional argument.
     last_positional: Option<usize>,
-    options_done: bool,
 }
 
 /// Hits in each word of `tokens` (one [`Found`] per word, in order), in
@@ -148,18 +147,15 @@ impl Command {
     ) -> Option<Pending> {
         let word = words[k];
         let f = &mut found[k];
-        if !self.options_done {
-            if word == "--" {
-                self.options_done = true;
-                return None;
-            }
+        // `--` ends a program's options, but what follows is often another
+        // program's (`kubectl exec pod -- mysql -pV`): options are read on.
+        {
             if let Some(p) = self.program
                 && let Some((opt, attached)) = p.option(word, &self.positionals)
             {
                 return match (opt.value, attached) {
-                    (Value::Switch, _) | (Value::Plain, Some(_)) => None,
+                    (Value::Switch, _) | (Value::Plain, Some(_)) | (Value::Attached, None) => None,
                     (Value::Plain, None) => Some(Pending::Plain),
-                    (Value::Attached, None) => None,
                     (Value::Attached, Some(at)) => {
                         push_value(f, word, at, Value::Secret, opt.separator, Rule::ProgramFlag);
                         None
@@ -188,6 +184,8 @@ impl Command {
             None => (word, None),
         };
         match (class(r, name), value) {
+            // `--anonymous-auth=false`: a switch's setting, not a secret.
+            (_, Some(at)) if names::is_switch_value(&word[at..]) => None,
             (NameClass::Secret, Some(at)) => {
                 push_value(f, word, at, Value::Secret, ':', Rule::SecretFlag);
                 None
@@ -217,6 +215,7 @@ impl Command {
         // NAME=VALUE: `env DB_PASSWORD=V cmd`, `-var` values, `--set` ones.
         if let Some(eq) = word.find('=')
             && is_name(&word[..eq])
+            && !names::is_switch_value(&word[eq + 1..])
         {
             match class(r, &word[..eq]) {
                 NameClass::Secret => {

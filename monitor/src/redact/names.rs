@@ -60,7 +60,6 @@ const SECRET_LAST_WORDS: &[&str] = &[
     "authorization",
     "signature",
     "sig",
-    "hmac",
     "pin",
     "sas",
 ];
@@ -68,15 +67,10 @@ const SECRET_LAST_WORDS: &[&str] = &[
 /// More last words, in query strings and headers only (`?code=`, `?key=`).
 const QUERY_LAST_WORDS: &[&str] = &["key", "code", "session", "sessionid", "sid", "ticket"];
 
-/// Words inside one compound word (`PGPASSWORD`, `accesstoken`).
-const SECRET_STEMS: &[&str] = &[
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "apikey",
-    "bearer",
-];
+/// Words inside one compound word (`PGPASSWORD`, `keystorepassword`);
+/// `secret` and `token` only end one (`clientsecret`, `accesstoken`), as
+/// `secretmon` and `tokenizer` are none.
+const SECRET_STEMS: &[&str] = &["password", "passwd", "passphrase", "apikey", "bearer"];
 
 /// A compound word ending so is secret (`storepass`, `requirepass`,
 /// `masterauth`), unless it is one of [`NOT_SECRET_COMPOUNDS`].
@@ -117,7 +111,6 @@ const KEY_QUALIFIERS: &[&str] = &[
     "admin",
     "root",
     "app",
-    "client",
     "service",
     "sse",
     "customer",
@@ -236,6 +229,7 @@ const REFERENCE_WORDS: &[&str] = &[
     "complexity",
     "domain",
     "fds",
+    "authentication",
 ];
 
 /// A word ending so is a reference too (`passwordfile`, `tokenfile`).
@@ -273,6 +267,14 @@ const SWITCH_PREFIXES: &[&str] = &[
 /// Names that are a password in a connection string (`PWD=`) and the
 /// working directory in an environment (`PWD=/home/ana`).
 const PATH_OR_SECRET_NAMES: &[&str] = &["pwd", "oldpwd"];
+
+/// `true`, `false` and their kin: a secret-named option or variable set so
+/// is a switch, and shows no secret (`--anonymous-auth=false`).
+pub fn is_switch_value(value: &str) -> bool {
+    ["true", "false", "yes", "no", "on", "off"]
+        .iter()
+        .any(|b| value.eq_ignore_ascii_case(b))
+}
 
 /// The lower-case words of a name: split at anything not a letter or
 /// digit, at lower→upper case changes (`keyStore`), before the last capital
@@ -486,6 +488,7 @@ mod tests {
             ("--key-id", Plain),
             ("aws_access_key_id", Plain),
             ("--cookie-jar", Plain),
+            ("PasswordAuthentication", Plain),
             ("--max-tokens", Plain),
             ("--tokenizer", Plain),
             ("--bypass", Plain),
@@ -495,6 +498,10 @@ mod tests {
             ("PWD", SecretOrPath),
             ("OLDPWD", SecretOrPath),
             ("--verbose", Plain),
+            ("secretmon", Plain),
+            ("hmac", Plain),
+            ("clientsecret", Secret),
+            ("--secretkey", SecretOrPath),
             ("--output", Plain),
             ("--no-password", Switch),
             ("--ask-pass", Switch),

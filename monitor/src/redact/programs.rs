@@ -68,6 +68,8 @@ pub struct Program {
     pub positionals: Vec<PositionalRule>,
     #[serde(default)]
     pub name_value: Vec<String>,
+    #[serde(default)]
+    pub single_dash_long: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,7 +135,7 @@ impl Program {
                 let attached =
                     if rest.starts_with('=') || (name.starts_with('/') && rest.starts_with(':')) {
                         name.len() + 1
-                    } else if is_short(name) && !rest.is_empty() {
+                    } else if is_short(name) && !rest.is_empty() && !self.single_dash_long {
                         name.len()
                     } else {
                         return None;
@@ -183,15 +185,19 @@ mod tests {
         let mysql = lookup("/usr/bin/mysql").unwrap();
         let (o, at) = mysql.option("-pS3cret", &[]).unwrap();
         assert_eq!((o.value, at), (Value::Attached, Some(2)));
-        let (o, at) = mysql.option("--password=x", &[]).unwrap();
-        assert_eq!((o.value, at), (Value::Attached, Some(11)));
+        assert_eq!(mysql.option("-p", &[]).unwrap().1, None);
         assert!(mysql.option("--port", &[]).is_none());
+        let curl = lookup("curl").unwrap();
+        assert_eq!(curl.option("--user=a:b", &[]).unwrap().1, Some(7));
         let docker = lookup("docker").unwrap();
         assert!(
             docker.option("-p", &["run".into()]).is_none(),
             "-p publishes a port"
         );
         assert!(docker.option("-p", &["login".into()]).is_some());
+        let openssl = lookup("openssl").unwrap();
+        assert!(openssl.option("-key", &[]).is_none(), "not -k with `ey`");
+        assert!(openssl.option("-k", &[]).is_some());
         let rdp = lookup("xfreerdp").unwrap();
         assert_eq!(rdp.option("/p:x", &[]).unwrap().1, Some(3));
         assert!(lookup("cat").is_none());

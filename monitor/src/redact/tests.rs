@@ -1354,3 +1354,95 @@ fn every_form_hides_its_value_and_keeps_the_rest() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// What the rules change in command lines that hold no secret: those a
+/// build on this project's host ran (`build_host.jsonl`: rustc, cc, cargo,
+/// git, secretmon… as read from /proc/*/cmdline), and typical long-running
+/// processes of servers and desktops (`servers.jsonl`: systemd, kubelet,
+/// the Kubernetes control plane, databases, Chrome, Java, VS Code…).
+fn changed_args(fixture: &str) -> (Vec<String>, usize) {
+    let r = redactor();
+    let mut changed = Vec::new();
+    let mut total = 0;
+    for line in fixture.lines() {
+        let argv: Vec<String> = serde_json::from_str(line).expect("a JSON array of strings");
+        let out = r.argv(&argv, false);
+        for (a, b) in argv.iter().zip(&out.args) {
+            total += 1;
+            if a != b {
+                changed.push(format!("{a:?} -> {b:?}"));
+            }
+        }
+    }
+    (changed, total)
+}
+
+#[test]
+fn real_command_lines_stay_readable() {
+    let (build, build_total) = changed_args(include_str!("fixtures/build_host.jsonl"));
+    // One commit message says `--set KEY=VALUE`: a secret-named key, and
+    // its value is hidden, as it would be on a real command line.
+    assert_eq!(build.len(), 1, "{build:#?}");
+    assert!(build[0].contains("KEY=…"), "{build:#?}");
+    assert!(build_total > 4000, "{build_total}");
+    let (servers, servers_total) = changed_args(include_str!("fixtures/servers.jsonl"));
+    assert_eq!(servers, Vec::<String>::new(), "of {servers_total}");
+}
+
+#[test]
+#[ignore]
+fn explore_random() {
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let alphabets = [
+        (
+            "base64",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        ),
+        (
+            "base64url",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        ),
+        (
+            "alnum",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+        ),
+        ("lowernum", "abcdefghijklmnopqrstuvwxyz0123456789"),
+    ];
+    for (name, alpha) in alphabets {
+        let a = alpha.as_bytes();
+        for len in [12, 16, 20, 24, 32, 40] {
+            let n = 20000;
+            let mut hit = 0;
+            for _ in 0..n {
+                let s: String = (0..len)
+                    .map(|_| a[(next() % a.len() as u64) as usize] as char)
+                    .collect();
+                let runs = entropy::credential_runs(&s, MIN_CREDENTIAL_LEN);
+                if runs.iter().any(|r| r.start == 0 && r.end == s.len()) {
+                    hit += 1;
+                }
+            }
+            eprintln!("{name} len {len}: {:.4}", hit as f64 / n as f64);
+        }
+    }
+    for len in [8, 10, 12, 15] {
+        let a = alphabets[2].1.as_bytes();
+        let n = 20000;
+        let mut hit = 0;
+        for _ in 0..n {
+            let s: String = (0..len)
+                .map(|_| a[(next() % a.len() as u64) as usize] as char)
+                .collect();
+            if !entropy::credential_runs(&s, MIN_CREDENTIAL_LEN_IN_NAME).is_empty() {
+                hit += 1;
+            }
+        }
+        eprintln!("comm alnum len {len}: {:.4}", hit as f64 / n as f64);
+    }
+}

@@ -120,8 +120,12 @@ fn url_hits(text: &str, hits: &mut Vec<Hit>) {
     }
     for c in BARE_USERINFO.captures_iter(text) {
         let password = c.get(1).expect("group 1");
-        // Not a URL's own userinfo, found above with its scheme.
-        if !text[..password.start()].ends_with("//") {
+        // Not a URL's own userinfo, found above with its scheme, nor an
+        // image's tag and digest (`nginx:1.25@sha256:…`).
+        let digest = ["@sha256:", "@sha512:"]
+            .iter()
+            .any(|d| text[password.end()..].starts_with(d));
+        if !digest && !text[..password.start()].ends_with("//") {
             hits.push(Hit::new(password.range(), Rule::UrlPassword));
         }
     }
@@ -172,7 +176,7 @@ fn key_value_hits(text: &str, env: &names::EnvNames, hits: &mut Vec<Hit>) {
         }
         let value = value_range(text, whole.end(), quoted, sep);
         let mut value = value.start..value.end;
-        if value.is_empty() {
+        if value.is_empty() || names::is_switch_value(&text[value.clone()]) {
             continue;
         }
         if class == NameClass::SecretOrPath && super::argv::path_like(&text[value.clone()]) {
