@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use super::{
-    Found, Hit, Redactor, Rule,
+    Found, Hit, Redactor, Rule, entropy,
     names::{self, Context, NameClass},
     programs::{self, Program, Value},
     shell, text,
@@ -167,7 +167,7 @@ impl Command {
                     (value, None) => Some(Pending::Value(value, opt.separator, Rule::ProgramFlag)),
                 };
             }
-            if word.len() > 1 && word.starts_with('-') {
+            if is_option(word) {
                 return self.option(r, word, f);
             }
         }
@@ -211,7 +211,6 @@ impl Command {
     ) -> Option<Pending> {
         let word = words[k];
         let f = &mut found[k];
-        let before = f.hits.len();
         // NAME=VALUE: `env DB_PASSWORD=V cmd`, `-var` values, `--set` ones.
         if let Some(eq) = word.find('=')
             && is_name(&word[..eq])
@@ -267,16 +266,15 @@ impl Command {
             }
         }
         // A word naming a program in the table starts its rules (`sudo -u
-        // app mysql -pV`), unless it is a secret itself.
-        if f.hits.len() == before
-            && let Some(p) = programs::lookup(word)
-        {
+        // app mysql -pV`), even one a rule hid: what follows is read as
+        // that program's arguments, and hidden by its rules too.
+        if let Some(p) = programs::lookup(word) {
             self.finish(words, found);
             *self = Command {
                 program: Some(p),
                 ..Command::default()
             };
-            return next;
+            return None;
         }
         self.last_positional = Some(k);
         self.positionals.push(word.to_string());
@@ -302,6 +300,18 @@ impl Command {
         }
         self.last_positional = None;
     }
+}
+
+/// `-x`, `--name`, `--name=value`: one or two dashes, then a name without
+/// spaces (not `-----BEGIN PRIVATE KEY-----…`, nor `-1`... which is a
+/// number, read as a positional).
+fn is_option(word: &str) -> bool {
+    let name = word.split('=').next().unwrap_or(word);
+    let bare = name.strip_prefix("--").or_else(|| name.strip_prefix('-'));
+    bare.is_some_and(|n| {
+        n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && !n.contains(|c: char| c.is_whitespace())
+    })
 }
 
 /// The class of an option or variable name, the catalog's and config's
@@ -383,6 +393,9 @@ fn value_hit(value: &str, kind: Value, sep: char) -> Option<Range<usize>> {
     }
 }
 
+/// Noisy characters that make a path-looking value a key (`/K7MDENG/bPx…`).
+const MIN_NOISY_PATH: usize = 8;
+
 /// A value that names a file rather than holding a secret: `./tls.key`,
 /// `/etc/ssl/private/x.pem`, `~/.ssh/id_ed25519`, `@body.json`, `key.pem`.
 pub fn path_like(value: &str) -> bool {
@@ -390,7 +403,14 @@ pub fn path_like(value: &str) -> bool {
         "pem", "key", "crt", "cer", "json", "p12", "pfx", "jks", "der", "txt", "asc", "gpg", "pub",
         "enc", "yaml", "yml", "conf", "cfg", "ini", "env", "kdbx", "keystore", "bks", "ppk", "csr",
     ];
-    if value.is_empty() || value.contains(char::is_whitespace) {
+    let path_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._/~@+:%,=-".contains(&b));
+    // A key that starts with `/` (base64 does, one time in 64) is noise.
+    if value.is_empty()
+        || !path_chars
+        || !entropy::credential_runs(value, MIN_NOISY_PATH).is_empty()
+    {
         return false;
     }
     if ["/", "./", "../", "~/", "@", "file:"]

@@ -381,4 +381,6 @@ fn ceil(s: &str, mut i: usize) -> usize {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

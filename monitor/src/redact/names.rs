@@ -85,6 +85,7 @@ const NOT_SECRET_COMPOUNDS: &[&str] = &[
     "oauth",
     "noauth",
     "subpass",
+    "sshpass",
 ];
 
 /// Words after `key` that make it a secret key rather than a key file.

@@ -70,6 +70,10 @@ pub struct Program {
     pub name_value: Vec<String>,
     #[serde(default)]
     pub single_dash_long: bool,
+    /// Short options that take no value, which a cluster may hold before
+    /// one that does (`curl -su user:V`).
+    #[serde(default)]
+    pub switches: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +146,33 @@ impl Program {
                     };
                 Some((o, Some(attached)))
             })
+            .or_else(|| self.in_cluster(word, positionals))
+    }
+
+    /// A short option that takes a value at the end of a cluster of
+    /// switches: `-su` is `-s -u`, `-sSuV` is `-s -S -u V`.
+    fn in_cluster(
+        &self,
+        word: &str,
+        positionals: &[String],
+    ) -> Option<(&OptionRule, Option<usize>)> {
+        let letters = word.strip_prefix('-').filter(|w| !w.starts_with('-'))?;
+        if self.single_dash_long || self.switches.is_empty() {
+            return None;
+        }
+        for (i, c) in letters.char_indices() {
+            if self.switches.contains(c) {
+                continue;
+            }
+            let short = format!("-{c}");
+            let opt = self
+                .options
+                .iter()
+                .find(|o| o.name == short && o.applies(positionals))?;
+            let at = 1 + i + c.len_utf8();
+            return Some((opt, (at < word.len()).then_some(at)));
+        }
+        None
     }
 }
 
@@ -189,6 +220,14 @@ mod tests {
         assert!(mysql.option("--port", &[]).is_none());
         let curl = lookup("curl").unwrap();
         assert_eq!(curl.option("--user=a:b", &[]).unwrap().1, Some(7));
+        let (o, at) = curl.option("-sSu", &[]).unwrap();
+        assert_eq!((o.name.as_str(), at), ("-u", None));
+        assert_eq!(curl.option("-suana:x", &[]).unwrap().1, Some(3));
+        assert!(
+            curl.option("-sX", &[]).is_none(),
+            "-X takes a value that is no secret"
+        );
+        assert!(mysql.option("-uapp", &[]).is_none(), "-u takes the rest");
         let docker = lookup("docker").unwrap();
         assert!(
             docker.option("-p", &["run".into()]).is_none(),

@@ -201,30 +201,31 @@ fn key_value_hits(text: &str, env: &names::EnvNames, hits: &mut Vec<Hit>) {
     }
 }
 
-/// Where the value after a key ends: a quoted one at its closing quote, a
-/// header's or YAML's at the end of the line, a `k=v` one at the next
-/// separator (`&`, `;`, `,`, a space).
+/// Where the value after a key ends: a header's or YAML's (a bare key and
+/// `:`) at the end of the line; any other at the first separator (a space,
+/// `&`, `;`, `,`, a closing bracket) outside quotes, so that `"a b"c` is
+/// one value.
 fn value_range(text: &str, start: usize, key_quoted: bool, sep: &str) -> Range<usize> {
     let rest = &text[start..];
-    let b = rest.as_bytes();
-    if let Some(&q) = b.first()
-        && (q == b'"' || q == b'\'')
-    {
-        let mut i = 1;
-        while i < b.len() && b[i] != q {
-            i += if b[i] == b'\\' { 2 } else { 1 };
-        }
-        return start + 1..start + i.min(b.len());
+    if sep == ":" && !key_quoted {
+        return start..start + rest.find(['\n', '\r']).unwrap_or(rest.len());
     }
-    let end = if sep == ":" && !key_quoted {
-        rest.find(['\n', '\r']).unwrap_or(rest.len())
-    } else {
-        rest.find(|c: char| {
-            c.is_whitespace() || matches!(c, '&' | ';' | ',' | '"' | '\'' | '}' | ']' | ')' | '#')
-        })
-        .unwrap_or(rest.len())
-    };
-    start..start + end
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'&' | b';' | b',' | b'}' | b']' | b')' | b'#' => break,
+            _ => i += 1,
+        }
+    }
+    start..start + i.min(b.len())
 }
 
 /// `Bearer xyz`, `Basic xyz`: the scheme stays readable.
