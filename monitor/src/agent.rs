@@ -25,6 +25,7 @@ use crate::{
     pipeline::Pipeline,
     preflight,
     probes::{ActiveHooks, Probes},
+    redact::{ArgsPolicy, Redactor},
     sink::Sink,
 };
 
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub identity: IdentityConfig,
     pub ledger: LedgerConfig,
     pub findings: FindingsConfig,
+    /// What events show of command lines.
+    pub process_args: ArgsPolicy,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -136,7 +139,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.inventory.limits(),
         opts.inventory.policy(),
     );
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
+    if opts.process_args == ArgsPolicy::Full {
+        tracing::warn!(
+            "process.args = full: events show command lines as processes passed them, \
+             secrets included"
+        );
+    }
+    let mut pipeline = Pipeline::new(watch, host, identities, sink)?
+        .with_discoverer(discoverer)
+        .with_redactor(Redactor::new(opts.process_args, &opts.env_names));
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,

@@ -98,6 +98,15 @@ pub struct RunArgs {
     /// `secretmon check` says which load here.
     #[arg(long, value_name = "HOOKS", value_enum, default_value_t = crate::probes::OpenHooks::Auto)]
     pub opens: crate::probes::OpenHooks,
+
+    /// What events show of a command line [default: the config's
+    /// `[process] args`, else redacted]. `redacted` hides every part a rule
+    /// calls secret (options, variables, URLs, headers, tokens, and noise
+    /// that looks like a key); `none` shows no arguments; `full` shows them
+    /// as the process passed them, SECRETS INCLUDED: events are then as
+    /// sensitive as the host's command lines, and wherever they are shipped.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub process_args: Option<crate::redact::ArgsPolicy>,
 }
 
 #[derive(Debug, clap::Args)]

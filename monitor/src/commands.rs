@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity: config.identity,
                 ledger: config.ledger,
                 findings: config.findings,
+                process_args: args.process_args.unwrap_or(config.process.args),
             }))?;
             Ok(ExitCode::SUCCESS)
         }

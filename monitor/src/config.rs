@@ -29,6 +29,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// What events show of a process: `args = "redacted" | "none" | "full"`.
+    pub process: crate::redact::ProcessSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,27 @@ mod tests {
         );
         assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
         assert_eq!(c.findings.policy, Some(PathBuf::from("/etc/p.toml")));
+    }
+
+    #[test]
+    fn process_section() {
+        use crate::redact::ArgsPolicy;
+        assert_eq!(
+            Config::parse("").unwrap().process.args,
+            ArgsPolicy::Redacted
+        );
+        for (text, policy) in [
+            ("redacted", ArgsPolicy::Redacted),
+            ("none", ArgsPolicy::None),
+            ("full", ArgsPolicy::Full),
+        ] {
+            let c = Config::parse(&format!("[process]\nargs = \"{text}\"\n")).unwrap();
+            assert_eq!(c.process.args, policy);
+        }
+        let err = Config::parse("[process]\nargs = \"raw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redacted") && err.contains("full"), "{err}");
     }
 
     #[test]

@@ -428,6 +428,26 @@ mod tests {
     }
 
     #[test]
+    fn args_and_a_comm_the_process_set_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = table(dir.path());
+        let args = ["sh".to_string(), "--token".into(), "Xq9Vz1101".into()];
+        let (info, found) = t.on_exec(&header(12, 1), b"/bin/sh", &args, false);
+        assert_eq!(info.args, ["sh", "--token", "…"]);
+        assert_eq!(found[0].kind, "secret_flag");
+        // The kernel named it `sh` at exec: shown.
+        assert_eq!(t.observe(&header(12, 1)).comm, "sh");
+        // It renamed itself (prctl, /proc/self/comm) to a credential.
+        let mut renamed = header(12, 1);
+        renamed.comm = *b"Qx7Lp2Zr9Wk4Tm6\0";
+        assert_eq!(t.observe(&renamed).comm, "…");
+        // A child inherits the exec name with the image.
+        t.on_fork(&header(12, 1), 13);
+        assert_eq!(t.observe(&header(13, 12)).comm, "sh");
+        assert_eq!(t.observe(&header(13, 12)).args, ["sh", "--token", "…"]);
+    }
+
+    #[test]
     fn capacity_bounds_the_table() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());

@@ -238,27 +238,6 @@ const REFERENCE_ENDINGS: &[&str] = &[
     "file", "path", "dir", "fd", "env", "stdin", "cmd", "command",
 ];
 
-/// Words after which a value-looking last word still leaves the name
-/// secret: `--password-hash`, `--secret-string`, `--token-value`.
-const VALUE_WORDS: &[&str] = &[
-    "value",
-    "string",
-    "text",
-    "literal",
-    "data",
-    "hash",
-    "b64",
-    "base64",
-    "hex",
-    "raw",
-    "plain",
-    "plaintext",
-    "new",
-    "old",
-    "current",
-    "confirm",
-];
-
 /// A first word that makes a secret-named option a switch.
 const SWITCH_PREFIXES: &[&str] = &[
     "no", "ask", "prompt", "skip", "without", "disable", "enable", "use", "show", "hide", "reset",
@@ -347,11 +326,9 @@ pub fn classify(name: &str, context: Context) -> NameClass {
         || (context == Context::Query && QUERY_LAST_WORDS.contains(&last))
     {
         NameClass::Secret
-    } else if VALUE_WORDS.contains(&last) && any_secret {
-        NameClass::Secret
     } else if any_secret {
         // A secret word not at the end, and an end that is no reference:
-        // `DB_PASSWORD_PROD`, `TOKEN_GITHUB`.
+        // `DB_PASSWORD_PROD`, `--secret-string`, `--password-hash`.
         NameClass::Secret
     } else {
         NameClass::Plain
@@ -407,11 +384,14 @@ impl EnvNames {
     /// `class` of `name`, made secret when the name is one of these, unless
     /// it names where a secret is (`DATABASE_URL`: its value is read as a
     /// URL, whose password the URL rule hides).
+    /// An option matches as the variable it spells (`--wallet-seed` as
+    /// `WALLET_SEED`).
     pub fn upgrade(&self, name: &str, class: NameClass) -> NameClass {
         let bare = name.trim_start_matches('-');
         let reference = words(bare).last().is_some_and(|w| is_reference(w));
+        let as_variable = bare.to_ascii_uppercase().replace(['-', '.'], "_");
         match class {
-            NameClass::Plain if !reference && self.is_match(bare) => NameClass::Secret,
+            NameClass::Plain if !reference && self.is_match(&as_variable) => NameClass::Secret,
             class => class,
         }
     }
