@@ -149,27 +149,21 @@ impl Command {
         let f = &mut found[k];
         // `--` ends a program's options, but what follows is often another
         // program's (`kubectl exec pod -- mysql -pV`): options are read on.
+        if let Some(p) = self.program
+            && let Some((opt, attached)) = p.option(word, &self.positionals)
         {
-            if let Some(p) = self.program
-                && let Some((opt, attached)) = p.option(word, &self.positionals)
-            {
-                return match (opt.value, attached) {
-                    (Value::Switch, _) | (Value::Plain, Some(_)) | (Value::Attached, None) => None,
-                    (Value::Plain, None) => Some(Pending::Plain),
-                    (Value::Attached, Some(at)) => {
-                        push_value(f, word, at, Value::Secret, opt.separator, Rule::ProgramFlag);
-                        None
-                    }
-                    (value, Some(at)) => {
-                        push_value(f, word, at, value, opt.separator, Rule::ProgramFlag);
-                        None
-                    }
-                    (value, None) => Some(Pending::Value(value, opt.separator, Rule::ProgramFlag)),
-                };
-            }
-            if is_option(word) {
-                return self.option(r, word, f);
-            }
+            return match (opt.value, attached) {
+                (Value::Switch, _) | (Value::Plain, Some(_)) | (Value::Attached, None) => None,
+                (Value::Plain, None) => Some(Pending::Plain),
+                (value, Some(at)) => {
+                    push_value(f, word, at, value, opt.separator, Rule::ProgramFlag);
+                    None
+                }
+                (value, None) => Some(Pending::Value(value, opt.separator, Rule::ProgramFlag)),
+            };
+        }
+        if is_option(word) {
+            return self.option(r, word, f);
         }
         self.positional(r, words, k, found)
     }
@@ -302,9 +296,9 @@ impl Command {
     }
 }
 
-/// `-x`, `--name`, `--name=value`: one or two dashes, then a name without
-/// spaces (not `-----BEGIN PRIVATE KEY-----…`, nor `-1`... which is a
-/// number, read as a positional).
+/// `-x`, `--name`, `--name=value`: one or two dashes, then a name that
+/// starts with a letter and holds no space. `-----BEGIN PRIVATE KEY-----…`
+/// and `-1` are positional arguments.
 fn is_option(word: &str) -> bool {
     let name = word.split('=').next().unwrap_or(word);
     let bare = name.strip_prefix("--").or_else(|| name.strip_prefix('-'));

@@ -138,6 +138,8 @@ const MIN_CREDENTIAL_LEN_IN_NAME: usize = 8;
 const MATCH_CONTEXT: usize = 40;
 
 /// The built-in catalog: its shapes and secret environment variable names.
+/// It is part of the binary, and its own tests and the agent's start (which
+/// fails on a bad one) check it; without it the other rules still apply.
 static CATALOG: LazyLock<Option<Catalog>> =
     LazyLock::new(|| Catalog::new(&Settings::default()).ok());
 
@@ -169,10 +171,6 @@ impl Redactor {
         }
     }
 
-    pub fn policy(&self) -> ArgsPolicy {
-        self.policy
-    }
-
     fn shapes(&self) -> &'static [Shape] {
         CATALOG.as_ref().map(Catalog::shapes).unwrap_or_default()
     }
@@ -202,7 +200,8 @@ impl Redactor {
                 let redacted = match (self.policy, shown.last()) {
                     (ArgsPolicy::None, _) => ELLIPSIS.to_string(),
                     (_, Some(flag)) if f.value_of_previous && region.range == (0..arg.len()) => {
-                        format!("{flag} {ELLIPSIS}")
+                        let start = floor(flag, flag.len().saturating_sub(MATCH_CONTEXT));
+                        format!("{} {ELLIPSIS}", &flag[start..])
                     }
                     _ => match_text(&rendered, region, span),
                 };
