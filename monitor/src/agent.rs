@@ -1,28 +1,24 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
 //! events until SIGINT or SIGTERM, and drain what is left before exiting.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    env_names,
-    event::{Agent, AgentStatus, Capture, Event, Host},
-    findings::{
-        FindingsConfig,
-        engine::{self, Engine, Scope},
-    },
-    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    event::{Agent, AgentStatus, Capture, Event},
+    findings::engine::{self, Engine, Scope},
+    identity::{CacheStats, IdentityResolver},
     inventory::{
-        self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
-        settings::Settings, sync::Follower,
+        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        sync::Follower,
     },
-    ledger::LedgerConfig,
-    name_rules::{self, NameRuleSpec},
+    ledger::StateLock,
     offsets,
     pipeline::Pipeline,
+    plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
     redact::{ArgsPolicy, Redactor},
@@ -32,53 +28,19 @@ use crate::{
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub struct RunOptions {
-    pub watch: Vec<PathBuf>,
-    pub state: PathBuf,
-    pub inventory: Settings,
-    pub env_names: Vec<String>,
-    pub name_rules: Vec<NameRuleSpec>,
-    pub output: Option<PathBuf>,
-    pub ring_buffer_bytes: Option<u32>,
-    pub opens: crate::probes::OpenHooks,
-    pub trust_domain: Option<String>,
-    pub identity: IdentityConfig,
-    pub ledger: LedgerConfig,
-    pub findings: FindingsConfig,
-    /// What events show of command lines.
-    pub process_args: ArgsPolicy,
-}
-
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    // A bad trust domain is a configuration error: say so before anything
-    // else is checked.
-    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
-    let settings = opts.findings.settings()?;
+pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let user = inventory::user_paths(&opts.watch)?;
-    let catalog = Catalog::new(&opts.inventory)?;
-    let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
-    let key = listing::load_key(&opts.inventory, &opts.state)?;
-    let scanner = Scanner::new(
-        std::path::Path::new("/"),
-        catalog,
-        user,
-        key,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    let scanner = host_scanner(&plan)?;
+    let key_id = scanner.key_id();
+    let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
-    let sink = Sink::open(opts.output.as_deref()).with_context(|| {
+    let sink = Sink::open(plan.output.as_deref()).with_context(|| {
         format!(
             "cannot open --output {}",
-            opts.output
+            plan.output
                 .as_deref()
                 .unwrap_or(std::path::Path::new("-"))
                 .display()
@@ -86,13 +48,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
-    let name_rules = name_rules::rules(&opts.name_rules)?;
     let mut probes = Probes::attach(
         offsets,
-        opts.ring_buffer_bytes,
+        Some(plan.capture.ring_buffer_size),
         &tracefs,
-        &name_rules,
-        opts.opens,
+        &plan.name_rules,
+        plan.capture.opens,
     )?;
     let io_uring = match probes.io_uring {
         _ if probes.active != ActiveHooks::Tracepoints => {
@@ -106,7 +67,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
+    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
             "{} directories cannot be watched for new or rotated secrets",
@@ -116,13 +77,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
+    let mut engine = Engine::start(
+        &plan.state_dir,
+        lock,
+        plan.findings.clone(),
+        plan.ledger.retention,
+        &watch,
+        &key_id,
+    )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
-    for pattern in &env_patterns {
+    for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
     let mut ring = probes
@@ -130,25 +98,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
     let watched = watch.len();
-    let identities = IdentityResolver::for_host(naming, opts.identity);
-    let discoverer = Scanner::new(
-        std::path::Path::new("/"),
-        Catalog::new(&opts.inventory)?,
-        inventory::user_paths(&opts.watch)?,
-        listing::load_key(&opts.inventory, &opts.state)?,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    if opts.process_args == ArgsPolicy::Full {
+    let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
+    let discoverer = host_scanner(&plan)?;
+    if plan.process_args == ArgsPolicy::Full {
         tracing::warn!(
             "process.args = full: events show command lines as processes passed them, \
              secrets included"
         );
     }
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?
+    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities, sink)?
         .with_discoverer(discoverer)
-        .with_redactor(Redactor::new(opts.process_args, &opts.env_names));
+        .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut pipeline,
         AgentStatus::Started,
@@ -173,19 +138,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
     )?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(opts.findings.interval);
+    let mut periodic = tokio::time::interval(plan.findings_interval);
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -209,7 +173,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -223,7 +187,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -236,6 +200,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -245,10 +210,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inventory's scanner of the whole host, as the plan configures it.
+fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+    Ok(Scanner::new(
+        std::path::Path::new("/"),
+        Catalog::new(&plan.inventory)?,
+        plan.watch.clone(),
+        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        plan.inventory.limits(),
+        plan.inventory.policy(),
+    ))
+}
+
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -271,13 +248,49 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

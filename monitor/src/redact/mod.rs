@@ -32,7 +32,7 @@ mod text;
 
 use std::{ops::Range, sync::LazyLock};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inventory::{
     catalog::{Catalog, Shape},
@@ -42,7 +42,9 @@ use crate::inventory::{
 const ELLIPSIS: &str = "…";
 
 /// How much of a command line events show (`[process] args`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ArgsPolicy {
     /// Every argument, with what the rules call secret cut out.
@@ -55,8 +57,8 @@ pub enum ArgsPolicy {
     Full,
 }
 
-/// The `[process]` section of the config file.
-#[derive(Debug, Default, Deserialize)]
+/// `[process]`: what events show of a process.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessSettings {
     /// `redacted` (default), `none` or `full`.
@@ -187,7 +189,7 @@ impl Redactor {
         {
             f.hits.push(Hit::new(0..last.len(), Rule::Truncated));
         }
-        let mut shown = Vec::with_capacity(args.len());
+        let mut shown: Vec<String> = Vec::with_capacity(args.len());
         let mut secrets = Vec::new();
         for (i, (arg, mut f)) in args.iter().zip(found).enumerate() {
             fallback(arg, &mut f, MIN_CREDENTIAL_LEN);
