@@ -53,8 +53,9 @@ const SEED: &str = "/seed/aws-credentials";
 /// A credential file no inventory scan covers, created after the start:
 /// only the kernel's name rules can report it.
 const LATE: &str = "/opt/late/.aws/credentials";
-/// Tells the guest-side helper [`guest_io_uring_open`] what to open.
-const IO_URING_OPEN_ENV: &str = "SECRETMON_VM_IO_URING_OPEN";
+/// Tells the guest-side helpers ([`guest_io_uring_open`],
+/// [`guest_handle_open`]) what to open.
+const GUEST_OPEN_ENV: &str = "SECRETMON_VM_OPEN";
 /// The guest kernel's default LSM list without `bpf`.
 const LSM_WITHOUT_BPF: &str = "lockdown,capability,landlock,yama,apparmor,tomoyo";
 /// Opens of the secret by the `cat` step.
@@ -82,14 +83,20 @@ fn agent_guest(test: &str, kernel: &std::path::Path, opens: &str) -> Guest {
             "denied",
             &format!("exec su -s /bin/sh nobody -c 'exec cat {SECRET}' > /dev/null"),
         ))
-        .after(Step::sh(
-            "io_uring",
-            &format!(
-                "{IO_URING_OPEN_ENV}={SECRET} exec {} --exact guest_io_uring_open --ignored \
-                 --nocapture --test-threads=1",
-                vm::GUEST_TEST_BIN
-            ),
-        ))
+        .after(guest_open("io_uring", "guest_io_uring_open"))
+        .after(guest_open("handle", "guest_handle_open"))
+}
+
+/// Step `name`: the guest-side helper `helper` opens [`SECRET`].
+fn guest_open(name: &str, helper: &str) -> Step {
+    Step::sh(
+        name,
+        &format!(
+            "{GUEST_OPEN_ENV}={SECRET} exec {} --exact {helper} --ignored \
+             --nocapture --test-threads=1",
+            vm::GUEST_TEST_BIN
+        ),
+    )
 }
 
 /// The events of `pid`'s reads of a secret.
@@ -179,6 +186,15 @@ fn assert_common(boot: &vm::Boot, hooks: Hooks) {
             .collect();
         assert!(reported.is_empty(), "no blind spot to state: {reported:?}");
     }
+
+    // Opened by file handle, which no path-open hook sees: the handle's
+    // own tracepoint, or the LSM hook.
+    let (pid, out) = boot.step_ok("handle");
+    assert!(out.contains("handle open ok"), "{out}");
+    let reads = reads_by(boot, "the open by handle", pid);
+    assert_eq!(reads[0]["secret"]["path"], SECRET);
+    assert_eq!(reads[0]["access"]["via"], "syscall");
+    assert_eq!(reads[0]["access"]["result"], "ok");
 
     support::assert_no_planted(&[&boot.console()]);
 }
@@ -468,15 +484,29 @@ fn guest_open_loop() {
 }
 
 /// Guest side of the io_uring step: open the file named by
-/// `SECRETMON_VM_IO_URING_OPEN` through io_uring, close it, and say so.
+/// `SECRETMON_VM_OPEN` through io_uring, close it, and say so.
 /// Does nothing outside a guest.
 #[test]
 #[ignore = "runs inside the guest, started by the agent scenarios"]
 fn guest_io_uring_open() {
-    let Some(path) = std::env::var_os(IO_URING_OPEN_ENV) else {
-        eprintln!("guest_io_uring_open: not in a guest ({IO_URING_OPEN_ENV} unset): nothing to do");
+    let Some(path) = std::env::var_os(GUEST_OPEN_ENV) else {
+        eprintln!("guest_io_uring_open: not in a guest ({GUEST_OPEN_ENV} unset): nothing to do");
         return;
     };
     support::io_uring_open(std::path::Path::new(&path));
     println!("io_uring open ok: pid {}", std::process::id());
+}
+
+/// Guest side of the handle step: open the file named by
+/// `SECRETMON_VM_OPEN` by file handle, close it, and say so. Does nothing
+/// outside a guest.
+#[test]
+#[ignore = "runs inside the guest, started by the agent scenarios"]
+fn guest_handle_open() {
+    let Some(path) = std::env::var_os(GUEST_OPEN_ENV) else {
+        eprintln!("guest_handle_open: not in a guest ({GUEST_OPEN_ENV} unset): nothing to do");
+        return;
+    };
+    support::handle_open(std::path::Path::new(&path));
+    println!("handle open ok: pid {}", std::process::id());
 }

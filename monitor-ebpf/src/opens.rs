@@ -169,7 +169,7 @@ pub fn sys_exit_creat_regs(ctx: TracePointContext) -> u32 {
 
 /// `open_by_handle_at(2)`: an open by file handle, which names no path, so
 /// a denial has nothing to report; a success is reported as any open.
-/// Attached unless the LSM hook, which sees these opens too, reports them.
+/// Not attached with the LSM hook, which sees these opens itself.
 #[tracepoint(category = "syscalls", name = "sys_exit_open_by_handle_at")]
 pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
     let program = Program::SysExitOpenByHandleAt;
@@ -181,7 +181,7 @@ pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
 fn handle_open_exit(ctx: &TracePointContext, program: Program) -> kernel::Result<()> {
     // SAFETY: within the tracepoint's fixed record.
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(|_| ReadError)?;
-    if ret < 0 || lsm_reports_opens() {
+    if ret < 0 {
         return Ok(());
     }
     opened_fd(program, ret)

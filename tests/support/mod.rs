@@ -233,6 +233,57 @@ pub fn io_uring_open(path: &Path) {
     unsafe { libc::close(fd) };
 }
 
+/// Open `path` read-only by file handle from this process, and close it:
+/// `name_to_handle_at`, then `open_by_handle_at` (CAP_DAC_READ_SEARCH)
+/// with its directory as the mount fd, so the file is never opened by path.
+pub fn handle_open(path: &Path) {
+    use std::os::fd::AsRawFd as _;
+    /// `struct file_handle` with room for `MAX_HANDLE_SZ` bytes.
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; 128],
+    }
+    let name =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap();
+    let mut handle = Handle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id = 0;
+    // SAFETY: `name` is a C string and `handle` has room for the largest
+    // handle, as its `bytes` says.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            (&raw mut handle).cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    let dir = std::fs::File::open(path.parent().unwrap()).unwrap();
+    // SAFETY: `handle` was filled by the kernel above.
+    let fd = unsafe {
+        libc::open_by_handle_at(dir.as_raw_fd(), (&raw mut handle).cast(), libc::O_RDONLY)
+    };
+    assert!(
+        fd >= 0,
+        "open_by_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the fd was just opened and is ours.
+    unsafe { libc::close(fd) };
+}
+
 /// Write `content` to `path` (its directory made) with `mode`.
 pub fn write(path: &Path, content: &str, mode: u32) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
