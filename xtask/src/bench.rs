@@ -74,7 +74,7 @@ fn job<'a>(workload: Workload, unwatched: &'a Path) -> Job<'a> {
 
 /// `rounds`: rounds of every configuration; odd, so the median is a round.
 pub fn bench(rounds: usize) -> Result<()> {
-    if rounds % 2 == 0 {
+    if rounds.is_multiple_of(2) {
         bail!("--rounds must be odd, so that the median is a round");
     }
     if !cargo::is_root() {
