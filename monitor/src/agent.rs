@@ -1,18 +1,20 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
 //! events until SIGINT or SIGTERM, and drain what is left before exiting.
+//! The agent owns the outputs: what the pipeline, the discovery worker and
+//! the findings engine produce is routed to them here.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    env_names,
-    event::{Agent, AgentStatus, Capture, Event, Host},
+    discovery, env_names,
+    event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host},
     findings::{
         FindingsConfig,
-        engine::{self, Engine, Scope},
+        engine::{Engine, Scope},
     },
     identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
     inventory::{
@@ -20,12 +22,16 @@ use crate::{
         settings::Settings, sync::Follower,
     },
     ledger::LedgerConfig,
+    metrics::{Metrics, MetricsConfig, ProgramLabel},
     name_rules::{self, NameRuleSpec},
     offsets,
+    outputs::{
+        self, Outputs, Report,
+        config::{Format, OutputConfig},
+    },
     pipeline::Pipeline,
     preflight,
     probes::{ActiveHooks, Probes},
-    sink::Sink,
 };
 
 /// Inventory changes queued between the sync task and the agent.
@@ -37,7 +43,10 @@ pub struct RunOptions {
     pub inventory: Settings,
     pub env_names: Vec<String>,
     pub name_rules: Vec<NameRuleSpec>,
-    pub output: Option<PathBuf>,
+    pub outputs: Vec<OutputConfig>,
+    /// The schema of outputs that name none.
+    pub format: Format,
+    pub metrics: MetricsConfig,
     pub ring_buffer_bytes: Option<u32>,
     pub opens: crate::probes::OpenHooks,
     pub trust_domain: Option<String>,
@@ -56,6 +65,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // else is checked.
     let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
     let settings = opts.findings.settings()?;
+    let output_specs = outputs::config::resolve(&opts.outputs, opts.format)?;
+    let metrics = Metrics::new();
+    if let Some(addr) = opts.metrics.listen {
+        let bound = metrics.serve(addr)?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let user = inventory::user_paths(&opts.watch)?;
@@ -72,15 +87,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
-    let sink = Sink::open(opts.output.as_deref()).with_context(|| {
-        format!(
-            "cannot open --output {}",
-            opts.output
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
-        )
-    })?;
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut outputs = Outputs::start(output_specs, &opts.state, &metrics, reports_tx)?;
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
     let name_rules = name_rules::rules(&opts.name_rules)?;
@@ -136,10 +144,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.inventory.limits(),
         opts.inventory.policy(),
     );
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
+    let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
+    let discovery = discovery::spawn(discoverer, found_tx).context("cannot start a thread")?;
+    let mut pipeline = Pipeline::new(watch, host, identities)?.with_discoverer(discovery);
     tracing::info!("watching {watched} files");
     emit_agent(
-        &mut pipeline,
+        &mut outputs,
+        &pipeline.host,
         AgentStatus::Started,
         format!(
             "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
@@ -160,7 +171,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             denied_opens: probes.active.denied_opens(),
             io_uring_opens: io_uring,
         }),
-    )?;
+    );
+    metrics.set_ready();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -169,44 +181,67 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(opts.findings.interval);
+    // Per-program kernel statistics, for the metrics.
+    let mut program_stats = tokio::time::interval(PROGRAM_STATS_INTERVAL);
+    let mut programs = ProgramStats::default();
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut outputs);
                 guard.clear_ready();
-                pipeline.sink.flush()?;
             }
             Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
+            Some(report) = found.recv() => {
+                let events = pipeline.discovered(report);
+                for edit in pipeline.take_edits() {
+                    apply_edit(&mut probes, edit);
+                }
+                outputs.route(events);
+            }
+            Some(report) = reports.recv() => report_output(&mut outputs, &pipeline.host, report),
             _ = tick.tick() => {
-                pipeline.flush_folds().context("writing events")?;
-                record(&mut pipeline, &mut engine, Scope::Events)?;
-                pipeline.sink.flush()?;
-                lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+                outputs.route(pipeline.flush_folds());
+                record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
+                lost_reported = report_lost(&probes, &mut outputs, &pipeline.host, &metrics, lost_reported)?;
+                report_spool_drops(&mut outputs, &pipeline.host);
+                metrics.watched_secrets.set(pipeline.watch.len() as i64);
+                metrics.tracked_processes.set(pipeline.tracked_processes() as i64);
+                metrics.tick();
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
                 engine.refresh(&pipeline.watch, now);
                 engine.check_liveness(now);
                 engine.prune_daily(now);
-                record(&mut pipeline, &mut engine, Scope::All)?;
-                pipeline.sink.flush()?;
+                record(&mut pipeline, &mut engine, &mut outputs, Scope::All);
+            }
+            _ = program_stats.tick(), if opts.metrics.listen.is_some() => {
+                programs.update(&probes, &metrics);
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
-    pipeline.flush_folds().context("writing events")?;
-    record(&mut pipeline, &mut engine, Scope::Events)?;
-    lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut outputs);
+    outputs.route(pipeline.flush_folds());
+    record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
+    lost_reported = report_lost(
+        &probes,
+        &mut outputs,
+        &pipeline.host,
+        &metrics,
+        lost_reported,
+    )?;
+    report_spool_drops(&mut outputs, &pipeline.host);
     let ledger = engine.close();
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
-        &mut pipeline,
+        &mut outputs,
+        &pipeline.host,
         AgentStatus::Stopped,
         format!(
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
@@ -229,9 +264,45 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         lost_reported,
         Some(cache),
         None,
-    )?;
-    pipeline.sink.flush()?;
+    );
+    outputs.close();
     Ok(())
+}
+
+/// How often per-program kernel statistics are read for the metrics.
+const PROGRAM_STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The kernel's per-program run time and count as last read, so that the
+/// metrics' counters grow by what was added since.
+#[derive(Default)]
+struct ProgramStats {
+    last: HashMap<String, (Duration, u64)>,
+}
+
+impl ProgramStats {
+    /// Only while `kernel.bpf_stats_enabled` is 1 does the kernel count.
+    fn update(&mut self, probes: &Probes, metrics: &Metrics) {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        if !enabled {
+            return;
+        }
+        for (name, run_time, runs) in probes.program_stats() {
+            let (last_time, last_runs) = self.last.get(&name).copied().unwrap_or_default();
+            let label = ProgramLabel {
+                program: name.clone(),
+            };
+            metrics
+                .program_run_time
+                .get_or_create(&label)
+                .inc_by(run_time.saturating_sub(last_time).as_secs_f64());
+            metrics
+                .program_runs
+                .get_or_create(&label)
+                .inc_by(runs.saturating_sub(last_runs));
+            self.last.insert(name, (run_time, runs));
+        }
+    }
 }
 
 /// Follow a created, rotated or removed secret: watch its new inode before
@@ -264,63 +335,126 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
-) -> anyhow::Result<()> {
+    outputs: &mut Outputs,
+) {
     while let Some(record) = ring.next() {
-        pipeline.handle(&record).context("writing events")?;
+        outputs.route(pipeline.handle(&record));
     }
-    // Files the name rules found are watched by inode from now on.
+    // Files already inventoried by another name are watched from now on.
     for edit in pipeline.take_edits() {
         apply_edit(probes, edit);
     }
-    Ok(())
 }
 
-/// Hand what the pipeline observed to the ledger, and emit the findings
+/// Hand what the pipeline observed to the ledger, and route the findings
 /// that now hold for the first time.
-fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow::Result<()> {
+fn record(pipeline: &mut Pipeline, engine: &mut Engine, outputs: &mut Outputs, scope: Scope) {
     for o in pipeline.observed.drain(..) {
         engine.observe(&o);
     }
-    let new = engine.check(chrono::Utc::now(), scope);
-    engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
+    let now = chrono::Utc::now();
+    let new = engine.check(now, scope);
+    outputs
+        .route(new.into_iter().map(|finding| {
+            Event::new(now, &pipeline.host, Body::Finding(FindingBody { finding }))
+        }));
 }
 
 /// Emit an `agent` event with `lost` when the kernel dropped events since
 /// the last report. Returns the new total.
-fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyhow::Result<u64> {
+fn report_lost(
+    probes: &Probes,
+    outputs: &mut Outputs,
+    host: &Host,
+    metrics: &Metrics,
+    reported: u64,
+) -> anyhow::Result<u64> {
     let total = probes.lost()?;
     if total > reported {
         let delta = total - reported;
+        metrics.kernel_lost.inc_by(delta);
         tracing::warn!("ring buffer full: {delta} events lost ({total} in all)");
         emit_agent(
-            pipeline,
+            outputs,
+            host,
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
             total,
             None,
             None,
-        )?;
-        pipeline.sink.flush()?;
+        );
     }
     Ok(total)
 }
 
+/// Spool drops are reported as kernel losses are: a warning and an `agent`
+/// event with the total.
+fn report_spool_drops(outputs: &mut Outputs, host: &Host) {
+    for (name, delta, total) in outputs.spool_drops() {
+        tracing::warn!("output {name}: spool full: {delta} oldest events dropped ({total} in all)");
+        let ev = Event::new(
+            chrono::Utc::now(),
+            host,
+            Body::Agent(Agent {
+                status: AgentStatus::SpoolDropped,
+                message: format!(
+                    "output {name}: spool full: {delta} undelivered events dropped, oldest first"
+                ),
+                lost: total,
+                output: Some(name),
+                identity_cache: None,
+                capture: None,
+            }),
+        );
+        outputs.route([ev]);
+    }
+}
+
+/// An output's receiver went away or came back: say so in the events too.
+fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
+    let (status, output, message) = match report {
+        Report::Down { output, reason } => (
+            AgentStatus::OutputDown,
+            output.clone(),
+            format!("output {output}: receiver unreachable ({reason}); spooling until it is back"),
+        ),
+        Report::Up { output, pending } => (
+            AgentStatus::OutputUp,
+            output.clone(),
+            format!("output {output}: receiver is back; {pending} spooled events to deliver"),
+        ),
+    };
+    let ev = Event::new(
+        chrono::Utc::now(),
+        host,
+        Body::Agent(Agent {
+            status,
+            message,
+            lost: 0,
+            output: Some(output),
+            identity_cache: None,
+            capture: None,
+        }),
+    );
+    outputs.route([ev]);
+}
+
 fn emit_agent(
-    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    host: &Host,
     status: AgentStatus,
     message: String,
     lost: u64,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
-) -> anyhow::Result<()> {
+) {
     let body = Agent {
         status,
         message,
         lost,
+        output: None,
         identity_cache,
         capture,
     };
-    let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
-    pipeline.sink.emit(&ev).context("writing events")?;
-    pipeline.sink.flush().context("writing events")
+    outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
 }

@@ -69,9 +69,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub watch: Vec<PathBuf>,
 
-    /// Append events to FILE instead of stdout ("-" is stdout).
-    #[arg(long, value_name = "FILE|-")]
-    pub output: Option<PathBuf>,
+    /// Send events here; repeatable, each with its own queue. `-` (stdout,
+    /// the default), a path or `file:///PATH` (appended, created 0600),
+    /// `syslog:///dev/log`, `syslog+udp://HOST:PORT`,
+    /// `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT` (RFC 5424; the
+    /// message is one JSON event), `http://` or `https://` (batched NDJSON
+    /// POSTs). Network outputs spool to <state>/spool/ while the receiver
+    /// is down. Replaces the config's `[[output]]` tables, which also take
+    /// per-output settings (filters, TLS, Splunk HEC, Elastic _bulk).
+    #[arg(long, value_name = "URL")]
+    pub output: Vec<String>,
+
+    /// The schema of outputs that do not name one: secretmon's own
+    /// (`native`) or OCSF 1.5 (`ocsf`).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = crate::outputs::config::Format::Native)]
+    pub format: crate::outputs::config::Format,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and
+    /// /readyz, e.g. 127.0.0.1:9464 [default: off, or the config's
+    /// `[metrics] listen`].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Keep the ledger (ledger.db) and the fingerprint key here; created
     /// 0700 when missing. `secretmon report --state DIR` reads it.

@@ -6,6 +6,8 @@ use crate::{
     agent, check,
     cli::{Cli, Command},
     config, findings, inventory,
+    metrics::MetricsConfig,
+    outputs::config::OutputConfig,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -17,13 +19,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config::Config::load(args.config.as_deref())?;
             let mut watch = config.watch;
             watch.extend(args.watch);
+            // Outputs on the command line replace the config's.
+            let outputs = if args.output.is_empty() {
+                config.output
+            } else {
+                args.output
+                    .iter()
+                    .map(|url| OutputConfig::from_url(url))
+                    .collect()
+            };
+            let metrics = MetricsConfig {
+                listen: args.metrics.or(config.metrics.listen),
+            };
             rt.block_on(agent::run(agent::RunOptions {
                 watch,
                 state: args.state,
                 inventory: config.inventory,
                 env_names: config.env_names,
                 name_rules: config.name_rules,
-                output: args.output,
+                outputs,
+                format: args.format,
+                metrics,
                 ring_buffer_bytes: Some(args.ring_buffer_size),
                 opens: args.opens,
                 trust_domain: args.trust_domain.or(config.trust_domain),

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{findings::FindingsConfig, identity::IdentityConfig, ledger::LedgerConfig};
+use crate::{
+    findings::FindingsConfig, identity::IdentityConfig, ledger::LedgerConfig,
+    metrics::MetricsConfig, outputs::config::OutputConfig,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +32,11 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// `[[output]]` tables: where events go, each with its own settings.
+    /// `--output` on the command line replaces them.
+    pub output: Vec<OutputConfig>,
+    /// `[metrics] listen = "ADDR"`: serve Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,23 @@ mod tests {
         );
         assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
         assert_eq!(c.findings.policy, Some(PathBuf::from("/etc/p.toml")));
+    }
+
+    #[test]
+    fn output_and_metrics_sections() {
+        let c = Config::parse(
+            "[[output]]\nurl = \"syslog+tls://siem.example:6514\"\nformat = \"ocsf\"\n\
+             kinds = [\"finding\"]\n[[output]]\nurl = \"/var/log/secretmon.json\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.output.len(), 2);
+        assert_eq!(c.output[0].kinds, ["finding"]);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = Config::parse("[metrics]\nlisten = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
     }
 
     #[test]

@@ -1,35 +1,33 @@
 //! One kernel record in, zero or more events out: process table upkeep,
-//! attribution to a watched secret and an identity, and the JSON line.
+//! attribution to a watched secret and an identity. The events are
+//! returned; the agent routes them to the outputs.
 
 use std::{
     collections::HashMap,
     io,
     num::NonZeroUsize,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
+    sync::mpsc::Sender,
 };
 
 use chrono::{DateTime, Utc};
-use lru::LruCache;
-use monitor_common::{EventHeader, FileKey};
+use monitor_common::EventHeader;
 
 use crate::{
+    discovery,
     event::{
-        self, Access, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process, SecretInArgv,
-        SecretInEnv, SecretRead, Target,
+        self, Access, Body, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process,
+        SecretInArgv, SecretInEnv, SecretRead, Target,
     },
     identity::{Identity, IdentityResolver},
     inventory::Inventory,
-    inventory::{
-        InventoryChange, MapEdit,
-        scan::{Scanner, Skip},
-    },
+    inventory::{InventoryChange, MapEdit},
     ledger::{ExposureKind, Observation, Seen},
     probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
     redact::redact_args,
-    sink::Sink,
 };
 
 /// Ancestors listed on each event, parent first.
@@ -83,66 +81,48 @@ pub struct Pipeline {
     pub host: Host,
     pub identities: IdentityResolver,
     pub clock: Clock,
-    pub sink: Sink,
     pub stats: Stats,
     /// What the ledger should record, taken by the agent after each batch.
     pub observed: Vec<Observation>,
     /// Folded reads, with the reader's cgroup id for the ledger.
     folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead, u64)>,
     proc_root: PathBuf,
-    /// Inspects files the kernel's name rules found, to inventory them.
-    discoverer: Option<Scanner>,
+    /// The worker that inspects files the kernel's name rules found, to
+    /// inventory them; it reports back through [`Pipeline::discovered`].
+    discoverer: Option<Sender<discovery::Request>>,
     /// Watch-map edits for the agent to apply after this batch.
     edits: Vec<MapEdit>,
-    /// Files the name rules matched that hold no secret (a CA bundle named
-    /// `*.pem`), so that their opens are not inspected again and again.
-    /// Keyed by what changes when the file does, or when its inode is
-    /// recycled for another file.
-    not_secrets: LruCache<FileVersion, ()>,
     /// The agent reads secret files to fingerprint them: not a use.
     own_pid: u32,
-}
-
-/// A file's identity and state: (dev, ino) can be reused after a delete,
-/// the change time then differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileVersion {
-    key: FileKey,
-    ctime: i64,
-    ctime_nsec: i64,
+    /// Events of the record being handled.
+    produced: Vec<Event>,
 }
 
 /// Pending folds are flushed early when this many are waiting.
 const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
-    pub fn new(
-        watch: Inventory,
-        host: Host,
-        identities: IdentityResolver,
-        sink: Sink,
-    ) -> io::Result<Self> {
+    pub fn new(watch: Inventory, host: Host, identities: IdentityResolver) -> io::Result<Self> {
         Ok(Self {
             watch,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
             host,
             identities,
             clock: Clock::now()?,
-            sink,
             stats: Stats::default(),
             observed: Vec::new(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
             discoverer: None,
             edits: Vec::new(),
-            not_secrets: LruCache::new(NonZeroUsize::new(4096).expect("nonzero")),
             own_pid: std::process::id(),
+            produced: Vec::new(),
         })
     }
 
-    /// Inventory the files the name rules find with `scanner`.
-    pub fn with_discoverer(mut self, scanner: Scanner) -> Self {
-        self.discoverer = Some(scanner);
+    /// Hand the files the name rules find to this discovery worker.
+    pub fn with_discoverer(mut self, worker: Sender<discovery::Request>) -> Self {
+        self.discoverer = Some(worker);
         self
     }
 
@@ -151,37 +131,40 @@ impl Pipeline {
         std::mem::take(&mut self.edits)
     }
 
-    /// Handle one ring-buffer record.
-    pub fn handle(&mut self, record: &[u8]) -> io::Result<()> {
+    /// Handle one ring-buffer record; returns the events it produced.
+    pub fn handle(&mut self, record: &[u8]) -> Vec<Event> {
+        self.record(record);
+        std::mem::take(&mut self.produced)
+    }
+
+    fn record(&mut self, record: &[u8]) {
         self.stats.records += 1;
         let Some(ev) = crate::probes::decode(record) else {
             self.stats.malformed += 1;
-            return Ok(());
+            return;
         };
         match ev {
             KernelEvent::Exec(exec) => self.exec(exec),
             KernelEvent::Fork { header, child_pid } => {
                 self.procs.on_fork(&header, child_pid);
-                Ok(())
             }
             KernelEvent::Exit(header) => {
                 self.procs.on_exit(header.pid);
                 self.identities.forget(header.pid);
-                Ok(())
             }
             KernelEvent::Open(open) => {
                 // An id the watch list no longer has (a race with a later
                 // update) is not attributable: skip it rather than guess.
                 let Some(id) = self.watch.get(&open.key).map(|f| f.slot) else {
                     self.stats.malformed += 1;
-                    return Ok(());
+                    return;
                 };
                 // The agent fingerprinting a rotated file is not a workload.
                 if open.header.pid == self.own_pid {
-                    return Ok(());
+                    return;
                 }
                 let via = event::open_via(open.via);
-                self.secret_read(&open.header, id, open.flags, "ok".into(), via)
+                self.secret_read(&open.header, id, open.flags, "ok".into(), via, None);
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
             KernelEvent::NameRuleOpen(found) => self.name_rule_open(found),
@@ -197,7 +180,7 @@ impl Pipeline {
                     },
                     message: "opens files through io_uring, which the syscall tracepoints do not see: its secret reads may be missing",
                 };
-                self.emit("io_uring_open", header.boot_ns, &body)
+                self.emit(header.boot_ns, Body::IoUringOpen(body));
             }
             KernelEvent::EnvironRead { header, target_pid } => {
                 let (process, identity, info) = self.who(&header);
@@ -219,13 +202,18 @@ impl Pipeline {
                     identity,
                     target,
                 };
-                self.emit("environ_read", header.boot_ns, &body)
+                self.emit(header.boot_ns, Body::EnvironRead(body));
             }
         }
     }
 
-    /// Emit every folded read; called at least once a second.
-    pub fn flush_folds(&mut self) -> io::Result<()> {
+    /// The number of processes the table tracks.
+    pub fn tracked_processes(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Every folded read, as events; call at least once a second.
+    pub fn flush_folds(&mut self) -> Vec<Event> {
         let mut pending: Vec<_> = self.folds.drain().map(|(_, v)| v).collect();
         pending.sort_by_key(|(time, _, _)| *time);
         for (time, body, cgroup_id) in pending {
@@ -238,13 +226,13 @@ impl Pipeline {
                 count: body.access.count,
                 denied: body.access.result != "ok",
             });
-            self.sink
-                .emit(&Event::new("secret_read", time, &self.host, body))?;
+            self.produced
+                .push(Event::new(time, &self.host, Body::SecretRead(body)));
         }
-        Ok(())
+        std::mem::take(&mut self.produced)
     }
 
-    fn exec(&mut self, exec: Exec) -> io::Result<()> {
+    fn exec(&mut self, exec: Exec) {
         if exec.env_truncated {
             self.stats.env_truncated += 1;
         }
@@ -268,7 +256,7 @@ impl Pipeline {
                 identity,
                 secret,
             };
-            self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
+            self.emit(exec.header.boot_ns, Body::SecretInArgv(body));
         }
         for env_name in exec.env_names {
             let (process, identity, info) = self.who(&exec.header);
@@ -285,66 +273,89 @@ impl Pipeline {
                 identity,
                 secret: EnvSecret { env_name },
             };
-            self.emit("secret_in_env", exec.header.boot_ns, &body)?;
+            self.emit(exec.header.boot_ns, Body::SecretInEnv(body));
         }
-        Ok(())
     }
 
-    /// An unwatched file whose name says credential: inventory it, so later
-    /// reads match by inode, and report this read. The kernel's path is the
-    /// one in the opener's mount namespace; it is the host's path when the
-    /// host sees the same inode there.
-    fn name_rule_open(&mut self, found: NameRuleOpen) -> io::Result<()> {
+    /// An unwatched file whose name says credential: the discovery worker
+    /// inventories it, so later reads match by inode, and this read is
+    /// reported when it says what the file is. The kernel's path is the one
+    /// in the opener's mount namespace; it is the host's path when the host
+    /// sees the same inode there.
+    fn name_rule_open(&mut self, found: NameRuleOpen) {
         if found.header.pid == self.own_pid {
-            return Ok(());
+            return;
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            return self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via);
+            self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via,
+                None,
+            );
+            return;
         }
-        let meta = std::fs::metadata(&found.path).ok().filter(|m| {
-            crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
-        });
-        let version = meta.as_ref().map(|m| FileVersion {
-            key: found.key,
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        });
-        if let Some(v) = version
-            && self.not_secrets.get(&v).is_some()
-        {
-            return Ok(());
+        let (process, identity, info) = self.who(&found.header);
+        let request = discovery::Request {
+            found,
+            process,
+            identity,
+            info,
+        };
+        match &self.discoverer {
+            Some(worker) => {
+                if let Err(returned) = worker.send(request) {
+                    self.uninventoried_read(returned.0, true);
+                }
+            }
+            None => self.uninventoried_read(request, true),
         }
-        if !found.truncated
-            && let Some(version) = version
-            && let Some(scanner) = &self.discoverer
-        {
-            match scanner.inspect_discovered(&found.path) {
-                Ok(record) => {
-                    let edit = self.watch.apply(InventoryChange::Upsert(record));
-                    let slot = edit.add.map(|(_, slot)| slot);
-                    self.edits.push(edit);
-                    if let Some(slot) = slot {
-                        return self.secret_read(
+    }
+
+    /// What the discovery worker found out about a file a name rule matched:
+    /// watch it if it is a secret, and report the read that found it.
+    pub fn discovered(&mut self, report: discovery::Report) -> Vec<Event> {
+        let discovery::Report { request, outcome } = report;
+        match outcome {
+            discovery::Outcome::Inventoried(record) => {
+                let edit = self.watch.apply(InventoryChange::Upsert(*record));
+                let slot = edit.add.map(|(_, slot)| slot);
+                self.edits.push(edit);
+                match slot {
+                    Some(slot) => {
+                        let found = &request.found;
+                        let who = (request.process, request.identity, request.info);
+                        self.secret_read(
                             &found.header,
                             slot,
                             found.flags,
                             "ok".into(),
                             found.via,
+                            Some(who),
                         );
                     }
+                    None => self.uninventoried_read(request, true),
                 }
-                // A name that looked like a secret but holds none.
-                Err(Skip::NoSecret) => {
-                    self.not_secrets.put(version, ());
-                    return Ok(());
-                }
-                Err(_) => {}
+            }
+            discovery::Outcome::NotSecret => {}
+            discovery::Outcome::Uninventoried { host_path } => {
+                self.uninventoried_read(request, host_path)
             }
         }
-        // Not inventoried (another namespace's file, unreadable, cut path):
-        // report what the kernel saw.
+        std::mem::take(&mut self.produced)
+    }
+
+    /// Report what the kernel saw of a file the inventory does not hold.
+    fn uninventoried_read(&mut self, request: discovery::Request, host_path: bool) {
+        let discovery::Request {
+            found,
+            process,
+            identity,
+            ..
+        } = request;
         self.stats.secret_reads += 1;
-        let (process, identity, _) = self.who(&found.header);
         let shown = found.path.to_string_lossy().into_owned();
         let body = SecretRead {
             process,
@@ -352,7 +363,7 @@ impl Pipeline {
             secret: event::Secret {
                 id: crate::secret::secret_id(&found.path),
                 path: shown.clone(),
-                container_path: meta.is_none().then_some(shown),
+                container_path: (!host_path).then_some(shown),
                 secret_type: crate::secret::SecretType::Generic,
                 fingerprint: String::new(),
                 lifetime: crate::secret::Lifetime::Unknown,
@@ -366,12 +377,12 @@ impl Pipeline {
                 via: found.via,
             },
         };
-        self.emit("secret_read", found.header.boot_ns, &body)
+        self.emit(found.header.boot_ns, Body::SecretRead(body));
     }
 
     /// A denied open names a path, not an inode: resolve it as the process
     /// saw it, and report it if it is a watched secret.
-    fn denied_open(&mut self, d: &DeniedOpen) -> io::Result<()> {
+    fn denied_open(&mut self, d: &DeniedOpen) {
         let name = Path::new(std::ffi::OsStr::from_bytes(&d.filename));
         let walked = d
             .base
@@ -382,12 +393,12 @@ impl Pipeline {
             walked.or_else(|| resolve_open_path(&self.proc_root, d.header.pid, d.dfd, &d.filename))
         else {
             self.stats.denied_unresolved += 1;
-            return Ok(());
+            return;
         };
         let Some(id) = self.watch.lookup_path(&path).map(|f| f.slot) else {
-            return Ok(());
+            return;
         };
-        self.secret_read(&d.header, id, d.flags, errno_name(d.errno), "syscall")
+        self.secret_read(&d.header, id, d.flags, errno_name(d.errno), "syscall", None);
     }
 
     fn secret_read(
@@ -397,22 +408,26 @@ impl Pipeline {
         flags: u32,
         result: String,
         via: &'static str,
-    ) -> io::Result<()> {
+        who: Option<(Process, Identity, ProcessInfo)>,
+    ) {
         if h.pid == self.own_pid {
-            return Ok(());
+            return;
         }
         self.stats.secret_reads += 1;
         let key = (h.pid, file_id, result, via);
         if let Some((_, pending, _)) = self.folds.get_mut(&key) {
             pending.access.count += 1;
-            return Ok(());
+            return;
         }
         let Some(file) = self.watch.by_slot(file_id) else {
-            return Ok(());
+            return;
         };
         let path = file.path.clone();
         let mut secret = file.event_secret();
-        let (process, identity, info) = self.who(h);
+        let (process, identity, info) = match who {
+            Some(who) => who,
+            None => self.who(h),
+        };
         secret.container_path = self.identities.container_path(&info, &path);
         let body = SecretRead {
             process,
@@ -429,9 +444,9 @@ impl Pipeline {
         self.folds
             .insert(key, (self.clock.wall(h.boot_ns), body, info.cgroup_id));
         if self.folds.len() >= MAX_PENDING_FOLDS {
-            self.flush_folds()?;
+            let flushed = self.flush_folds();
+            self.produced.extend(flushed);
         }
-        Ok(())
     }
 
     /// Record a secret seen outside a file for the ledger.
@@ -483,14 +498,9 @@ impl Pipeline {
         (process, identity, info)
     }
 
-    fn emit<B: serde::Serialize>(
-        &mut self,
-        kind: &'static str,
-        boot_ns: u64,
-        body: &B,
-    ) -> io::Result<()> {
+    fn emit(&mut self, boot_ns: u64, body: Body) {
         let time = self.clock.wall(boot_ns);
-        self.sink.emit(&Event::new(kind, time, &self.host, body))
+        self.produced.push(Event::new(time, &self.host, body));
     }
 }
 
@@ -522,7 +532,6 @@ const AT_FDCWD: i32 = -100;
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
 
     use monitor_common::{
         ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, EventHeader, EventKind, ExecEvent, FILENAME_LEN,
@@ -531,18 +540,6 @@ mod tests {
 
     use super::*;
     use crate::identity::{IdentityConfig, Naming, cgroup_tree::CgroupTree};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: the bytes of a plain #[repr(C)] value, in a test.
@@ -599,7 +596,6 @@ mod tests {
         let record = crate::inventory::test_record(&secret, 77);
         let key = record.key;
         let watch = Inventory::new(vec![record]);
-        let out = Shared::default();
         let identities = IdentityResolver::new(
             Naming::new(Some("td"), "h").unwrap(),
             IdentityConfig::default(),
@@ -607,13 +603,7 @@ mod tests {
             CgroupTree::at(None),
             NonZeroUsize::new(8).unwrap(),
         );
-        let mut p = Pipeline::new(
-            watch,
-            Host { name: "h".into() },
-            identities,
-            Sink::to_writer(out.clone()),
-        )
-        .unwrap();
+        let mut p = Pipeline::new(watch, Host { name: "h".into() }, identities).unwrap();
         // A pid that cannot exist, so /proc cannot help: only the exec event.
         let pid = u32::MAX - 1;
         let mut exec = ExecEvent {
@@ -633,7 +623,7 @@ mod tests {
         exec.args_len = argv.len() as u32;
         exec.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
         exec.filename[..12].copy_from_slice(b"/usr/bin/cat");
-        p.handle(&bytes_of(&exec)).unwrap();
+        let mut events = p.handle(&bytes_of(&exec));
         let open = OpenEvent {
             header: header(EventKind::Open, pid),
             key,
@@ -642,18 +632,21 @@ mod tests {
             via: monitor_common::VIA_SYSCALL,
             _pad: 0,
         };
-        p.handle(&bytes_of(&open)).unwrap();
-        p.handle(&bytes_of(&open)).unwrap();
-        p.handle(&bytes_of(&header(EventKind::Exit, pid))).unwrap();
-        p.handle(&[1, 2, 3]).unwrap();
-        p.flush_folds().unwrap();
-        p.sink.flush().unwrap();
+        events.extend(p.handle(&bytes_of(&open)));
+        events.extend(p.handle(&bytes_of(&open)));
+        events.extend(p.handle(&bytes_of(&header(EventKind::Exit, pid))));
+        events.extend(p.handle(&[1, 2, 3]));
+        events.extend(p.flush_folds());
 
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+        let lines: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
             .collect();
+        let text = lines
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         let kinds: Vec<&str> = lines.iter().map(|v| v["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,

@@ -333,6 +333,18 @@ impl Probes {
         )
     }
 
+    /// Each loaded program's run time and run count, which the kernel
+    /// counts while `kernel.bpf_stats_enabled` is 1.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
     /// Events dropped so far because the ring buffer was full, all CPUs.
     pub fn lost(&self) -> Result<u64, ProbeError> {
         let per_cpu = self.lost.get(&0, 0).map_err(|source| ProbeError::Map {

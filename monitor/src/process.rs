@@ -84,6 +84,15 @@ impl ProcessTable {
         }
     }
 
+    /// Processes tracked now.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     /// `parent` (the header's process) forked `child`: the child runs the
     /// parent's image until it execs.
     pub fn on_fork(&mut self, parent: &EventHeader, child: u32) {

@@ -6,17 +6,14 @@
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::{Finding, Settings, liveness::Liveness, rules};
 use crate::{
-    event::{Event, Host},
     inventory::Inventory,
     ledger::{
         Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, Writer, WriterStats,
         facts::secret_facts,
     },
-    sink::Sink,
 };
 
 pub use super::rules::Scope;
@@ -165,20 +162,6 @@ impl Engine {
     pub fn close(self) -> WriterStats {
         self.writer.close()
     }
-}
-
-#[derive(Serialize)]
-struct FindingBody<'a> {
-    finding: &'a Finding,
-}
-
-/// Emit each finding as a `finding` event.
-pub fn emit(sink: &mut Sink, host: &Host, findings: &[Finding]) -> std::io::Result<()> {
-    let now = Utc::now();
-    for finding in findings {
-        sink.emit(&Event::new("finding", now, host, FindingBody { finding }))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

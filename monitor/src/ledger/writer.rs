@@ -175,6 +175,7 @@ fn run(mut ledger: Ledger, rx: &mpsc::Receiver<Row>, batching: Batching) -> Writ
             }
         }
         stats.busy += started.elapsed();
+        crate::metrics::LEDGER_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
     }
     stats
 }
