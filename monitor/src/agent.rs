@@ -22,7 +22,7 @@ use crate::{
         settings::Settings, sync::Follower,
     },
     ledger::LedgerConfig,
-    metrics::{Metrics, MetricsConfig, ProgramLabel},
+    metrics::{Metrics, MetricsConfig},
     name_rules::{self, NameRuleSpec},
     offsets,
     outputs::{
@@ -289,17 +289,11 @@ impl ProgramStats {
         }
         for (name, run_time, runs) in probes.program_stats() {
             let (last_time, last_runs) = self.last.get(&name).copied().unwrap_or_default();
-            let label = ProgramLabel {
-                program: name.clone(),
-            };
-            metrics
-                .program_run_time
-                .get_or_create(&label)
-                .inc_by(run_time.saturating_sub(last_time).as_secs_f64());
-            metrics
-                .program_runs
-                .get_or_create(&label)
-                .inc_by(runs.saturating_sub(last_runs));
+            metrics.program_ran(
+                &name,
+                run_time.saturating_sub(last_time),
+                runs.saturating_sub(last_runs),
+            );
             self.last.insert(name, (run_time, runs));
         }
     }

@@ -1,7 +1,7 @@
 //! The agent's health for Prometheus: `--metrics ADDR` serves `/metrics`
-//! (OpenMetrics text, encoded by `prometheus-client`), `/healthz` (the
-//! event loop is turning) and `/readyz` (the probes are attached). Off by
-//! default.
+//! (the Prometheus text format, encoded by the `prometheus` crate, which
+//! `promtool check metrics` reads), `/healthz` (the event loop is turning)
+//! and `/readyz` (the probes are attached). Off by default.
 
 use std::{
     net::SocketAddr,
@@ -12,15 +12,9 @@ use std::{
     time::Duration,
 };
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::Registry,
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use serde::Deserialize;
 
@@ -35,61 +29,46 @@ pub struct MetricsConfig {
 /// The event loop is not turning when it has not ticked for this long.
 const STALL: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutputLabel {
-    pub output: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProgramLabel {
-    pub program: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-    ocsf_version: &'static str,
-}
-
 /// How long each ledger commit took. The ledger's writer thread observes
 /// it; a static, so the ledger needs no handle to the metrics.
-pub static LEDGER_COMMIT_SECONDS: LazyLock<Histogram> =
-    LazyLock::new(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
+pub static LEDGER_COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "ledger_commit_duration_seconds",
+        "Time each ledger commit took",
+    )
+    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"));
+    Histogram::with_opts(opts).expect("a valid histogram")
+});
 
 /// One output's counters, taken once so the hot path takes no lock.
 #[derive(Clone)]
 pub struct OutputMetrics {
-    pub queued: Gauge,
-    pub delivered: Counter,
-    pub failed_sends: Counter,
-    pub rejected: Counter,
-    pub dropped: Counter,
-    pub spool_bytes: Gauge,
-    pub spool_dropped: Counter,
+    pub queued: IntGauge,
+    pub delivered: IntCounter,
+    pub failed_sends: IntCounter,
+    pub rejected: IntCounter,
+    pub dropped: IntCounter,
+    pub spool_bytes: IntGauge,
+    pub spool_dropped: IntCounter,
 }
 
 /// Every metric of the agent. Cheap to clone: the values are shared.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
-    pub events: Family<KindLabel, Counter>,
-    pub kernel_lost: Counter,
-    pub watched_secrets: Gauge,
-    pub tracked_processes: Gauge,
-    pub program_run_time: Family<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
-    pub program_runs: Family<ProgramLabel, Counter>,
-    output_queued: Family<OutputLabel, Gauge>,
-    output_delivered: Family<OutputLabel, Counter>,
-    output_failed_sends: Family<OutputLabel, Counter>,
-    output_rejected: Family<OutputLabel, Counter>,
-    output_dropped: Family<OutputLabel, Counter>,
-    output_spool_bytes: Family<OutputLabel, Gauge>,
-    output_spool_dropped: Family<OutputLabel, Counter>,
+    registry: Registry,
+    events: IntCounterVec,
+    pub kernel_lost: IntCounter,
+    pub watched_secrets: IntGauge,
+    pub tracked_processes: IntGauge,
+    program_run_time: CounterVec,
+    program_runs: IntCounterVec,
+    output_queued: IntGaugeVec,
+    output_delivered: IntCounterVec,
+    output_failed_sends: IntCounterVec,
+    output_rejected: IntCounterVec,
+    output_dropped: IntCounterVec,
+    output_spool_bytes: IntGaugeVec,
+    output_spool_dropped: IntCounterVec,
     ready: Arc<AtomicBool>,
     /// Unix seconds of the event loop's last tick.
     last_tick: Arc<AtomicI64>,
@@ -101,128 +80,137 @@ impl Default for Metrics {
     }
 }
 
+/// Register `metric` in `registry` and hand it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> M {
+    let metric = metric.expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric registered once");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("secretmon");
-        let events = Family::<KindLabel, Counter>::default();
-        r.register("events", "Events produced, by kind", events.clone());
-        let kernel_lost = Counter::default();
-        r.register(
-            "kernel_events_lost",
-            "Events the kernel dropped because the ring buffer was full",
-            kernel_lost.clone(),
-        );
-        let watched_secrets = Gauge::default();
-        r.register(
-            "watched_secrets",
-            "Secret files watched by inode",
-            watched_secrets.clone(),
-        );
-        let tracked_processes = Gauge::default();
-        r.register(
-            "tracked_processes",
-            "Processes in the agent's process table",
-            tracked_processes.clone(),
-        );
-        let program_run_time = Family::default();
-        r.register(
-            "bpf_program_run_time_seconds",
-            "Time the kernel spent in each program, while kernel.bpf_stats_enabled is 1",
-            program_run_time.clone(),
-        );
-        let program_runs = Family::default();
-        r.register(
-            "bpf_program_runs",
-            "Runs of each program, while kernel.bpf_stats_enabled is 1",
-            program_runs.clone(),
-        );
-        let output_queued = Family::default();
-        r.register(
-            "output_queued_events",
-            "Events accepted by an output and not delivered yet (in memory and spooled)",
-            output_queued.clone(),
-        );
-        let output_delivered = Family::default();
-        r.register(
-            "output_delivered_events",
-            "Events an output delivered",
-            output_delivered.clone(),
-        );
-        let output_failed_sends = Family::default();
-        r.register(
-            "output_failed_sends",
-            "Sends that failed and will be tried again",
-            output_failed_sends.clone(),
-        );
-        let output_rejected = Family::default();
-        r.register(
-            "output_rejected_events",
-            "Events the receiver refused for good, or that could not be written",
-            output_rejected.clone(),
-        );
-        let output_dropped = Family::default();
-        r.register(
-            "output_dropped_events",
-            "Events dropped because an output's in-memory queue was full",
-            output_dropped.clone(),
-        );
-        let output_spool_bytes = Family::default();
-        r.register(
-            "output_spool_bytes",
-            "Bytes in an output's on-disk spool",
-            output_spool_bytes.clone(),
-        );
-        let output_spool_dropped = Family::default();
-        r.register(
-            "output_spool_dropped_events",
-            "Undelivered events dropped, oldest first, because the spool was full",
-            output_spool_dropped.clone(),
-        );
-        r.register(
-            "ledger_commit_duration_seconds",
-            "Time each ledger commit took",
-            LEDGER_COMMIT_SECONDS.clone(),
-        );
-        let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                ocsf_version: crate::ocsf::VERSION,
-            })
-            .set(1);
-        r.register("build_info", "The agent's version; always 1", build);
-        Self {
-            registry: Arc::new(r),
-            events,
-            kernel_lost,
-            watched_secrets,
-            tracked_processes,
-            program_run_time,
-            program_runs,
-            output_queued,
-            output_delivered,
-            output_failed_sends,
-            output_rejected,
-            output_dropped,
-            output_spool_bytes,
-            output_spool_dropped,
+        let r = Registry::new_custom(Some("secretmon".into()), None).expect("a valid prefix");
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        let output = |name: &str, help: &str| (opts(name, help), ["output"]);
+        let counters = |(o, l): (Opts, [&str; 1])| registered(&r, IntCounterVec::new(o, &l));
+        let gauges = |(o, l): (Opts, [&str; 1])| registered(&r, IntGaugeVec::new(o, &l));
+        let m = Self {
+            events: registered(
+                &r,
+                IntCounterVec::new(opts("events_total", "Events produced, by kind"), &["kind"]),
+            ),
+            kernel_lost: registered(
+                &r,
+                IntCounter::with_opts(opts(
+                    "kernel_events_lost_total",
+                    "Events the kernel dropped because the ring buffer was full",
+                )),
+            ),
+            watched_secrets: registered(
+                &r,
+                IntGauge::with_opts(opts("watched_secrets", "Secret files watched by inode")),
+            ),
+            tracked_processes: registered(
+                &r,
+                IntGauge::with_opts(opts(
+                    "tracked_processes",
+                    "Processes in the agent's process table",
+                )),
+            ),
+            program_run_time: registered(
+                &r,
+                CounterVec::new(
+                    opts(
+                        "bpf_program_run_time_seconds_total",
+                        "Time the kernel spent in each program while kernel.bpf_stats_enabled is 1",
+                    ),
+                    &["program"],
+                ),
+            ),
+            program_runs: registered(
+                &r,
+                IntCounterVec::new(
+                    opts(
+                        "bpf_program_runs_total",
+                        "Runs of each program while kernel.bpf_stats_enabled is 1",
+                    ),
+                    &["program"],
+                ),
+            ),
+            output_queued: gauges(output(
+                "output_queued_events",
+                "Events an output accepted and has not delivered yet (in memory and spooled)",
+            )),
+            output_delivered: counters(output(
+                "output_delivered_events_total",
+                "Events an output delivered",
+            )),
+            output_failed_sends: counters(output(
+                "output_failed_sends_total",
+                "Sends that failed and will be tried again",
+            )),
+            output_rejected: counters(output(
+                "output_rejected_events_total",
+                "Events the receiver refused for good, or that could not be written",
+            )),
+            output_dropped: counters(output(
+                "output_dropped_events_total",
+                "Events dropped because an output's in-memory queue was full",
+            )),
+            output_spool_bytes: gauges(output(
+                "output_spool_bytes",
+                "Bytes in an output's on-disk spool",
+            )),
+            output_spool_dropped: counters(output(
+                "output_spool_dropped_events_total",
+                "Undelivered events dropped, oldest first, because the spool was full",
+            )),
             ready: Arc::new(AtomicBool::new(false)),
             last_tick: Arc::new(AtomicI64::new(chrono::Utc::now().timestamp())),
-        }
+            registry: r.clone(),
+        };
+        let build = registered(
+            &r,
+            IntGaugeVec::new(
+                opts("build_info", "The agent's version; always 1"),
+                &["version", "ocsf_version"],
+            ),
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::ocsf::VERSION])
+            .set(1);
+        registered(&r, Ok(LEDGER_COMMIT_SECONDS.clone()));
+        m
+    }
+
+    /// An event of `kind` was produced.
+    pub fn event(&self, kind: &str) {
+        self.events.with_label_values(&[kind]).inc();
+    }
+
+    /// The kernel's counts for `program` grew by this much.
+    pub fn program_ran(&self, program: &str, run_time: Duration, runs: u64) {
+        self.program_run_time
+            .with_label_values(&[program])
+            .inc_by(run_time.as_secs_f64());
+        self.program_runs.with_label_values(&[program]).inc_by(runs);
     }
 
     pub fn output(&self, name: &str) -> OutputMetrics {
-        let l = OutputLabel {
-            output: name.to_string(),
-        };
+        let l = [name];
         OutputMetrics {
-            queued: self.output_queued.get_or_create_owned(&l),
-            delivered: self.output_delivered.get_or_create_owned(&l),
-            failed_sends: self.output_failed_sends.get_or_create_owned(&l),
-            rejected: self.output_rejected.get_or_create_owned(&l),
-            dropped: self.output_dropped.get_or_create_owned(&l),
-            spool_bytes: self.output_spool_bytes.get_or_create_owned(&l),
-            spool_dropped: self.output_spool_dropped.get_or_create_owned(&l),
+            queued: self.output_queued.with_label_values(&l),
+            delivered: self.output_delivered.with_label_values(&l),
+            failed_sends: self.output_failed_sends.with_label_values(&l),
+            rejected: self.output_rejected.with_label_values(&l),
+            dropped: self.output_dropped.with_label_values(&l),
+            spool_bytes: self.output_spool_bytes.with_label_values(&l),
+            spool_dropped: self.output_spool_dropped.with_label_values(&l),
         }
     }
 
@@ -245,8 +233,9 @@ impl Metrics {
     /// The exposition, as `/metrics` serves it.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String does not fail");
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!("metrics: {e}");
+        }
         out
     }
 
@@ -285,7 +274,7 @@ impl Metrics {
         match url.split('?').next().unwrap_or_default() {
             "/metrics" => (
                 200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                "text/plain; version=0.0.4; charset=utf-8",
                 self.encode(),
             ),
             "/healthz" if self.healthy() => (200, TEXT, "ok\n".into()),
@@ -310,11 +299,9 @@ mod tests {
     #[test]
     fn exposition_and_probes() {
         let m = Metrics::new();
-        m.events
-            .get_or_create(&KindLabel {
-                kind: "secret_read",
-            })
-            .inc_by(3);
+        for _ in 0..3 {
+            m.event("secret_read");
+        }
         m.output("siem").delivered.inc_by(2);
         LEDGER_COMMIT_SECONDS.observe(0.002);
         let text = m.encode();
@@ -323,7 +310,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("secretmon_output_delivered_events_total{output=\"siem\"} 2"));
-        assert!(text.contains("secretmon_build_info{version=\""));
+        assert!(
+            text.contains("secretmon_build_info{ocsf_version=\"1.5.0\",version=\""),
+            "{text}"
+        );
         assert!(text.contains("secretmon_ledger_commit_duration_seconds_bucket"));
         assert_eq!(m.answer("/readyz").0, 503);
         m.set_ready();

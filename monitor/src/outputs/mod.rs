@@ -37,7 +37,7 @@ use self::{
 use crate::{
     errors::error_text,
     event::{Event, Severity},
-    metrics::{KindLabel, Metrics, OutputMetrics},
+    metrics::{Metrics, OutputMetrics},
 };
 
 /// Events an output's in-memory queue holds before it drops.
@@ -161,10 +161,7 @@ impl Outputs {
     /// Queue each event to every output that takes it. Never blocks.
     pub fn route(&mut self, events: impl IntoIterator<Item = Event>) {
         for event in events {
-            self.metrics
-                .events
-                .get_or_create(&KindLabel { kind: event.kind() })
-                .inc();
+            self.metrics.event(event.kind());
             let severity = event.body.severity();
             let mut encoded: [Option<Arc<Record>>; 2] = [None, None];
             for out in &mut self.outputs {
@@ -472,13 +469,13 @@ fn run_spooler(
                 if dropped > 0 {
                     dropped_total.fetch_add(dropped, Ordering::Relaxed);
                     m.spool_dropped.inc_by(dropped);
-                    m.queued.dec_by(dropped as i64);
+                    m.queued.sub(dropped as i64);
                 }
                 failing = false;
             }
             Err(e) => {
                 m.rejected.inc_by(n);
-                m.queued.dec_by(n as i64);
+                m.queued.sub(n as i64);
                 if !failing {
                     tracing::warn!(
                         "output {name}: cannot write its spool, events lost: {}",
@@ -553,7 +550,7 @@ fn run_sender(
                     );
                 }
                 m.delivered.inc_by(n);
-                m.queued.dec_by(n as i64);
+                m.queued.sub(n as i64);
                 m.spool_bytes.set(spool.bytes() as i64);
                 let pending = spool.pending();
                 drop(spool);
@@ -577,7 +574,7 @@ fn run_sender(
                     );
                 }
                 m.rejected.inc_by(n);
-                m.queued.dec_by(n as i64);
+                m.queued.sub(n as i64);
             }
             Err(SendError::Retry(why)) => {
                 m.failed_sends.inc();
