@@ -335,20 +335,44 @@ fn reads(secret: &Path, n: usize) {
     assert!(status.success());
 }
 
+/// The agent's next events, up to the first point where `done` holds of
+/// them.
+fn collect(agent: &mut RunningAgent, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut events = Vec::new();
+    while !done(&events) {
+        events.push(agent.wait_for(Duration::from_secs(60), |_| true));
+    }
+    events
+}
+
+/// The ids of the reads of `secret` by `head` among `events`, in order.
+fn ids_of_reads(events: &[Value], secret: &Path) -> Vec<String> {
+    let path = secret.to_str().unwrap();
+    events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "secret_read"
+                && v["process"]["comm"] == "head"
+                && v["secret"]["path"] == path
+        })
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The ids of the next `n` reads of `secret` by `head`, in the order the
 /// agent printed them.
 fn read_ids(agent: &mut RunningAgent, secret: &Path, n: usize) -> Vec<String> {
-    let path = secret.to_str().unwrap().to_string();
-    (0..n)
-        .map(|_| {
-            let v = agent.wait_for(Duration::from_secs(20), |v| {
-                v["kind"] == "secret_read"
-                    && v["process"]["comm"] == "head"
-                    && v["secret"]["path"] == path.as_str()
-            });
-            v["id"].as_str().unwrap().to_string()
-        })
-        .collect()
+    let events = collect(agent, |e| ids_of_reads(e, secret).len() >= n);
+    ids_of_reads(&events, secret)
+}
+
+/// Whether `events` has an `agent` event with `status` for each output.
+fn said_of_each(events: &[Value], status: &str, outputs: &[&str]) -> bool {
+    outputs.iter().all(|o| {
+        events
+            .iter()
+            .any(|v| v["status"] == status && v["output"] == *o)
+    })
 }
 
 /// The OCSF event ids among `lines`, in order.
@@ -443,16 +467,13 @@ key = "{key}"
     // The receiver goes away; reads go on.
     rsyslog.pause();
     reads(&secret, 10);
-    ids.extend(read_ids(&mut agent, &secret, 10));
-    for name in ["siem-tcp", "siem-tls"] {
-        agent.wait_for(WAIT, |v| {
-            v["status"] == "output_down" && v["output"] == name
-        });
-    }
+    let outputs = ["siem-tcp", "siem-tls"];
+    let events = collect(&mut agent, |e| {
+        ids_of_reads(e, &secret).len() >= 10 && said_of_each(e, "output_down", &outputs)
+    });
+    ids.extend(ids_of_reads(&events, &secret));
     rsyslog.resume();
-    for name in ["siem-tcp", "siem-tls"] {
-        agent.wait_for(WAIT, |v| v["status"] == "output_up" && v["output"] == name);
-    }
+    collect(&mut agent, |e| said_of_each(e, "output_up", &outputs));
     for input in ["tcp", "tls"] {
         rsyslog.wait_for(input, WAIT, |l| has_all(l, &ids));
     }
@@ -698,7 +719,6 @@ fn the_spool_survives_kill_9() {
     let mut first = RunningAgent::start(&args);
     reads(&secret, 10);
     let ids = read_ids(&mut first, &secret, 10);
-    first.wait_for(Duration::from_secs(30), |v| v["status"] == "output_down");
     let spool = state.join(format!("spool/syslog-tcp-127.0.0.1-{}", rsyslog.tcp_port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !has_all(&spooled(&spool), &ids) {

@@ -148,6 +148,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let discovery = discovery::spawn(discoverer, found_tx).context("cannot start a thread")?;
     let mut pipeline = Pipeline::new(watch, host, identities)?.with_discoverer(discovery);
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says so
+    // must get a clean stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut outputs,
         &pipeline.host,
@@ -174,8 +178,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     metrics.set_ready();
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is

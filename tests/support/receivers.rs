@@ -3,7 +3,6 @@
 //! records what it is sent, and the OCSF schema validator.
 
 use std::{
-    io::Read as _,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -131,6 +130,13 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
     /// Start it (again), and wait until both inputs accept connections.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "rsyslogd is running");
+        // Its own messages go to a file: a pipe nobody reads would fill and
+        // stop it.
+        let own = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rsyslogd.stderr"))
+            .unwrap();
         let child = Command::new("rsyslogd")
             .arg("-n")
             .arg("-f")
@@ -138,7 +144,7 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
             .arg("-i")
             .arg(self.dir.join("rsyslogd.pid"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(own)
             .spawn()
             .expect("rsyslogd is installed (cargo xtask setup installs it)");
         self.child = Some(child);
@@ -146,15 +152,8 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
         for port in [self.tcp_port, self.tls_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                    let mut err = String::new();
-                    let _ = self
-                        .child
-                        .take()
-                        .unwrap()
-                        .stderr
-                        .unwrap()
-                        .read_to_string(&mut err);
-                    panic!("rsyslogd exited ({status}): {err}");
+                    self.child = None;
+                    panic!("rsyslogd exited ({status}): {}", self.own_messages());
                 }
                 assert!(Instant::now() < deadline, "rsyslogd does not listen");
                 thread::sleep(Duration::from_millis(50));
@@ -168,6 +167,11 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         child.wait().unwrap();
+    }
+
+    /// What rsyslogd said about itself.
+    pub fn own_messages(&self) -> String {
+        std::fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
     }
 
     /// The messages received on `input` ("tcp" or "tls") so far.
@@ -189,8 +193,10 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
             }
             assert!(
                 Instant::now() < deadline,
-                "rsyslog {input} input: not there within {timeout:?}; received:\n{}",
-                lines.join("\n")
+                "rsyslog {input} input: not there within {timeout:?}; received:\n{}\n\
+                 rsyslogd said: {}",
+                lines.join("\n"),
+                self.own_messages()
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -199,6 +205,9 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
 
 impl Drop for Rsyslog {
     fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("rsyslogd said: {}", self.own_messages());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -243,7 +252,7 @@ impl HttpReceiver {
             let mut refused = 0;
             for mut request in s.incoming_requests() {
                 let mut body = String::new();
-                request.as_reader().read_to_string(&mut body).unwrap();
+                std::io::Read::read_to_string(request.as_reader(), &mut body).unwrap();
                 if refused < fail_first {
                     refused += 1;
                     let _ = request.respond(tiny_http::Response::empty(503));
