@@ -3,33 +3,26 @@
 //! The agent owns the outputs: what the pipeline, the discovery worker and
 //! the findings engine produce is routed to them here.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    discovery, env_names,
+    discovery,
     event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host},
-    findings::{
-        FindingsConfig,
-        engine::{Engine, Scope},
-    },
-    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    findings::engine::{Engine, Scope},
+    identity::{CacheStats, IdentityResolver},
     inventory::{
-        self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
-        settings::Settings, sync::Follower,
+        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        sync::Follower,
     },
-    ledger::LedgerConfig,
-    metrics::{Metrics, MetricsConfig},
-    name_rules::{self, NameRuleSpec},
+    metrics::Metrics,
     offsets,
-    outputs::{
-        self, Outputs, Report,
-        config::{Format, OutputConfig},
-    },
+    outputs::{Outputs, Report},
     pipeline::Pipeline,
+    plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
 };
@@ -37,67 +30,27 @@ use crate::{
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub struct RunOptions {
-    pub watch: Vec<PathBuf>,
-    pub state: PathBuf,
-    pub inventory: Settings,
-    pub env_names: Vec<String>,
-    pub name_rules: Vec<NameRuleSpec>,
-    pub outputs: Vec<OutputConfig>,
-    /// The schema of outputs that name none.
-    pub format: Format,
-    pub metrics: MetricsConfig,
-    pub ring_buffer_bytes: Option<u32>,
-    pub opens: crate::probes::OpenHooks,
-    pub trust_domain: Option<String>,
-    pub identity: IdentityConfig,
-    pub ledger: LedgerConfig,
-    pub findings: FindingsConfig,
-}
-
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    // A bad trust domain is a configuration error: say so before anything
-    // else is checked.
-    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
-    let settings = opts.findings.settings()?;
-    let output_specs = outputs::config::resolve(&opts.outputs, opts.format)?;
+pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    if let Some(addr) = opts.metrics.listen {
+    if let Some(addr) = plan.metrics.listen {
         let bound = metrics.serve(addr)?;
         tracing::info!("metrics at http://{bound}/metrics");
     }
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let user = inventory::user_paths(&opts.watch)?;
-    let catalog = Catalog::new(&opts.inventory)?;
-    let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
-    let key = listing::load_key(&opts.inventory, &opts.state)?;
-    let scanner = Scanner::new(
-        std::path::Path::new("/"),
-        catalog,
-        user,
-        key,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    let scanner = host_scanner(&plan)?;
+    let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let mut outputs = Outputs::start(output_specs, &opts.state, &metrics, reports_tx)?;
+    let mut outputs = Outputs::start(plan.outputs.clone(), &plan.state_dir, &metrics, reports_tx)?;
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
-    let name_rules = name_rules::rules(&opts.name_rules)?;
     let mut probes = Probes::attach(
         offsets,
-        opts.ring_buffer_bytes,
+        Some(plan.capture.ring_buffer_size),
         &tracefs,
-        &name_rules,
-        opts.opens,
+        &plan.name_rules,
+        plan.capture.opens,
     )?;
     let io_uring = match probes.io_uring {
         _ if probes.active != ActiveHooks::Tracepoints => {
@@ -111,7 +64,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
+    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
             "{} directories cannot be watched for new or rotated secrets",
@@ -121,13 +74,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
+    let mut engine = Engine::start(
+        &plan.state_dir,
+        plan.findings.clone(),
+        plan.ledger.retention,
+        &watch,
+    )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
-    for pattern in &env_patterns {
+    for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
     let mut ring = probes
@@ -135,18 +93,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
     let watched = watch.len();
-    let identities = IdentityResolver::for_host(naming, opts.identity);
-    let discoverer = Scanner::new(
-        std::path::Path::new("/"),
-        Catalog::new(&opts.inventory)?,
-        inventory::user_paths(&opts.watch)?,
-        listing::load_key(&opts.inventory, &opts.state)?,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
+    let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
     let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
-    let discovery = discovery::spawn(discoverer, found_tx).context("cannot start a thread")?;
-    let mut pipeline = Pipeline::new(watch, host, identities)?.with_discoverer(discovery);
+    let discovery =
+        discovery::spawn(host_scanner(&plan)?, found_tx).context("cannot start a thread")?;
+    let mut pipeline =
+        Pipeline::new(watch, plan.host.clone(), identities)?.with_discoverer(discovery);
     tracing::info!("watching {watched} files");
     // Before `started`: a script that stops the agent as soon as it says so
     // must get a clean stop.
@@ -182,7 +134,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(opts.findings.interval);
+    let mut periodic = tokio::time::interval(plan.findings_interval);
     // Per-program kernel statistics, for the metrics.
     let mut program_stats = tokio::time::interval(PROGRAM_STATS_INTERVAL);
     let mut programs = ProgramStats::default();
@@ -219,7 +171,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 engine.prune_daily(now);
                 record(&mut pipeline, &mut engine, &mut outputs, Scope::All);
             }
-            _ = program_stats.tick(), if opts.metrics.listen.is_some() => {
+            _ = program_stats.tick(), if plan.metrics.listen.is_some() => {
                 programs.update(&probes, &metrics);
             }
             _ = sigterm.recv() => break "SIGTERM",
@@ -299,6 +251,18 @@ impl ProgramStats {
             self.last.insert(name, (run_time, runs));
         }
     }
+}
+
+/// The inventory's scanner of the whole host, as the plan configures it.
+fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+    Ok(Scanner::new(
+        std::path::Path::new("/"),
+        Catalog::new(&plan.inventory)?,
+        plan.watch.clone(),
+        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        plan.inventory.limits(),
+        plan.inventory.policy(),
+    ))
 }
 
 /// Follow a created, rotated or removed secret: watch its new inode before

@@ -16,10 +16,10 @@ use prometheus::{
     CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[metrics]` of the configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve Prometheus metrics here, e.g. `127.0.0.1:9464`; off when unset.

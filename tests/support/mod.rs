@@ -53,14 +53,9 @@ impl Agent {
     /// `secretmon run ARGS`; with a state dir of its own unless ARGS name one,
     /// so that tests do not share a ledger.
     pub fn start(args: &[&str]) -> Self {
-        Self::start_with_env(args, &[])
-    }
-
-    /// As [`Agent::start`], with `env` added to the agent's environment.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let state = (!args.contains(&"--state")).then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").args(args).envs(env.iter().copied());
+        cmd.arg("run").args(args);
         if let Some(dir) = &state {
             cmd.arg("--state").arg(dir.path());
         }

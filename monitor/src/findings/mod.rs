@@ -272,7 +272,7 @@ impl Settings {
 }
 
 /// `[findings]` of the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FindingsConfig {
     #[serde(with = "crate::ledger::duration")]

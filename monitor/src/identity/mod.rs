@@ -12,7 +12,7 @@ pub mod cgroup_tree;
 pub mod k8s;
 mod mounts;
 mod resolver;
-mod spiffe;
+pub mod spiffe;
 
 use std::path::PathBuf;
 
@@ -28,7 +28,7 @@ pub use self::{
 };
 
 /// `[identity]` of the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     /// The kubelet's root directory, holding `pods/<uid>/`.
@@ -236,7 +236,8 @@ mod tests {
     #[test]
     fn optional_parts_are_left_out() {
         let v = serde_json::to_value(Identity::user(&naming(), "ana", 1000, "/bin/sh")).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
         assert_eq!(keys, ["human", "id", "kind", "spiffe_id"]);
         let v = serde_json::to_value(Identity::systemd(&naming(), "a.service", None)).unwrap();
         assert_eq!(v["systemd"], serde_json::json!({"unit": "a.service"}));

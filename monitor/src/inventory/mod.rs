@@ -205,9 +205,6 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
     (major << 20) | minor
 }
 
-/// Where state (the fingerprint key) is kept unless `--state` says.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/secretmon";
-
 /// A record for tests elsewhere, on device 1.
 #[cfg(test)]
 pub fn test_record(path: &std::path::Path, ino: u64) -> Record {

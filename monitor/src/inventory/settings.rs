@@ -3,7 +3,7 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::catalog::FileRule;
 
@@ -15,7 +15,7 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
 const STATIC_AFTER_DAYS: u64 = 90;
 const NEAR_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Catalog rules of the user's, tried before the built-in ones.
@@ -29,12 +29,12 @@ pub struct Settings {
     pub fleet_key_file: Option<PathBuf>,
     pub max_file_size: Option<u64>,
     pub max_depth: Option<usize>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub scan_timeout: Option<Duration>,
     /// A private key unchanged for longer than this is static.
     pub static_after_days: Option<u64>,
     /// An expiry closer than this makes a token or certificate dynamic.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub near_expiry: Option<Duration>,
 }
 
@@ -42,6 +42,13 @@ pub struct Settings {
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct FleetKey(pub String);
+
+/// `secretmon config` shows that a fleet key is set, never the key.
+impl Serialize for FleetKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
 
 impl fmt::Debug for FleetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,6 +95,13 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     humantime::parse_duration(&text)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+}
+
+fn show_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&crate::config::duration_text(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub enum LedgerError {
 }
 
 /// `[ledger]` of the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
     /// Rows last seen longer ago than this are deleted.
@@ -73,7 +73,12 @@ impl Default for LedgerConfig {
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize as _, Deserializer};
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// As a person writes it: `90d`, `36h`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::config::duration_text(*d))
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;

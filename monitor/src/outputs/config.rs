@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{KINDS, Severity};
 
@@ -21,7 +21,9 @@ const DEFAULT_MAX_FILES: u32 = 5;
 const DEFAULT_BATCH_EVENTS: usize = 500;
 
 /// The schema an output writes: secretmon's own, or OCSF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     #[default]
@@ -30,7 +32,7 @@ pub enum Format {
 }
 
 /// How an HTTP output shapes its POST body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpBody {
     /// One JSON event per line (a webhook, Vector's or Fluent Bit's HTTP
@@ -45,7 +47,7 @@ pub enum HttpBody {
 }
 
 /// The syslog facility of the messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Facility {
     Auth,
@@ -87,6 +89,13 @@ impl Facility {
 #[serde(transparent)]
 pub struct Credential(String);
 
+/// `secretmon config` shows that a token is set, never which.
+impl Serialize for Credential {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Credential(…)")
@@ -118,7 +127,7 @@ impl Credential {
 }
 
 /// One `[[output]]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// `-`, `file:///PATH` or a path, `syslog:///dev/log`,

@@ -202,7 +202,7 @@ mod tests {
             String::from_utf8(frame(&r, &settings(HttpBody::ElasticBulk), Format::Native)).unwrap();
         assert_eq!(
             bulk,
-            "{\"create\":{\"_id\":\"0190aaaa\",\"_index\":\"sec\"}}\n{\"kind\":\"finding\"}\n"
+            "{\"create\":{\"_index\":\"sec\",\"_id\":\"0190aaaa\"}}\n{\"kind\":\"finding\"}\n"
         );
     }
 
