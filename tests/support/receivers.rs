@@ -306,18 +306,20 @@ impl Drop for HttpReceiver {
     }
 }
 
-/// Where `cargo xtask setup` installed the OCSF schema package and
-/// jsonschema.
-fn ocsf_python_path() -> PathBuf {
-    let path = std::env::var_os("SECRETMON_OCSF_PYTHONPATH")
+/// The Python that `cargo xtask setup` gave the OCSF schema package and
+/// jsonschema (a virtualenv under the target dir).
+fn ocsf_python() -> PathBuf {
+    let python = std::env::var_os("SECRETMON_OCSF_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ocsf-python"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ocsf-venv/bin/python3")
+        });
     assert!(
-        path.join("ocsf_json_schema").is_dir(),
-        "the OCSF schema package is not at {}: run `cargo xtask setup`",
-        path.display()
+        python.exists(),
+        "no OCSF schema validator at {}: run `cargo xtask setup`",
+        python.display()
     );
-    path
+    python
 }
 
 /// Validate OCSF events (one JSON object per line) against the OCSF
@@ -328,10 +330,9 @@ pub fn validate_ocsf(lines: &[String]) {
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf/validate.py");
-    let out = Command::new("python3")
+    let out = Command::new(ocsf_python())
         .arg(script)
         .arg(&file)
-        .env("PYTHONPATH", ocsf_python_path())
         .output()
         .expect("python3 runs");
     let text = String::from_utf8_lossy(&out.stdout);
