@@ -90,6 +90,7 @@ fn identities() -> Vec<Identity> {
         container,
         Identity::systemd(&naming, "billing.service", None),
         human,
+        Identity::unknown(),
     ]
 }
 
@@ -98,6 +99,7 @@ fn secret() -> Secret {
         id: "sec-0123456789abcdef".into(),
         path: "/srv/app/.aws/credentials".into(),
         container_path: Some("/home/app/.aws/credentials".into()),
+        path_truncated: false,
         secret_type: SecretType::AwsCredentials,
         fingerprint: "hmac-sha256:0123456789abcdef".into(),
         lifetime: Lifetime::Static,

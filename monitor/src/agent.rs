@@ -18,6 +18,7 @@ use crate::{
         Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         sync::Follower,
     },
+    ledger::StateLock,
     metrics::Metrics,
     offsets,
     outputs::{Outputs, Report},
@@ -37,8 +38,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         tracing::info!("metrics at http://{bound}/metrics");
     }
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let scanner = host_scanner(&plan)?;
+    let key_id = scanner.key_id();
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
@@ -76,9 +80,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
         &plan.state_dir,
+        lock,
         plan.findings.clone(),
         plan.ledger.retention,
         &watch,
+        &key_id,
     )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
@@ -100,8 +106,8 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut pipeline =
         Pipeline::new(watch, plan.host.clone(), identities)?.with_discoverer(discovery);
     tracing::info!("watching {watched} files");
-    // Before `started`: a script that stops the agent as soon as it says so
-    // must get a clean stop.
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
@@ -139,11 +145,12 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut program_stats = tokio::time::interval(PROGRAM_STATS_INTERVAL);
     let mut programs = ProgramStats::default();
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut outputs);
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses, &mut outputs)?;
                 guard.clear_ready();
             }
             Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
@@ -179,7 +186,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut outputs);
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses, &mut outputs)?;
     outputs.route(pipeline.flush_folds());
     record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
     lost_reported = report_lost(
@@ -201,7 +208,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -214,6 +221,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -268,7 +276,7 @@ fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -291,19 +299,56 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
     outputs: &mut Outputs,
-) {
+) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         outputs.route(pipeline.handle(&record));
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files already inventoried by another name are watched from now on.
     for edit in pipeline.take_edits() {
         apply_edit(probes, edit);
     }
+    Ok(())
 }
 
 /// Hand what the pipeline observed to the ledger, and route the findings

@@ -204,13 +204,16 @@ fn workload(identity: &Identity) -> Value {
         (false, IdentityKind::Container) => (99, "Container Workload"),
         (false, IdentityKind::Systemd) => (99, "Systemd Service"),
         (false, IdentityKind::User) => (99, "Host Workload"),
+        (false, IdentityKind::Unknown) => (0, "Unknown"),
     };
     let mut user = json!({
         "name": identity.id,
-        "uid": identity.spiffe_id,
         "type_id": type_id,
         "type": kind,
     });
+    if !identity.spiffe_id.is_empty() {
+        user["uid"] = json!(identity.spiffe_id);
+    }
     if let Some(ns) = identity.k8s.as_ref().and_then(|k| k.namespace.as_ref()) {
         user["domain"] = json!(ns);
     }
@@ -351,7 +354,11 @@ fn secret_read(r: &SecretRead) -> Value {
         },
         "unmapped": {
             "access": {"op": r.access.op, "flags": r.access.flags, "via": r.access.via},
-            "secret": {"container_path": r.secret.container_path, "hint": r.secret.hint},
+            "secret": {
+                "container_path": r.secret.container_path,
+                "path_truncated": r.secret.path_truncated,
+                "hint": r.secret.hint,
+            },
             "process": process_rest(&r.process),
             "identity": r.identity,
         },
