@@ -186,7 +186,13 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses, &mut outputs)?;
+    drain(
+        ring.get_mut(),
+        &mut pipeline,
+        &mut probes,
+        &mut losses,
+        &mut outputs,
+    )?;
     outputs.route(pipeline.flush_folds());
     record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
     lost_reported = report_lost(

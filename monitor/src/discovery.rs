@@ -232,5 +232,4 @@ mod tests {
             "the walk may have stopped short"
         );
     }
-
 }

@@ -108,7 +108,8 @@ pub struct Pipeline {
 
 enum Discoverer {
     Worker(Sender<discovery::Request>),
-    Inline(Inspector),
+    // Boxed: an inspector is large, and the worker is what the agent uses.
+    Inline(Box<Inspector>),
 }
 
 /// This installation's executable, to tell secretmon's own processes by:
@@ -166,11 +167,7 @@ impl OwnExe {
 const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
-    pub fn new(
-        watch: Inventory,
-        host: Host,
-        identities: IdentityResolver,
-    ) -> io::Result<Self> {
+    pub fn new(watch: Inventory, host: Host, identities: IdentityResolver) -> io::Result<Self> {
         Ok(Self {
             watch,
             procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
@@ -181,7 +178,7 @@ impl Pipeline {
             observed: Vec::new(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
-            discoverer: Discoverer::Inline(Inspector::new(None)),
+            discoverer: Discoverer::Inline(Box::new(Inspector::new(None))),
             edits: Vec::new(),
             own: OwnExe::of_this_process(),
             produced: Vec::new(),
@@ -391,7 +388,14 @@ impl Pipeline {
             return;
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            self.secret_read(&found.header, slot, found.flags, "ok".into(), found.via, None);
+            self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via,
+                None,
+            );
             return;
         }
         let (process, identity, info) = self.who(&found.header);
@@ -408,10 +412,13 @@ impl Pipeline {
         match &mut self.discoverer {
             Discoverer::Worker(worker) => {
                 if let Err(returned) = worker.send(request) {
-                    self.report_discovered(returned.0, Outcome::Uninventoried {
-                        path: None,
-                        host_path: false,
-                    });
+                    self.report_discovered(
+                        returned.0,
+                        Outcome::Uninventoried {
+                            path: None,
+                            host_path: false,
+                        },
+                    );
                 }
             }
             Discoverer::Inline(inspector) => {
@@ -919,7 +926,7 @@ mod tests {
         std::fs::write(&path, "x").unwrap();
         let record = crate::inventory::test_record(&path, 7);
         let id = record.id.clone();
-        let (mut p, mut out) = pipeline(dir.path(), Vec::new());
+        let (mut p, _) = pipeline(dir.path(), Vec::new());
         let edit = p.inventory_change(InventoryChange::Upsert(record));
         assert!(edit.add.is_some());
         p.inventory_change(InventoryChange::Remove(path.clone()));
