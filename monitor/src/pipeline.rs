@@ -442,6 +442,21 @@ impl Pipeline {
             identity,
             info,
         } = request;
+        // Opens of a new file queue up while the worker inspects the first
+        // (the process that wrote it, then its reader): the first report
+        // inventoried it, the later ones are reads of a watched secret.
+        if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
+            let who = (process, identity, info);
+            self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via,
+                Some(who),
+            );
+            return;
+        }
         let (path, host_path) = match outcome {
             Outcome::Inventoried(record) => {
                 let path = record.path.clone();
@@ -960,6 +975,49 @@ mod tests {
             slot[..name.len()].copy_from_slice(name.as_bytes());
         }
         ev
+    }
+
+    /// A file is written, then read, before the discovery worker reported
+    /// on the first open: both reports name the inventoried secret, once.
+    #[test]
+    fn opens_queued_behind_a_discovery_are_reads_of_the_found_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "x").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (p, mut out) = pipeline(dir.path(), Vec::new());
+        let mut p = p.with_discoverer(tx);
+        let key = FileKey { dev: 1, ino: 903 };
+        out.extend(p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/cat"))));
+        let ev = name_rule_open(PID, key, &["credentials"]);
+        out.extend(p.handle(&bytes_of(&ev)));
+        out.extend(p.handle(&bytes_of(&ev)));
+        let mut record = crate::inventory::test_record(&path, 903);
+        record.secret_type = crate::secret::SecretType::AwsCredentials;
+        for request in rx.try_iter().collect::<Vec<_>>() {
+            let outcome = Outcome::Inventoried(Box::new(record.clone()));
+            out.extend(p.discovered(discovery::Report { request, outcome }));
+        }
+        out.extend(p.flush_folds());
+        let reads: Vec<_> = events(&out)
+            .into_iter()
+            .filter(|v| v["kind"] == "secret_read")
+            .collect();
+        assert!(!reads.is_empty());
+        let count: u64 = reads
+            .iter()
+            .map(|r| r["access"]["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(count, 2, "{reads:?}");
+        for r in &reads {
+            assert_eq!(r["secret"]["type"], "aws_credentials", "{r}");
+            assert_eq!(r["secret"]["fingerprint"], "hmac-sha256:0123456789abcdef");
+        }
+        let found = observed(&p)
+            .iter()
+            .filter(|o| o.starts_with("secret "))
+            .count();
+        assert_eq!(found, 1, "inventoried once");
     }
 
     /// Two deep files the kernel's name rules found, whose paths it cut
