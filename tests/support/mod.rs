@@ -174,7 +174,18 @@ impl Agent {
             .take()
             .map(|h| h.join().unwrap())
             .unwrap_or_default();
-        (status.code(), self.seen, stderr)
+        (status.code(), std::mem::take(&mut self.seen), stderr)
+    }
+}
+
+/// A test that failed before `stop` leaves no agent behind: it would hold
+/// the probes (and the lock other test runs wait on).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
