@@ -677,6 +677,7 @@ fn metrics_pass_promtool_and_health_is_served() {
     for name in [
         "secretmon_events_total{kind=\"secret_read\"}",
         "secretmon_kernel_events_lost_total",
+        "secretmon_kernel_errors_total",
         "secretmon_watched_secrets",
         "secretmon_tracked_processes",
         "secretmon_build_info{",
@@ -684,6 +685,7 @@ fn metrics_pass_promtool_and_health_is_served() {
         &format!("secretmon_output_queued_events{{output=\"{output}\"}}"),
         &format!("secretmon_output_failed_sends_total{{output=\"{output}\"}}"),
         &format!("secretmon_output_spool_dropped_events_total{{output=\"{output}\"}}"),
+        &format!("secretmon_output_dropped_events_total{{output=\"{output}\"}}"),
         "secretmon_output_delivered_events_total{output=\"stdout\"}",
     ] {
         assert!(text.contains(name), "no {name} in\n{text}");

@@ -7,7 +7,8 @@
 //! tracepoints then report only denials). Only accesses to watched files and
 //! process lifecycle events cross to userspace, through one ring buffer; a
 //! failed reservation is counted in `LOST` because the kernel does not count
-//! it for us.
+//! it for us; a program that stopped part-way (a read of kernel or user
+//! memory failed) is counted in `ERRORS`.
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -156,6 +157,11 @@ const CREAT_FLAGS: u32 = 0o1101;
 /// Events that did not fit in `EVENTS`, per CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Program runs that stopped part-way, the event they were making not
+/// sent, per CPU.
+#[map]
+static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 // Layout of the syscall tracepoints (`struct syscall_trace_exit`): an 8-byte
 // common header, the syscall number, then `long ret` at 16. This is the
@@ -309,7 +315,7 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let _ = try_exec(&ctx);
+    counted(try_exec(&ctx));
     0
 }
 
@@ -334,7 +340,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 /// as a raw tracepoint: the task pointers tell a new process from a thread.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let _ = try_fork(&ctx);
+    counted(try_fork(&ctx));
     0
 }
 
@@ -364,7 +370,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 fn on_open_exit(ctx: &TracePointContext, from: ArgsFrom) -> u32 {
-    let _ = try_open_exit(ctx, from);
+    counted(try_open_exit(ctx, from));
     0
 }
 
@@ -414,7 +420,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let file: u64 = ctx.arg(0);
         if let Some(off) = offsets() {
             let via = unsafe { hook_via(off) };
-            let _ = unsafe { opened_file(off, file, 0, via) };
+            counted(unsafe { opened_file(off, file, 0, via) });
         }
     }
     previous
@@ -426,7 +432,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// loads, so other syscalls stay on their fast path.
 #[fexit(function = "do_filp_open")]
 pub fn do_filp_open_exit(ctx: FExitContext) -> i32 {
-    let _ = try_filp_open_exit(&ctx);
+    counted(try_filp_open_exit(&ctx));
     0
 }
 
@@ -514,7 +520,7 @@ unsafe fn opened_file(off: &KernelOffsets, file: u64, ret: i64, via: u32) -> Res
 /// `Result` of the inner function would be a sixth.
 #[inline(never)]
 unsafe fn name_rule_open(off: &KernelOffsets, file: u64, key: &FileKey, ret: i64, via: u32) {
-    let _ = unsafe { try_name_rule_open(off, file, key, ret, via) };
+    counted(unsafe { try_name_rule_open(off, file, key, ret, via) });
 }
 
 #[inline(always)]
@@ -1091,6 +1097,17 @@ unsafe fn task_facts(off: &KernelOffsets, task: u64) -> Result<TaskFacts, i64> {
 fn count_lost() {
     if let Some(n) = LOST.get_ptr_mut(0) {
         // Per-CPU slot: no other writer can race us.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Count a program run that failed part-way in `ERRORS`.
+#[inline(always)]
+fn counted<T>(result: Result<T, i64>) {
+    if result.is_err()
+        && let Some(n) = ERRORS.get_ptr_mut(0)
+    {
+        // Per-CPU slot, as in `count_lost`.
         unsafe { *n += 1 };
     }
 }

@@ -167,6 +167,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
                 lost_reported = report_lost(&probes, &mut outputs, &pipeline.host, &metrics, lost_reported)?;
                 report_spool_drops(&mut outputs, &pipeline.host);
+                match probes.errors() {
+                    Ok(total) => metrics.kernel_errors(total),
+                    // A metric only: not worth a warning every tick.
+                    Err(e) => tracing::debug!("{}", crate::errors::error_text(&e)),
+                }
                 metrics.watched_secrets.set(pipeline.watch.len() as i64);
                 metrics.tracked_processes.set(pipeline.tracked_processes() as i64);
                 metrics.tick();

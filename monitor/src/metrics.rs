@@ -58,6 +58,7 @@ pub struct Metrics {
     registry: Registry,
     events: IntCounterVec,
     pub kernel_lost: IntCounter,
+    kernel_errors: IntCounter,
     pub watched_secrets: IntGauge,
     pub tracked_processes: IntGauge,
     program_run_time: CounterVec,
@@ -109,6 +110,14 @@ impl Metrics {
                 IntCounter::with_opts(opts(
                     "kernel_events_lost_total",
                     "Events the kernel dropped because the ring buffer was full",
+                )),
+            ),
+            kernel_errors: registered(
+                &r,
+                IntCounter::with_opts(opts(
+                    "kernel_errors_total",
+                    "Kernel program runs that stopped part-way (a read of kernel or user memory \
+                     failed): the event they were making was not sent",
                 )),
             ),
             watched_secrets: registered(
@@ -191,6 +200,12 @@ impl Metrics {
     /// An event of `kind` was produced.
     pub fn event(&self, kind: &str) {
         self.events.with_label_values(&[kind]).inc();
+    }
+
+    /// The kernel's count of failed program runs is now `total`.
+    pub fn kernel_errors(&self, total: u64) {
+        self.kernel_errors
+            .inc_by(total.saturating_sub(self.kernel_errors.get()));
     }
 
     /// The kernel's counts for `program` grew by this much.
@@ -303,6 +318,8 @@ mod tests {
             m.event("secret_read");
         }
         m.output("siem").delivered.inc_by(2);
+        m.kernel_errors(4);
+        m.kernel_errors(5);
         LEDGER_COMMIT_SECONDS.observe(0.002);
         let text = m.encode();
         assert!(
@@ -310,6 +327,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("secretmon_output_delivered_events_total{output=\"siem\"} 2"));
+        assert!(text.contains("secretmon_kernel_errors_total 5"), "{text}");
         assert!(
             text.contains("secretmon_build_info{ocsf_version=\"1.5.0\",version=\""),
             "{text}"

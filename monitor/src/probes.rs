@@ -182,6 +182,7 @@ pub struct Probes {
     watched_env: HashMap<MapData, [u8; ENV_NAME_LEN], u8>,
     watched_env_suffix: HashMap<MapData, [u8; ENV_SUFFIX_LEN], u8>,
     lost: PerCpuArray<MapData, u64>,
+    errors: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -265,6 +266,7 @@ impl Probes {
         let watched_env = take_map(&mut ebpf, "WATCHED_ENV")?;
         let watched_env_suffix = take_map(&mut ebpf, "WATCHED_ENV_SUFFIX")?;
         let lost = take_map(&mut ebpf, "LOST")?;
+        let errors = take_map(&mut ebpf, "ERRORS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok(Self {
             _ebpf: ebpf,
@@ -279,6 +281,7 @@ impl Probes {
             watched_env,
             watched_env_suffix,
             lost,
+            errors,
             events: Some(events),
         })
     }
@@ -350,12 +353,22 @@ impl Probes {
 
     /// Events dropped so far because the ring buffer was full, all CPUs.
     pub fn lost(&self) -> Result<u64, ProbeError> {
-        let per_cpu = self.lost.get(&0, 0).map_err(|source| ProbeError::Map {
-            name: "LOST",
-            source,
-        })?;
-        Ok(per_cpu.iter().sum())
+        per_cpu_total(&self.lost, "LOST")
     }
+
+    /// Program runs so far that stopped part-way (a read of kernel or user
+    /// memory failed), their event not sent, all CPUs.
+    pub fn errors(&self) -> Result<u64, ProbeError> {
+        per_cpu_total(&self.errors, "ERRORS")
+    }
+}
+
+/// The sum over CPUs of a one-slot per-CPU counter.
+fn per_cpu_total(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<u64, ProbeError> {
+    let per_cpu = map
+        .get(&0, 0)
+        .map_err(|source| ProbeError::Map { name, source })?;
+    Ok(per_cpu.iter().sum())
 }
 
 /// `s` NUL-padded to `N` bytes, if it fits with room for no NUL inside.
