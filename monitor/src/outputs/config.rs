@@ -250,10 +250,23 @@ pub enum OutputConfigError {
     Invalid(String),
 }
 
+/// `text` with the user information of its URL (`user:password@`) hidden:
+/// errors show where an output points, never its credentials.
+fn without_userinfo(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => text.to_string(),
+    }
+}
+
 /// Parse an output URL.
 pub fn parse_destination(text: &str) -> Result<Destination, OutputConfigError> {
     let bad = |why: &str| OutputConfigError::Url {
-        url: text.to_string(),
+        url: without_userinfo(text),
         why: why.to_string(),
     };
     if text == "-" {
@@ -266,6 +279,11 @@ pub fn parse_destination(text: &str) -> Result<Destination, OutputConfigError> {
         return Ok(Destination::File(PathBuf::from(text)));
     }
     let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "carries credentials; give them as `token` (inline or file:PATH) instead",
+        ));
+    }
     let host_port = |default_port: u16| -> Result<(String, u16), OutputConfigError> {
         let host = url
             .host_str()
@@ -320,11 +338,6 @@ pub fn parse_destination(text: &str) -> Result<Destination, OutputConfigError> {
         "http" | "https" => {
             if url.host_str().is_none_or(str::is_empty) {
                 return Err(bad("needs a host"));
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(bad(
-                    "carries credentials; give them as `token` (inline or file:PATH) instead",
-                ));
             }
             Ok(Destination::Http(url))
         }
@@ -643,10 +656,28 @@ mod tests {
             ("syslog+tcp://h:514/x", "takes no path"),
             ("file://host/x", "names no host"),
             ("https://u:p@h/", "carries credentials"),
+            ("syslog+tls://u:p@h:6514", "carries credentials"),
             ("", "empty"),
         ] {
             let err = parse_destination(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
+        }
+        // The credentials themselves are never repeated, even in a URL
+        // that does not parse.
+        for (bad, shown) in [
+            (
+                "https://ana:hunter2-pass@siem.example/x",
+                "https://…@siem.example/x",
+            ),
+            ("https://tok-0000@h:notaport/", "https://…@h:notaport/"),
+            ("syslog+tcp://ana:a@b@h:514", "syslog+tcp://…@h:514"),
+        ] {
+            let err = parse_destination(bad).unwrap_err().to_string();
+            assert!(err.contains(shown), "{err}");
+            assert!(
+                !err.contains("hunter2") && !err.contains("tok-0000") && !err.contains("ana"),
+                "{err}"
+            );
         }
     }
 
