@@ -196,7 +196,10 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                 .range((f.id.clone(), String::new())..)
                 .take_while(|((id, _), _)| *id == f.id)
                 .collect();
-            fingerprints.sort_by_key(|(_, span)| span.first_seen);
+            // A value seen under two fingerprint keys keeps its first
+            // sighting: those spans start together, the earlier key's ends
+            // first.
+            fingerprints.sort_by_key(|(_, span)| (span.first_seen, span.last_seen));
             SecretEntry {
                 fingerprints: fingerprints
                     .into_iter()
@@ -521,6 +524,47 @@ mod tests {
                 .unwrap()
                 .contains("own credential")
         );
+    }
+
+    /// One value under two fingerprint keys: the earlier key's span first,
+    /// whatever the order of the fingerprints' text.
+    #[test]
+    fn the_earlier_keys_fingerprint_is_listed_first() {
+        let mut s = fixture();
+        s.key_changed = Some(t(20));
+        s.observe_secret(
+            SecretFacts {
+                id: "sec-a".into(),
+                path: "/srv/a".into(),
+                secret_type: "generic".into(),
+                fingerprint: Some("hmac-sha256:0-sorts-first".into()),
+                lifetime: Some("static".into()),
+                hint: None,
+                uid: Some(0),
+                gid: Some(0),
+                mode: Some(0o600),
+                mtime: Some(t(0)),
+                expires: None,
+            },
+            t(20),
+        );
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(30), Path::new("/state/ledger.db"));
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let a = v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/srv/a")
+            .unwrap();
+        let spans = a["fingerprints"].as_array().unwrap();
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        assert_eq!(spans[0]["first_seen"], spans[1]["first_seen"]);
+        assert_eq!(spans[0]["fingerprint"], "hmac-sha256:a");
+        assert_eq!(spans[0]["earlier_key"], true);
+        assert_eq!(spans[1]["fingerprint"], "hmac-sha256:0-sorts-first");
     }
 
     /// Writers, unwatched secrets and a fingerprint key change, as the
