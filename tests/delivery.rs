@@ -1,6 +1,7 @@
 //! Delivery: every event kind's OCSF form against the OCSF schema, and the
 //! real agent against real receivers on loopback: rsyslogd over TCP and
-//! mutual TLS through an outage, an HTTP receiver speaking Splunk HEC and
+//! mutual TLS through an outage, over UDP and a local socket with filters,
+//! a file output that logrotate moves, an HTTP receiver speaking Splunk HEC and
 //! Elasticsearch `_bulk`, `promtool check metrics`, and a spool that
 //! survives kill -9. The agent tests need root to load eBPF; without it
 //! they say why and return.
@@ -493,6 +494,166 @@ key = "{key}"
         assert_no_planted(&[&lines.join("\n")]);
     }
     assert_no_planted(&[&stdout.join("\n"), &stderr]);
+}
+
+#[test]
+fn rsyslog_over_udp_and_a_local_socket_receives_what_each_filter_takes() {
+    if !can_load_probes("rsyslog_over_udp_and_a_local_socket_receives_what_each_filter_takes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let certs = Certs::make(dir.path());
+    let rsyslog = Rsyslog::start(&dir.path().join("rsyslog"), &certs);
+    let config = dir.path().join("secretmon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[output]]
+url = "-"
+
+[[output]]
+url = "syslog+udp://127.0.0.1:{udp}"
+name = "siem-udp"
+kinds = ["secret_read"]
+
+[[output]]
+url = "syslog://{socket}"
+name = "local"
+format = "ocsf"
+min_severity = "medium"
+"#,
+            udp = rsyslog.udp_port,
+            socket = rsyslog.socket.display(),
+        ),
+    )
+    .unwrap();
+    let mut agent = RunningAgent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--watch",
+        secret.to_str().unwrap(),
+    ]);
+    const WAIT: Duration = Duration::from_secs(60);
+    reads(&secret, 3);
+    let ids = read_ids(&mut agent, &secret, 3);
+    // A token on a command line: a medium event, reported redacted.
+    let token = "ghp_FAKEfakeFAKEfakeFAKEfakeFAKEfake7777";
+    let pid = support::run_ok(
+        Command::new("true").args(["--header", &format!("Authorization: token {token}")]),
+    );
+    let argv = agent.wait_for(WAIT, |v| {
+        v["kind"] == "secret_in_argv" && v["process"]["pid"] == pid
+    });
+    rsyslog.wait_for("udp", WAIT, |l| has_all(l, &ids));
+    let argv_id = argv["id"].as_str().unwrap().to_string();
+    rsyslog.wait_for("unix", WAIT, |l| {
+        ocsf_ids(l).iter().any(|id| *id == argv_id)
+    });
+    let (code, stdout, stderr) = agent.stop(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+
+    // UDP: only reads, each once, in order.
+    let udp = rsyslog.lines("udp");
+    let kinds: Vec<Value> = udp
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].clone())
+        .collect();
+    assert!(kinds.iter().all(|k| k == "secret_read"), "{udp:?}");
+    let udp_ids: Vec<String> = udp
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_once_in_order(&udp_ids, &ids, "udp");
+
+    // The local socket: OCSF, medium and above only, so no reads.
+    let unix = rsyslog.lines("unix");
+    validate_ocsf(&unix);
+    for l in &unix {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["severity_id"].as_u64().unwrap() >= 3, "below medium: {l}");
+        assert_ne!(v["class_uid"], 1001, "a read passed the filter: {l}");
+    }
+    let all = [udp.join("\n"), unix.join("\n"), stdout.join("\n"), stderr];
+    for text in &all {
+        assert!(!text.contains(token), "the token is never shown");
+    }
+    assert_no_planted(&all.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_file_output_moved_by_logrotate_is_reopened_on_sighup() {
+    if !can_load_probes("a_file_output_moved_by_logrotate_is_reopened_on_sighup") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let file = dir.path().join("events.json");
+    let mut agent = RunningAgent::start(&[
+        "--watch",
+        secret.to_str().unwrap(),
+        "--output",
+        "-",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    let ids_in = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let wait_for_ids = |path: &Path, ids: &[String]| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ids.iter().all(|id| ids_in(path).contains(id)) {
+            assert!(Instant::now() < deadline, "not in {}", path.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    reads(&secret, 2);
+    let before = read_ids(&mut agent, &secret, 2);
+    wait_for_ids(&file, &before);
+
+    // logrotate: move the file, then SIGHUP (its postrotate).
+    let rotated = dir.path().join("events.json.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    agent.signal(Signal::SIGHUP);
+    // Until the reopen is handled, events may still land in the moved file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "not reopened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reads(&secret, 2);
+    let after = read_ids(&mut agent, &secret, 2);
+    wait_for_ids(&file, &after);
+
+    let (code, _, stderr) = agent.stop(Signal::SIGTERM);
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGHUP does not end the agent; stderr: {stderr}"
+    );
+    let old = ids_in(&rotated);
+    assert!(before.iter().all(|id| old.contains(id)));
+    assert!(
+        after.iter().all(|id| !old.contains(id)),
+        "written after the reopen"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the new file is private too");
 }
 
 #[test]

@@ -110,6 +110,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // so must get a drained, orderly stop.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // logrotate's postrotate: reopen the file outputs (by default SIGHUP
+    // would end the agent).
+    let mut sighup = signal(SignalKind::hangup())?;
     emit_agent(
         &mut outputs,
         &pipeline.host,
@@ -186,6 +189,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             _ = program_stats.tick(), if plan.metrics.listen.is_some() => {
                 programs.update(&probes, &metrics);
             }
+            _ = sighup.recv() => outputs.reopen(),
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }

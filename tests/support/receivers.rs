@@ -20,6 +20,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback UDP port nobody listens on now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate,
 /// as PEM files in `dir`.
 pub struct Certs {
@@ -82,13 +91,17 @@ impl Certs {
     }
 }
 
-/// Debian's rsyslogd with a plain TCP input and a TLS input that requires a
-/// client certificate signed by the test CA, each writing the MSG of what
-/// it receives, one per line, to its own file.
+/// Debian's rsyslogd with a plain TCP input, a TLS input that requires a
+/// client certificate signed by the test CA, a UDP input and a local
+/// datagram socket (as `/dev/log` is), each writing the MSG of what it
+/// receives, one per line, to its own file.
 pub struct Rsyslog {
     dir: PathBuf,
     pub tcp_port: u16,
     pub tls_port: u16,
+    pub udp_port: u16,
+    /// The local socket, in the test's directory.
+    pub socket: PathBuf,
     child: Option<Child>,
 }
 
@@ -98,6 +111,8 @@ impl Rsyslog {
             dir: dir.to_path_buf(),
             tcp_port: free_port(),
             tls_port: free_port(),
+            udp_port: free_udp_port(),
+            socket: dir.join("log.sock"),
             child: None,
         };
         std::fs::create_dir_all(dir.join("work")).unwrap();
@@ -107,13 +122,20 @@ impl Rsyslog {
        defaultNetstreamDriverCertFile="{cert}"
        defaultNetstreamDriverKeyFile="{key}")
 module(load="imtcp")
+module(load="imudp")
+module(load="imuxsock" SysSock.Use="off")
 template(name="msg" type="string" string="%msg%\n")
 input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="tcp")
 input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="tls"
       streamDriver.name="gtls" streamDriver.mode="1"
       streamDriver.authMode="x509/certvalid")
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="udp")
+input(type="imuxsock" socket="{socket}" ruleset="unix" useSpecialParser="off"
+      parseHostname="on")
 ruleset(name="tcp") {{ action(type="omfile" file="{dir}/tcp.log" template="msg") }}
 ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg") }}
+ruleset(name="udp") {{ action(type="omfile" file="{dir}/udp.log" template="msg") }}
+ruleset(name="unix") {{ action(type="omfile" file="{dir}/unix.log" template="msg") }}
 "#,
             dir = dir.display(),
             ca = certs.ca.display(),
@@ -121,13 +143,16 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
             key = certs.server_key.display(),
             tcp = r.tcp_port,
             tls = r.tls_port,
+            udp = r.udp_port,
+            socket = r.socket.display(),
         );
         std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
         r.resume();
         r
     }
 
-    /// Start it (again), and wait until both inputs accept connections.
+    /// Start it (again), and wait until its stream inputs accept
+    /// connections and its local socket exists.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "rsyslogd is running");
         // Its own messages go to a file: a pipe nobody reads would fill and
@@ -159,6 +184,10 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
                 thread::sleep(Duration::from_millis(50));
             }
         }
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "rsyslogd made no socket");
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stop it (SIGTERM) and wait until it is gone.
@@ -174,7 +203,8 @@ ruleset(name="tls") {{ action(type="omfile" file="{dir}/tls.log" template="msg")
         std::fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
     }
 
-    /// The messages received on `input` ("tcp" or "tls") so far.
+    /// The messages received on `input` ("tcp", "tls", "udp" or "unix") so
+    /// far.
     pub fn lines(&self, input: &str) -> Vec<String> {
         std::fs::read_to_string(self.dir.join(format!("{input}.log")))
             .unwrap_or_default()
