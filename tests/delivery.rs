@@ -338,6 +338,30 @@ fn reads(secret: &Path, n: usize) {
     assert!(status.success());
 }
 
+/// The agent configured with `outputs` (`[[output]]` tables), watching
+/// `secret`.
+fn start_with_outputs(dir: &Path, secret: &Path, outputs: &str) -> RunningAgent {
+    let config = dir.join("secretmon.toml");
+    std::fs::write(&config, outputs).unwrap();
+    RunningAgent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--watch",
+        secret.to_str().unwrap(),
+    ])
+}
+
+/// The ids of native events, one a line, in order.
+fn native_ids(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 /// The agent's next events, up to the first point where `done` holds of
 /// them.
 fn collect(agent: &mut RunningAgent, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
@@ -425,11 +449,8 @@ fn rsyslog_outage_over_tcp_and_mutual_tls_delivers_every_read_once_in_order() {
     let secret = plant_secret(dir.path());
     let certs = Certs::make(dir.path());
     let mut rsyslog = Rsyslog::start(&dir.path().join("rsyslog"), &certs);
-    let config = dir.path().join("secretmon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[[output]]
+    let outputs = format!(
+        r#"[[output]]
 url = "-"
 
 [[output]]
@@ -445,20 +466,13 @@ ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
 "#,
-            tcp = rsyslog.tcp_port,
-            tls = rsyslog.tls_port,
-            ca = certs.ca.display(),
-            cert = certs.client_cert.display(),
-            key = certs.client_key.display(),
-        ),
-    )
-    .unwrap();
-    let mut agent = RunningAgent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--watch",
-        secret.to_str().unwrap(),
-    ]);
+        tcp = rsyslog.tcp_port,
+        tls = rsyslog.tls_port,
+        ca = certs.ca.display(),
+        cert = certs.client_cert.display(),
+        key = certs.client_key.display(),
+    );
+    let mut agent = start_with_outputs(dir.path(), &secret, &outputs);
     const WAIT: Duration = Duration::from_secs(60);
 
     reads(&secret, 5);
@@ -505,11 +519,8 @@ fn rsyslog_over_udp_and_a_local_socket_receives_what_each_filter_takes() {
     let secret = plant_secret(dir.path());
     let certs = Certs::make(dir.path());
     let rsyslog = Rsyslog::start(&dir.path().join("rsyslog"), &certs);
-    let config = dir.path().join("secretmon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[[output]]
+    let outputs = format!(
+        r#"[[output]]
 url = "-"
 
 [[output]]
@@ -523,17 +534,10 @@ name = "local"
 format = "ocsf"
 min_severity = "medium"
 "#,
-            udp = rsyslog.udp_port,
-            socket = rsyslog.socket.display(),
-        ),
-    )
-    .unwrap();
-    let mut agent = RunningAgent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--watch",
-        secret.to_str().unwrap(),
-    ]);
+        udp = rsyslog.udp_port,
+        socket = rsyslog.socket.display(),
+    );
+    let mut agent = start_with_outputs(dir.path(), &secret, &outputs);
     const WAIT: Duration = Duration::from_secs(60);
     reads(&secret, 3);
     let ids = read_ids(&mut agent, &secret, 3);
@@ -547,9 +551,7 @@ min_severity = "medium"
     });
     rsyslog.wait_for("udp", WAIT, |l| has_all(l, &ids));
     let argv_id = argv["id"].as_str().unwrap().to_string();
-    rsyslog.wait_for("unix", WAIT, |l| {
-        ocsf_ids(l).iter().any(|id| *id == argv_id)
-    });
+    rsyslog.wait_for("unix", WAIT, |l| ocsf_ids(l).contains(&argv_id));
     let (code, stdout, stderr) = agent.stop(Signal::SIGTERM);
     assert_eq!(code, Some(0), "stderr: {stderr}");
 
@@ -560,16 +562,7 @@ min_severity = "medium"
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].clone())
         .collect();
     assert!(kinds.iter().all(|k| k == "secret_read"), "{udp:?}");
-    let udp_ids: Vec<String> = udp
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_once_in_order(&udp_ids, &ids, "udp");
+    assert_once_in_order(&native_ids(&udp), &ids, "udp");
 
     // The local socket: OCSF, medium and above only, so no reads.
     let unix = rsyslog.lines("unix");
@@ -603,16 +596,8 @@ fn a_file_output_moved_by_logrotate_is_reopened_on_sighup() {
         file.to_str().unwrap(),
     ]);
     let ids_in = |path: &Path| -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        native_ids(&text.lines().map(str::to_owned).collect::<Vec<_>>())
     };
     let wait_for_ids = |path: &Path, ids: &[String]| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -668,11 +653,8 @@ fn splunk_hec_and_elastic_bulk_bodies_reach_an_http_receiver() {
     const TOKEN: &str = "hec-token-not-real-0000";
     let token = dir.path().join("hec.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let config = dir.path().join("secretmon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[[output]]
+    let outputs = format!(
+        r#"[[output]]
 url = "-"
 
 [[output]]
@@ -691,17 +673,10 @@ index = "secretmon-events"
 format = "ocsf"
 kinds = ["secret_read"]
 "#,
-            port = receiver.port,
-            token = token.display(),
-        ),
-    )
-    .unwrap();
-    let mut agent = RunningAgent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--watch",
-        secret.to_str().unwrap(),
-    ]);
+        port = receiver.port,
+        token = token.display(),
+    );
+    let mut agent = start_with_outputs(dir.path(), &secret, &outputs);
     reads(&secret, 3);
     let ids = read_ids(&mut agent, &secret, 3);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -902,15 +877,7 @@ fn the_spool_survives_kill_9() {
     rsyslog.wait_for("tcp", Duration::from_secs(60), |l| has_all(l, &ids));
     let (code, _, stderr) = second.stop(Signal::SIGTERM);
     assert_eq!(code, Some(0), "stderr: {stderr}");
-    let got: Vec<String> = rsyslog
-        .lines("tcp")
-        .iter()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            v["id"].as_str().unwrap().to_string()
-        })
-        .collect();
-    assert_once_in_order(&got, &ids, "after kill -9");
+    assert_once_in_order(&native_ids(&rsyslog.lines("tcp")), &ids, "after kill -9");
     assert!(!rsyslog.lines("tcp").join("\n").contains(PLANTED));
 }
 

@@ -445,7 +445,20 @@ impl Pipeline {
         // Opens of a new file queue up while the worker inspects the first
         // (the process that wrote it, then its reader): the first report
         // inventoried it, the later ones are reads of a watched secret.
-        if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
+        let watched = self.watch.get(&found.key).map(|r| r.slot);
+        let (slot, path, host_path) = match (watched, outcome) {
+            (Some(slot), _) => (Some(slot), None, true),
+            (None, Outcome::Inventoried(record)) => {
+                let path = record.path.clone();
+                let edit = self.inventory_change(InventoryChange::Upsert(*record));
+                let slot = edit.add.map(|(_, slot)| slot);
+                self.edits.push(edit);
+                (slot, Some(path), true)
+            }
+            (None, Outcome::NotSecret) => return,
+            (None, Outcome::Uninventoried { path, host_path }) => (None, path, host_path),
+        };
+        if let Some(slot) = slot {
             let who = (process, identity, info);
             self.secret_read(
                 &found.header,
@@ -457,29 +470,6 @@ impl Pipeline {
             );
             return;
         }
-        let (path, host_path) = match outcome {
-            Outcome::Inventoried(record) => {
-                let path = record.path.clone();
-                let edit = self.inventory_change(InventoryChange::Upsert(*record));
-                let slot = edit.add.map(|(_, slot)| slot);
-                self.edits.push(edit);
-                if let Some(slot) = slot {
-                    let who = (process, identity, info);
-                    self.secret_read(
-                        &found.header,
-                        slot,
-                        found.flags,
-                        "ok".into(),
-                        found.via,
-                        Some(who),
-                    );
-                    return;
-                }
-                (Some(path), true)
-            }
-            Outcome::NotSecret => return,
-            Outcome::Uninventoried { path, host_path } => (path, host_path),
-        };
         // Not inventoried (another namespace's file, unreadable, a path the
         // kernel cut): report what the kernel saw. A cut path may be another
         // file's too: the id is then the file's, and the event says so.

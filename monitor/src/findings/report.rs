@@ -432,25 +432,43 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
     }
 
+    /// `/srv/NAME`, unchanged since t=0.
+    fn secret(name: &str, mode: u32, fingerprint: &str) -> SecretFacts {
+        SecretFacts {
+            id: format!("sec-{name}"),
+            path: format!("/srv/{name}"),
+            secret_type: "generic".into(),
+            fingerprint: Some(fingerprint.into()),
+            lifetime: Some("static".into()),
+            hint: None,
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(mode),
+            mtime: Some(t(0)),
+            expires: None,
+        }
+    }
+
+    fn json_of(r: &Report) -> serde_json::Value {
+        let mut json = Vec::new();
+        write_json(r, &mut json).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
+    /// The report's entry of the secret at `path`.
+    fn secret_entry<'a>(v: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+        v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap()
+    }
+
     fn fixture() -> Snapshot {
         let mut s = Snapshot::new(t(0));
         for (name, mode) in [("a", 0o600), ("b", 0o644)] {
-            s.observe_secret(
-                SecretFacts {
-                    id: format!("sec-{name}"),
-                    path: format!("/srv/{name}"),
-                    secret_type: "generic".into(),
-                    fingerprint: Some(format!("hmac-sha256:{name}")),
-                    lifetime: Some("static".into()),
-                    hint: None,
-                    uid: Some(0),
-                    gid: Some(0),
-                    mode: Some(mode),
-                    mtime: Some(t(0)),
-                    expires: None,
-                },
-                t(0),
-            );
+            s.observe_secret(secret(name, mode, &format!("hmac-sha256:{name}")), t(0));
         }
         for who in ["systemd:app.service", "user:ana:/usr/bin/cat"] {
             s.observe(&Observation::Read {
@@ -532,34 +550,13 @@ mod tests {
     fn the_earlier_keys_fingerprint_is_listed_first() {
         let mut s = fixture();
         s.key_changed = Some(t(20));
-        s.observe_secret(
-            SecretFacts {
-                id: "sec-a".into(),
-                path: "/srv/a".into(),
-                secret_type: "generic".into(),
-                fingerprint: Some("hmac-sha256:0-sorts-first".into()),
-                lifetime: Some("static".into()),
-                hint: None,
-                uid: Some(0),
-                gid: Some(0),
-                mode: Some(0o600),
-                mtime: Some(t(0)),
-                expires: None,
-            },
-            t(20),
-        );
+        s.observe_secret(secret("a", 0o600, "hmac-sha256:0-sorts-first"), t(20));
         let settings = FindingsConfig::default().settings().unwrap();
         let r = assemble(&s, &settings, t(30), Path::new("/state/ledger.db"));
-        let mut json = Vec::new();
-        write_json(&r, &mut json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        let a = v["secrets"]
+        let v = json_of(&r);
+        let spans = secret_entry(&v, "/srv/a")["fingerprints"]
             .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["path"] == "/srv/a")
             .unwrap();
-        let spans = a["fingerprints"].as_array().unwrap();
         assert_eq!(spans.len(), 2, "{spans:#?}");
         assert_eq!(spans[0]["first_seen"], spans[1]["first_seen"]);
         assert_eq!(spans[0]["fingerprint"], "hmac-sha256:a");
@@ -606,16 +603,9 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
-        let mut json = Vec::new();
-        write_json(&r, &mut json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let v = json_of(&r);
         assert!(v["fingerprint_key_changed"].is_string());
-        let a = v["secrets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["path"] == "/srv/a")
-            .unwrap();
+        let a = secret_entry(&v, "/srv/a");
         assert_eq!(a["fingerprints"][0]["earlier_key"], true);
         let touch = a["readers"]
             .as_array()
