@@ -1,10 +1,10 @@
 //! Delivery: every event kind's OCSF form against the OCSF schema, and the
 //! real agent against real receivers on loopback: rsyslogd over TCP and
 //! mutual TLS through an outage, over UDP and a local socket with filters,
-//! a file output that logrotate moves, an HTTP receiver speaking Splunk HEC and
-//! Elasticsearch `_bulk`, `promtool check metrics`, and a spool that
-//! survives kill -9. The agent tests need root to load eBPF; without it
-//! they say why and return.
+//! a file output that logrotate moves, an HTTP receiver taking a webhook's
+//! NDJSON, Splunk HEC and Elasticsearch `_bulk`, `promtool check metrics`,
+//! and a spool that survives kill -9. The agent tests need root to load
+//! eBPF; without it they say why and return.
 
 mod support;
 
@@ -642,8 +642,8 @@ fn a_file_output_moved_by_logrotate_is_reopened_on_sighup() {
 }
 
 #[test]
-fn splunk_hec_and_elastic_bulk_bodies_reach_an_http_receiver() {
-    if !can_load_probes("splunk_hec_and_elastic_bulk_bodies_reach_an_http_receiver") {
+fn splunk_hec_elastic_bulk_and_webhook_bodies_reach_an_http_receiver() {
+    if !can_load_probes("splunk_hec_elastic_bulk_and_webhook_bodies_reach_an_http_receiver") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -651,6 +651,7 @@ fn splunk_hec_and_elastic_bulk_bodies_reach_an_http_receiver() {
     // The first POST is refused with 503: it is sent again.
     let receiver = HttpReceiver::start(1);
     const TOKEN: &str = "hec-token-not-real-0000";
+    const BEARER: &str = "webhook-token-not-real-1111";
     let token = dir.path().join("hec.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let outputs = format!(
@@ -672,6 +673,12 @@ body = "elastic_bulk"
 index = "secretmon-events"
 format = "ocsf"
 kinds = ["secret_read"]
+
+[[output]]
+url = "http://127.0.0.1:{port}/hook"
+name = "webhook"
+token = "{BEARER}"
+kinds = ["secret_read"]
 "#,
         port = receiver.port,
         token = token.display(),
@@ -680,7 +687,7 @@ kinds = ["secret_read"]
     reads(&secret, 3);
     let ids = read_ids(&mut agent, &secret, 3);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (hec, bulk) = loop {
+    let (hec, bulk, hook) = loop {
         let requests = receiver.requests();
         let of = |path: &str| -> Vec<String> {
             requests
@@ -689,9 +696,9 @@ kinds = ["secret_read"]
                 .flat_map(|r| r.body.lines().map(str::to_owned).collect::<Vec<_>>())
                 .collect()
         };
-        let (hec, bulk) = (of("/services/collector/event"), of("/_bulk"));
-        if has_all(&hec, &ids) && has_all(&bulk, &ids) {
-            break (hec, bulk);
+        let (hec, bulk, hook) = (of("/services/collector/event"), of("/_bulk"), of("/hook"));
+        if has_all(&hec, &ids) && has_all(&bulk, &ids) && has_all(&hook, &ids) {
+            break (hec, bulk, hook);
         }
         assert!(Instant::now() < deadline, "not delivered: {requests:#?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -736,14 +743,31 @@ kinds = ["secret_read"]
     assert_once_in_order(&bulk_ids, &ids, "_bulk");
     validate_ocsf(&docs);
 
+    // The webhook: native events, one a line, with the bearer token.
+    let webhook = requests.iter().find(|r| r.path == "/hook").unwrap();
+    assert_eq!(webhook.header("Content-Type"), Some("application/x-ndjson"));
+    assert_eq!(
+        webhook.header("Authorization"),
+        Some(format!("Bearer {BEARER}").as_str())
+    );
+    assert_once_in_order(&native_ids(&hook), &ids, "webhook");
+
     let (code, stdout, stderr) = agent.stop(Signal::SIGTERM);
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let all = stdout.join("\n");
-    assert!(
-        !all.contains(TOKEN) && !stderr.contains(TOKEN),
-        "the token is never shown"
-    );
-    assert_no_planted(&[&all, &stderr, &hec.join("\n"), &bulk.join("\n")]);
+    for token in [TOKEN, BEARER] {
+        assert!(
+            !all.contains(token) && !stderr.contains(token),
+            "the token is never shown"
+        );
+    }
+    assert_no_planted(&[
+        &all,
+        &stderr,
+        &hec.join("\n"),
+        &bulk.join("\n"),
+        &hook.join("\n"),
+    ]);
 }
 
 #[test]
