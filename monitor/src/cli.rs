@@ -140,7 +140,8 @@ pub struct AgentArgs {
     pub ring_buffer_size: Option<u32>,
 
     /// Send events to URL; repeatable, each output with its own queue:
-    /// `-` (stdout), a path or `file:///PATH` (appended, created 0600),
+    /// `-` (stdout), a path or `file:///PATH` (appended, created 0600,
+    /// reopened on SIGHUP),
     /// `syslog:///dev/log`, `syslog+udp://HOST:PORT`,
     /// `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT` (RFC 5424, the
     /// message one JSON event), `http(s)://...` (batched NDJSON POSTs).
