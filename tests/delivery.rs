@@ -177,7 +177,7 @@ fn every_kind() -> Vec<Event> {
             process: process(pid),
             identity: identity.clone(),
             secret: ArgSecret {
-                kind: "secret_flag",
+                kind: "secret_flag".into(),
                 redacted: "--token=…".into(),
                 arg: 2,
             },

@@ -26,6 +26,7 @@ use crate::{
     plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
+    redact::{ArgsPolicy, Redactor},
 };
 
 /// Inventory changes queued between the sync task and the agent.
@@ -103,8 +104,15 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
     let discovery =
         discovery::spawn(host_scanner(&plan)?, found_tx).context("cannot start a thread")?;
-    let mut pipeline =
-        Pipeline::new(watch, plan.host.clone(), identities)?.with_discoverer(discovery);
+    if plan.process_args == ArgsPolicy::Full {
+        tracing::warn!(
+            "process.args = full: events show command lines as processes passed them, \
+             secrets included"
+        );
+    }
+    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities)?
+        .with_discoverer(discovery)
+        .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
     // Before `started`: a script that stops the agent as soon as it says
     // so must get a drained, orderly stop.
@@ -314,12 +322,6 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
-/// Records handled between two looks at the kernel's loss counter. A loss
-/// is noticed before each drain and then every this many records: a loss
-/// in the middle of a drain leaves at most these records attributed from
-/// what the process table knew before it.
-const LOSS_CHECK_EVERY: usize = 16;
-
 /// What the drain knows of the kernel's lost events.
 #[derive(Default)]
 struct Losses {
@@ -350,14 +352,12 @@ fn drain(
     losses: &mut Losses,
     outputs: &mut Outputs,
 ) -> anyhow::Result<()> {
-    losses.check(probes, pipeline)?;
-    let mut handled = 0;
     while let Some(record) = ring.next() {
+        // Looked at with each record in hand: a loss counted before it was
+        // made is known before it is attributed (a loss noticed only
+        // every few records let a forked child pass as its parent).
+        losses.check(probes, pipeline)?;
         outputs.route(pipeline.handle(&record));
-        handled += 1;
-        if handled % LOSS_CHECK_EVERY == 0 {
-            losses.check(probes, pipeline)?;
-        }
     }
     // Files already inventoried by another name are watched from now on.
     for edit in pipeline.take_edits() {

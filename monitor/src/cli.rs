@@ -161,6 +161,14 @@ pub struct AgentArgs {
     /// /readyz, e.g. 127.0.0.1:9464 [setting: metrics.listen; default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// What events show of a command line [setting: process.args; default:
+    /// redacted]. `redacted` hides every part a rule calls secret (options,
+    /// variables, URLs, headers, tokens, and noise that looks like a key);
+    /// `none` shows no arguments; `full` shows them as the process passed
+    /// them, SECRETS INCLUDED: events are then as sensitive as the host's
+    /// command lines, wherever they are shipped.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub process_args: Option<crate::redact::ArgsPolicy>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -301,16 +309,27 @@ impl AgentArgs {
             out.push(Layer::new("--output", "output", tables));
         }
         if let Some(format) = self.format {
-            let name = clap::ValueEnum::to_possible_value(&format)
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default();
-            out.push(Layer::new("--format", "events.format", name));
+            out.push(Layer::new("--format", "events.format", value_name(format)));
         }
         if let Some(addr) = self.metrics {
             out.push(Layer::new("--metrics", "metrics.listen", addr.to_string()));
         }
+        if let Some(policy) = self.process_args {
+            out.push(Layer::new(
+                "--process-args",
+                "process.args",
+                value_name(policy),
+            ));
+        }
         out
     }
+}
+
+/// A value of a flag as it is written on the command line (and in settings).
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 fn path_value(p: &std::path::Path) -> figment::value::Value {

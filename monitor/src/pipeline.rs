@@ -32,11 +32,13 @@ use crate::{
     probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
-    redact::redact_args,
+    redact::Redactor,
 };
 
 /// Ancestors listed on each event, parent first.
 const MAX_ANCESTORS: usize = 5;
+/// Processes the table keeps.
+const PROCESS_CAPACITY: NonZeroUsize = NonZeroUsize::new(65_536).expect("nonzero");
 
 /// Converts the kernel's boot-time clock to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +172,7 @@ impl Pipeline {
     pub fn new(watch: Inventory, host: Host, identities: IdentityResolver) -> io::Result<Self> {
         Ok(Self {
             watch,
-            procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
+            procs: ProcessTable::new(PROCESS_CAPACITY, "/proc", Redactor::default()),
             host,
             identities,
             clock: Clock::now()?,
@@ -216,6 +218,14 @@ impl Pipeline {
     /// Hand the files the name rules find to this discovery worker.
     pub fn with_discoverer(mut self, worker: Sender<discovery::Request>) -> Self {
         self.discoverer = Discoverer::Worker(worker);
+        self
+    }
+
+    /// Redact argv and `comm` with `redactor` (its policy, the config's
+    /// secret variable names); the default is the built-in rules,
+    /// `redacted`.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.procs = ProcessTable::new(PROCESS_CAPACITY, &self.proc_root, redactor);
         self
     }
 
@@ -334,16 +344,18 @@ impl Pipeline {
         if exec.env_truncated {
             self.stats.env_truncated += 1;
         }
-        let (args, found) = redact_args(&exec.args);
-        let mut execed =
-            self.procs
-                .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        let (mut execed, found) = self.procs.on_exec(
+            &exec.header,
+            &exec.filename,
+            &exec.args,
+            exec.args_truncated,
+        );
         // The exec itself says what runs, events lost around it or not.
         execed.vouched = true;
         self.identities.forget(exec.header.pid);
         for secret in found {
             let (process, identity, info) = self.describe(execed.clone());
-            let (kind, shown) = (secret.kind.to_string(), Some(secret.redacted.clone()));
+            let (kind, shown) = (secret.kind.clone(), Some(secret.redacted.clone()));
             self.observe(
                 &exec.header,
                 ExposureKind::Argv,

@@ -44,6 +44,8 @@ pub struct RunPlan {
     /// Where events go, each output checked and with its defaults.
     pub outputs: Vec<OutputSpec>,
     pub metrics: MetricsConfig,
+    /// What events show of command lines.
+    pub process_args: crate::redact::ArgsPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,7 @@ impl RunPlan {
             ledger: settings.ledger,
             outputs,
             metrics: settings.metrics,
+            process_args: settings.process.args,
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub events: EventsSettings,
     /// `[metrics]`: Prometheus metrics, off unless `listen` is set.
     pub metrics: MetricsConfig,
+    /// What events show of a process's command line.
+    pub process: crate::redact::ProcessSettings,
 }
 
 /// `[events]`.
