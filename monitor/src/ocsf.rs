@@ -370,35 +370,36 @@ fn secret_read(r: &SecretRead) -> Value {
 }
 
 fn secret_in_env(e: &SecretInEnv) -> Value {
-    json!({
-        "actor": launcher(&e.process, &e.identity),
-        "process": process(&e.process, Some(&e.identity)),
-        "message": format!(
-            "{} started with the secret variable {}",
-            e.process.exe.as_deref().unwrap_or(&e.process.comm),
-            e.secret.env_name
-        ),
-        "unmapped": {
-            "secret": {"env_name": e.secret.env_name},
-            "process": process_rest(&e.process),
-            "identity": e.identity,
-        },
-    })
+    launch(
+        &e.process,
+        &e.identity,
+        format!("the secret variable {}", e.secret.env_name),
+        json!({"env_name": e.secret.env_name}),
+    )
 }
 
 fn secret_in_argv(a: &SecretInArgv) -> Value {
+    launch(
+        &a.process,
+        &a.identity,
+        format!("a {} on its command line", a.secret.kind),
+        json!(a.secret),
+    )
+}
+
+/// A process that started with `what`, a secret described by `secret`.
+fn launch(p: &Process, identity: &Identity, what: String, secret: Value) -> Value {
     json!({
-        "actor": launcher(&a.process, &a.identity),
-        "process": process(&a.process, Some(&a.identity)),
+        "actor": launcher(p, identity),
+        "process": process(p, Some(identity)),
         "message": format!(
-            "{} started with a {} on its command line",
-            a.process.exe.as_deref().unwrap_or(&a.process.comm),
-            a.secret.kind
+            "{} started with {what}",
+            p.exe.as_deref().unwrap_or(&p.comm),
         ),
         "unmapped": {
-            "secret": a.secret,
-            "process": process_rest(&a.process),
-            "identity": a.identity,
+            "secret": secret,
+            "process": process_rest(p),
+            "identity": identity,
         },
     })
 }
