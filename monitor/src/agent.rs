@@ -113,7 +113,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention, &watch)?;
+    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention.get(), &watch)?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
@@ -168,7 +168,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(opts.findings.interval);
+    let mut periodic = tokio::time::interval(opts.findings.interval.get());
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {

@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -130,21 +130,17 @@ pub struct ReportArgs {
     /// Observation window of the orphaned and long-lived rules: a secret
     /// nobody read for this long is orphaned, one unrotated for longer is
     /// long-lived. E.g. `30d`, `12h` [default: the agent's, 30d and 90d].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub window: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<crate::bounded::Window>,
 
     /// Age after which a static secret in use is long-lived, e.g. `90d`;
     /// overrides --window for that rule alone.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_age: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<crate::bounded::Window>,
 
     /// The agent's state dir.
     #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 30d, 12h, 90s)"))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -178,9 +174,20 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("a month").is_err());
+    fn report_windows_are_bounded() {
+        let parse = |w: &str| Cli::try_parse_from(["secretmon", "report", "--window", w]);
+        let Command::Report(args) = parse("30d").unwrap().command else {
+            panic!("not report");
+        };
+        assert_eq!(
+            args.window.map(|w| w.get()),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        let err = parse("99999999999d").unwrap_err().to_string();
+        assert!(
+            err.contains("`99999999999d` is out of range: from 1s to 36500d"),
+            "{err}"
+        );
+        assert!(parse("a month").is_err());
     }
 }

@@ -33,10 +33,15 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--config {path}: {}", crate::errors::error_text(err))]
-    Read { path: String, err: std::io::Error },
     #[error("--config {path}: {err}")]
-    Parse { path: String, err: toml::de::Error },
+    Read {
+        path: String,
+        err: crate::secure_fs::TrustError,
+    },
+    #[error("--config {path}: not UTF-8")]
+    Encoding { path: String },
+    #[error("--config {path}: {message}")]
+    Parse { path: String, message: String },
 }
 
 impl Config {
@@ -46,11 +51,20 @@ impl Config {
             return Ok(Self::default());
         };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+        let bytes =
+            crate::secure_fs::read_trusted(path, crate::secure_fs::CONFIG).map_err(|err| {
+                ConfigError::Read {
+                    path: shown.clone(),
+                    err,
+                }
+            })?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Encoding {
             path: shown.clone(),
-            err,
         })?;
-        Self::parse(&text).map_err(|err| ConfigError::Parse { path: shown, err })
+        Self::parse(text).map_err(|err| ConfigError::Parse {
+            message: crate::errors::toml_error(text, &err),
+            path: shown,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
@@ -99,11 +113,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.ledger.retention,
+            c.ledger.retention.get(),
             std::time::Duration::from_secs(7 * 86_400)
         );
-        assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
+        assert_eq!(
+            c.findings.baseline.get(),
+            std::time::Duration::from_secs(3600)
+        );
         assert_eq!(c.findings.policy, Some(PathBuf::from("/etc/p.toml")));
+    }
+
+    #[test]
+    fn bad_values_say_where_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[findings]\ninterval = \"0s\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "--config {}: line 2, `interval`: `0s` is out of range: from 1s to 1d",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! binary (`main.rs`) only sets up the process around it.
 
 pub mod agent;
+pub mod bounded;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -26,4 +27,5 @@ pub mod probes;
 pub mod process;
 pub mod redact;
 pub mod secret;
+pub mod secure_fs;
 pub mod sink;

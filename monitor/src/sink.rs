@@ -1,24 +1,27 @@
 //! Where events go: JSON lines on stdout (default) or appended to a file.
 
 use std::{
-    fs::OpenOptions,
     io::{self, BufWriter, Write},
     path::Path,
 };
 
 use serde::Serialize;
 
+use crate::secure_fs;
+
 pub struct Sink {
     out: BufWriter<Box<dyn Write + Send>>,
 }
 
 impl Sink {
-    /// `None` or `-` is stdout.
-    pub fn open(path: Option<&Path>) -> io::Result<Self> {
+    /// `None` or `-` is stdout. A file is made 0600, or must be a regular
+    /// file nobody else can write, reached without a link
+    /// ([`secure_fs::open_append`]).
+    pub fn open(path: Option<&Path>) -> Result<Self, secure_fs::TrustError> {
         let out: Box<dyn Write + Send> = match path {
             None => Box::new(io::stdout()),
             Some(p) if p == Path::new("-") => Box::new(io::stdout()),
-            Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => Box::new(secure_fs::open_append(p)?),
         };
         Ok(Self {
             out: BufWriter::new(out),

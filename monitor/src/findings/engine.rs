@@ -56,9 +56,7 @@ impl Engine {
             "settings".into(),
             serde_json::to_string(&settings).expect("settings serialize"),
         )];
-        if let Ok(span) = chrono::Duration::from_std(retention) {
-            rows.push(snapshot.prune(now - span));
-        }
+        rows.push(snapshot.prune(crate::bounded::before(now, retention)));
         // Written before the writer starts, so `report` sees the inventory
         // as soon as the agent says it started.
         ledger.write(&rows)?;
@@ -130,10 +128,10 @@ impl Engine {
         if now - self.last_prune < DAY {
             return;
         }
-        if let Ok(span) = chrono::Duration::from_std(self.retention) {
-            let row = self.snapshot.prune(now - span);
-            self.writer.send(row);
-        }
+        let row = self
+            .snapshot
+            .prune(crate::bounded::before(now, self.retention));
+        self.writer.send(row);
         self.last_prune = now;
     }
 

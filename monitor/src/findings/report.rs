@@ -12,7 +12,10 @@ use serde::Serialize;
 use super::{
     Finding, FindingType, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules,
 };
-use crate::ledger::{ExposureKind, Ledger, LedgerError, Snapshot};
+use crate::{
+    bounded::Window,
+    ledger::{ExposureKind, Ledger, LedgerError, Snapshot},
+};
 
 pub const SCHEMA: &str = "secretmon/report/v1";
 const NON_TERMINAL_WIDTH: u16 = 160;
@@ -20,8 +23,8 @@ const NON_TERMINAL_WIDTH: u16 = 160;
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
     /// Overrides the orphaned (and, without `max_age`, the long-lived) window.
-    pub window: Option<Duration>,
-    pub max_age: Option<Duration>,
+    pub window: Option<Window>,
+    pub max_age: Option<Window>,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,11 +128,11 @@ pub fn build(
             .expect("the default settings have no policy to fail"),
     };
     if let Some(w) = opts.window {
-        settings.orphan_window = w;
-        settings.max_age = w;
+        settings.orphan_window = w.get();
+        settings.max_age = w.get();
     }
     if let Some(m) = opts.max_age {
-        settings.max_age = m;
+        settings.max_age = m.get();
     }
     Ok(assemble(&snapshot, &settings, now, ledger.path()))
 }
