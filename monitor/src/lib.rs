@@ -29,3 +29,4 @@ pub mod redact;
 pub mod secret;
 pub mod secure_fs;
 pub mod sink;
+pub mod terminal;

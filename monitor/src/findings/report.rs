@@ -15,6 +15,7 @@ use super::{
 use crate::{
     bounded::Window,
     ledger::{ExposureKind, Ledger, LedgerError, Snapshot},
+    terminal::escape,
 };
 
 pub const SCHEMA: &str = "secretmon/report/v1";
@@ -263,12 +264,15 @@ fn table(header: &[&str], terminal: bool) -> Table {
     t
 }
 
-/// The tables for people; `terminal`: fit its width, and colour.
+/// The tables for people; `terminal`: fit its width, and colour. Every
+/// text that came from the host (paths, identities, executables, hints,
+/// reasons naming them) is escaped: a file name must not drive the
+/// reader's terminal or forge a row.
 pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std::io::Result<()> {
     writeln!(
         out,
         "secretmon report of {}: observing since {}; orphaned after {} without a read, long-lived after {} unrotated",
-        report.ledger,
+        escape(&report.ledger),
         report.observing_since,
         human_duration(Duration::from_secs(report.orphan_window_secs)),
         human_duration(Duration::from_secs(report.max_age_secs)),
@@ -300,9 +304,9 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
                 .iter()
                 .map(|i| {
                     if i.gone {
-                        format!("{} (gone)", i.id)
+                        format!("{} (gone)", escape(&i.id))
                     } else {
-                        i.id.clone()
+                        escape(&i.id).into_owned()
                     }
                 })
                 .collect::<Vec<_>>()
@@ -314,10 +318,14 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
                     f.finding_type.as_str(),
                     f.owasp.join(", ")
                 )),
-                Cell::new(secret),
+                Cell::new(escape(&secret)),
                 Cell::new(ids),
-                Cell::new(format!("{} (×{})", f.evidence.reason, f.evidence.count)),
-                Cell::new(&f.recommendation),
+                Cell::new(format!(
+                    "{} (×{})",
+                    escape(&f.evidence.reason),
+                    f.evidence.count
+                )),
+                Cell::new(escape(&f.recommendation)),
             ]);
         }
         writeln!(out, "{t}")?;
@@ -325,7 +333,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
     writeln!(out, "\nSECRETS ({})", report.secrets.len())?;
     let mut t = table(&["SECRET", "TYPE", "READERS", "FINDINGS"], terminal);
     for s in &report.secrets {
-        let mut name = s.path.clone();
+        let mut name = escape(&s.path).into_owned();
         if let Some(r) = &s.removed {
             name.push_str(&format!("\n(removed {r})"));
         }
@@ -334,7 +342,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
         } else {
             s.readers
                 .iter()
-                .map(|r| format!("{} ×{}, last {}", r.identity, r.count, r.last_seen))
+                .map(|r| format!("{} ×{}, last {}", escape(&r.identity), r.count, r.last_seen))
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -346,7 +354,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
             .join("\n");
         t.add_row(vec![
             Cell::new(name),
-            Cell::new(&s.secret_type),
+            Cell::new(escape(&s.secret_type)),
             Cell::new(readers),
             Cell::new(findings),
         ]);
@@ -362,8 +370,8 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
             };
             t.add_row(vec![
                 e.kind.as_str().to_string(),
-                what,
-                e.identity.clone(),
+                escape(&what).into_owned(),
+                escape(&e.identity).into_owned(),
                 format!("×{}, last {}", e.count, e.last_seen),
             ]);
         }
@@ -472,5 +480,101 @@ mod tests {
                 .unwrap()
                 .contains("own credential")
         );
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_text() {
+        let hostile_path = "/srv/evil\u{1b}[2J\nHIGH weak_permissions /etc/shadow\r";
+        let hostile_id = "user:root:/tmp/\u{1b}]0;pwned\u{7}cat";
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(
+            SecretFacts {
+                id: "sec-evil".into(),
+                path: hostile_path.into(),
+                secret_type: "generic".into(),
+                fingerprint: Some("hmac-sha256:e".into()),
+                lifetime: Some("static".into()),
+                hint: None,
+                uid: Some(0),
+                gid: Some(0),
+                mode: Some(0o644),
+                mtime: Some(t(0)),
+                expires: None,
+            },
+            t(0),
+        );
+        for who in [hostile_id, "systemd:app.service"] {
+            s.observe(&Observation::Read {
+                at: t(10),
+                secret_id: "sec-evil".into(),
+                who: Seen {
+                    id: who.into(),
+                    kind: "user".into(),
+                    spiffe_id: String::new(),
+                    unit: None,
+                    user_manager: false,
+                    cgroup_id: 0,
+                    exe: Some("/tmp/\u{1b}[31mred".into()),
+                    human: false,
+                },
+                pid: 3,
+                uid: 0,
+                count: 1,
+                denied: false,
+            });
+        }
+        s.observe(&Observation::Exposure {
+            at: t(11),
+            kind: ExposureKind::Env,
+            subject: "EVIL\u{1b}[8m_TOKEN".into(),
+            detail: None,
+            who: Seen {
+                id: hostile_id.into(),
+                kind: "user".into(),
+                spiffe_id: String::new(),
+                unit: None,
+                user_manager: false,
+                cgroup_id: 0,
+                exe: None,
+                human: false,
+            },
+            pid: 4,
+        });
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(20), Path::new("/state/\u{1b}[1mledger.db"));
+        for terminal in [false, true] {
+            let mut text = Vec::new();
+            write_text(&r, &mut text, terminal).unwrap();
+            let text = String::from_utf8(text).unwrap();
+            // Colours are the table's own; none of the names' escapes.
+            let raw = text.replace("\u{1b}[38;5;", "").replace("\u{1b}[39m", "");
+            for bad in [
+                "\u{1b}[2J",
+                "\u{1b}]0;",
+                "\u{1b}[1m",
+                "\u{1b}[8m",
+                "\u{7}",
+                "\r",
+            ] {
+                assert!(!raw.contains(bad), "{bad:?} printed raw:\n{text}");
+            }
+            assert!(text.contains("/srv/evil\\x1b[2J\\nHIGH"), "{text}");
+            assert!(
+                text.contains("user:root:/tmp/\\x1b]0;pwned\\x07cat"),
+                "{text}"
+            );
+            assert!(text.contains("EVIL\\x1b[8m_TOKEN"), "{text}");
+            assert!(
+                !text
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("HIGH weak_permissions /etc")),
+                "a forged row:\n{text}"
+            );
+        }
+        // JSON keeps the names as they are, escaped by JSON itself.
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["secrets"][0]["path"], hostile_path);
     }
 }
