@@ -26,6 +26,7 @@ use crate::{
     preflight,
     probes::{ActiveHooks, Probes},
     sink::Sink,
+    watch_map::{CaptureConfig, Classifier, MapOp, Overflow, WatchBudget},
 };
 
 /// Inventory changes queued between the sync task and the agent.
@@ -44,6 +45,7 @@ pub struct RunOptions {
     pub identity: IdentityConfig,
     pub ledger: LedgerConfig,
     pub findings: FindingsConfig,
+    pub capture: CaptureConfig,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -65,11 +67,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let scanner = Scanner::new(
         std::path::Path::new("/"),
         catalog,
-        user,
+        user.clone(),
         key,
         opts.inventory.limits(),
         opts.inventory.policy(),
     );
+    let classifier = Classifier::new(scanner.homes(), &user);
     let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(opts.output.as_deref()).with_context(|| {
@@ -87,6 +90,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut probes = Probes::attach(
         offsets,
         opts.ring_buffer_bytes,
+        opts.capture.map_entries(),
         &tracefs,
         &name_rules,
         opts.opens,
@@ -114,9 +118,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention.get(), &watch)?;
-    for record in watch.records() {
-        probes.watch(record.key, record.slot)?;
+    // What fits in the kernel's map, by priority; the same choice at every
+    // start.
+    let mut budget = WatchBudget::new(opts.capture.max_watched, classifier);
+    let mut by_path: Vec<_> = watch.records().collect();
+    by_path.sort_by(|a, b| a.path.cmp(&b.path));
+    for record in by_path {
+        budget.insert(record.key, record.slot, &record.path);
     }
+    let planned: Vec<MapOp> = budget
+        .watched()
+        .map(|(key, slot)| MapOp::Watch(key, slot))
+        .collect();
+    run_ops(&mut probes, &mut budget, &planned);
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &env_patterns {
@@ -126,7 +140,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = watch.len();
+    let watched = watch.len() - budget.unwatched();
     let identities = IdentityResolver::for_host(naming, opts.identity);
     let discoverer = Scanner::new(
         std::path::Path::new("/"),
@@ -160,7 +174,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             denied_opens: probes.active.denied_opens(),
             io_uring_opens: io_uring,
         }),
+        None,
     )?;
+    let mut overflow = Overflow::default();
+    report_overflow(&mut budget, &mut pipeline, &mut engine, &mut overflow, 0)?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -174,16 +191,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
-            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
+            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, &mut budget, change),
             _ = tick.tick() => {
                 pipeline.flush_folds().context("writing events")?;
                 record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+                report_overflow(&mut budget, &mut pipeline, &mut engine, &mut overflow, lost_reported)?;
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
@@ -198,7 +216,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -229,32 +247,55 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         lost_reported,
         Some(cache),
         None,
+        None,
     )?;
     pipeline.sink.flush()?;
     Ok(())
 }
 
-/// Follow a created, rotated or removed secret: watch its new inode before
-/// unwatching the old one. A full map only loses that one file.
-fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
+fn apply(
+    probes: &mut Probes,
+    pipeline: &mut Pipeline,
+    budget: &mut WatchBudget,
+    change: InventoryChange,
+) {
     let edit = pipeline.watch.apply(change);
-    apply_edit(probes, edit);
+    apply_edit(probes, budget, &pipeline.watch, edit);
 }
 
-fn apply_edit(probes: &mut Probes, edit: MapEdit) {
-    if let Some((key, slot)) = edit.add
-        && let Err(e) = probes.watch(key, slot)
-    {
-        tracing::warn!(
-            "cannot watch a new secret: {}",
-            crate::errors::error_text(&e)
-        );
+/// Follow a created, rotated or removed secret through the watch budget:
+/// a rotated file's new inode is watched before its old one is dropped; a
+/// full map watches by priority and never stops the agent.
+fn apply_edit(probes: &mut Probes, budget: &mut WatchBudget, watch: &Inventory, edit: MapEdit) {
+    let added = edit
+        .add
+        .and_then(|(key, _)| watch.get(&key))
+        .map(|r| r.path.clone());
+    let ops = budget.apply(&edit, added.as_deref());
+    run_ops(probes, budget, &ops);
+}
+
+/// Carry `ops` out on the kernel's map. A secret the kernel refuses waits
+/// like one that did not fit, and is reported with them; one warning per
+/// batch.
+fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
+    let mut refused = 0;
+    let mut last = None;
+    for op in ops {
+        let result = match *op {
+            MapOp::Watch(key, slot) => probes.watch(key, slot).inspect_err(|_| {
+                budget.failed(key);
+                refused += 1;
+            }),
+            MapOp::Unwatch(key) => probes.unwatch(&key),
+        };
+        if let Err(e) = result {
+            last = Some(e);
+        }
     }
-    if let Some(key) = edit.remove
-        && let Err(e) = probes.unwatch(&key)
-    {
+    if let Some(e) = last {
         tracing::warn!(
-            "cannot unwatch a removed secret: {}",
+            "watch map: {refused} secrets could not be watched: {}",
             crate::errors::error_text(&e)
         );
     }
@@ -264,14 +305,52 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    budget: &mut WatchBudget,
 ) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {
-        apply_edit(probes, edit);
+        apply_edit(probes, budget, &pipeline.watch, edit);
     }
+    Ok(())
+}
+
+/// When the watch budget changed: leave its overflow in the ledger for
+/// `report`, emit an `agent` event when more secrets are unwatched than
+/// last said, and a `watch_overflow` finding per directory the first time.
+fn report_overflow(
+    budget: &mut WatchBudget,
+    pipeline: &mut Pipeline,
+    engine: &mut Engine,
+    reported: &mut Overflow,
+    lost: u64,
+) -> anyhow::Result<()> {
+    if !budget.take_changed() {
+        return Ok(());
+    }
+    let now = budget.overflow();
+    if now == *reported {
+        return Ok(());
+    }
+    engine.record_overflow(&now);
+    if now.unwatched > reported.unwatched {
+        tracing::warn!("{}", now.message());
+        emit_agent(
+            pipeline,
+            AgentStatus::WatchOverflow,
+            now.message(),
+            lost,
+            None,
+            None,
+            Some(now.clone()),
+        )?;
+    }
+    let new = engine.raise(now.findings(), chrono::Utc::now());
+    engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")?;
+    pipeline.sink.flush()?;
+    *reported = now;
     Ok(())
 }
 
@@ -299,6 +378,7 @@ fn report_lost(probes: &Probes, pipeline: &mut Pipeline, reported: u64) -> anyho
             total,
             None,
             None,
+            None,
         )?;
         pipeline.sink.flush()?;
     }
@@ -312,6 +392,7 @@ fn emit_agent(
     lost: u64,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
+    watch_overflow: Option<Overflow>,
 ) -> anyhow::Result<()> {
     let body = Agent {
         status,
@@ -319,6 +400,7 @@ fn emit_agent(
         lost,
         identity_cache,
         capture,
+        watch_overflow,
     };
     let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
     pipeline.sink.emit(&ev).context("writing events")?;

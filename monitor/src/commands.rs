@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity: config.identity,
                 ledger: config.ledger,
                 findings: config.findings,
+                capture: config.capture,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

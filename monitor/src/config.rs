@@ -29,6 +29,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// The kernel side's sizes.
+    pub capture: crate::watch_map::CaptureConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

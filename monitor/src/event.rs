@@ -46,6 +46,8 @@ pub enum AgentStatus {
     Started,
     Lost,
     Stopped,
+    /// More secrets than the kernel's watch map holds.
+    WatchOverflow,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +61,9 @@ pub struct Agent {
     /// On `started`: which kernel hooks see what.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// On `watch_overflow`: how many are not watched, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_overflow: Option<crate::watch_map::Overflow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,6 +252,7 @@ mod tests {
                 lost: 0,
                 identity_cache: None,
                 capture: None,
+                watch_overflow: None,
             },
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

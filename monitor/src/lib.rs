@@ -30,3 +30,4 @@ pub mod secret;
 pub mod secure_fs;
 pub mod sink;
 pub mod terminal;
+pub mod watch_map;

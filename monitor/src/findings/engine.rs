@@ -17,6 +17,7 @@ use crate::{
         facts::secret_facts,
     },
     sink::Sink,
+    watch_map::{self, Overflow},
 };
 
 pub use super::rules::Scope;
@@ -142,8 +143,28 @@ impl Engine {
             return Vec::new();
         }
         self.dirty = false;
+        let found = rules::evaluate(&self.snapshot, &self.settings, now, scope);
+        self.fire_new(found, now)
+    }
+
+    /// Findings the agent raises itself (the watch map overflowing):
+    /// emitted the first time they hold, as the rules' are.
+    pub fn raise(&mut self, found: Vec<Finding>, now: DateTime<Utc>) -> Vec<Finding> {
+        self.fire_new(found, now)
+    }
+
+    /// Leave the watch map's overflow in the ledger for `report`.
+    pub fn record_overflow(&mut self, overflow: &Overflow) {
+        if let Ok(json) = serde_json::to_string(overflow) {
+            self.writer
+                .send(Row::Meta(watch_map::LEDGER_META.into(), json));
+        }
+    }
+
+    /// Those of `found` that have not fired before, recorded as fired.
+    fn fire_new(&mut self, found: Vec<Finding>, now: DateTime<Utc>) -> Vec<Finding> {
         let mut new = Vec::new();
-        for f in rules::evaluate(&self.snapshot, &self.settings, now, scope) {
+        for f in found {
             if self.snapshot.fired.contains_key(&f.id) {
                 continue;
             }

@@ -31,6 +31,9 @@ pub enum FindingType {
     UnexpectedReader,
     WeakPermissions,
     StaticDespiteFederation,
+    /// The kernel's watch map is full: secrets in a directory are not
+    /// watched by inode (see `watch_map`).
+    WatchOverflow,
 }
 
 impl FindingType {
@@ -47,6 +50,7 @@ impl FindingType {
             Self::UnexpectedReader => "unexpected_reader",
             Self::WeakPermissions => "weak_permissions",
             Self::StaticDespiteFederation => "static_despite_federation",
+            Self::WatchOverflow => "watch_overflow",
         }
     }
 
@@ -59,6 +63,8 @@ impl FindingType {
             Self::HumanUse => &["NHI10"],
             Self::UnexpectedReader => &["NHI2", "NHI3"],
             Self::StaticDespiteFederation => &["NHI4"],
+            // About the monitor, not an identity.
+            Self::WatchOverflow => &[],
             Self::DuplicatedSecret
             | Self::SecretInArgv
             | Self::SecretInEnv
@@ -76,6 +82,7 @@ impl FindingType {
                 | Self::DuplicatedSecret
                 | Self::LongLivedSecret
                 | Self::WeakPermissions
+                | Self::WatchOverflow
         )
     }
 
@@ -83,7 +90,10 @@ impl FindingType {
     /// than group-readable).
     pub fn severity(self) -> Severity {
         match self {
-            Self::SecretInArgv | Self::EnvironRead | Self::UnexpectedReader => Severity::High,
+            Self::SecretInArgv
+            | Self::EnvironRead
+            | Self::UnexpectedReader
+            | Self::WatchOverflow => Severity::High,
             Self::OrphanedSecret | Self::DuplicatedSecret | Self::StaticDespiteFederation => {
                 Severity::Low
             }

@@ -16,6 +16,7 @@ use crate::{
     bounded::Window,
     ledger::{ExposureKind, Ledger, LedgerError, Snapshot},
     terminal::escape,
+    watch_map::{self, Overflow},
 };
 
 pub const SCHEMA: &str = "secretmon/report/v1";
@@ -135,7 +136,17 @@ pub fn build(
     if let Some(m) = opts.max_age {
         settings.max_age = m.get();
     }
-    Ok(assemble(&snapshot, &settings, now, ledger.path()))
+    let mut report = assemble(&snapshot, &settings, now, ledger.path());
+    // The agent's own blind spot, as it last saw it, first.
+    let overflow: Option<Overflow> = ledger
+        .meta(watch_map::LEDGER_META)?
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(o) = overflow {
+        let mut findings = o.findings();
+        findings.append(&mut report.findings);
+        report.findings = findings;
+    }
+    Ok(report)
 }
 
 fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) -> Report {

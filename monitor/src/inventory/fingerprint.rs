@@ -29,6 +29,8 @@ pub enum KeyError {
     FleetFile { path: String, err: TrustError },
     #[error("the fleet key is shorter than {MIN_FLEET_KEY} bytes")]
     FleetTooShort,
+    #[error("state dir {path}: {err}")]
+    StateDir { path: String, err: TrustError },
     #[error("{path}: {err}")]
     HostKey { path: String, err: TrustError },
     #[error("{path}: not a {KEY_LEN}-byte key; remove it to make a new one")]
@@ -38,7 +40,7 @@ pub enum KeyError {
 impl KeyError {
     /// The state dir or the key is refused, as opposed to unwritable.
     fn is_refusal(&self) -> bool {
-        matches!(self, Self::HostKey { err, .. } if !err.is_io())
+        matches!(self, Self::StateDir { err, .. } | Self::HostKey { err, .. } if !err.is_io())
     }
 }
 
@@ -119,7 +121,10 @@ fn host_key(state_dir: &Path) -> Result<(Key, PathBuf), KeyError> {
         path: shown.display().to_string(),
         err,
     };
-    let dir = secure_fs::state_dir(state_dir).map_err(err)?;
+    let dir = secure_fs::state_dir(state_dir).map_err(|err| KeyError::StateDir {
+        path: state_dir.display().to_string(),
+        err,
+    })?;
     let path = dir.join(KEY_FILE);
     if let Some(bytes) = secure_fs::read_in(&path, secure_fs::KEY).map_err(err)? {
         if bytes.len() != KEY_LEN {

@@ -198,6 +198,11 @@ impl Scanner {
         self.limits
     }
 
+    /// Homes as shown, deepest first (`/root` among them).
+    pub fn homes(&self) -> &[PathBuf] {
+        &self.homes
+    }
+
     /// Read, classify and fingerprint one candidate. The bytes are wiped
     /// before this returns. `previous` is the fingerprint it had when last
     /// seen, `rotated` whether it changed before: both are evidence of a
