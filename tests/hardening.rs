@@ -142,7 +142,10 @@ fn a_flooded_home_neither_stops_the_agent_nor_blinds_it_to_system_secrets() {
     let config = write(
         &dir.path().join("secretmon.toml"),
         &format!(
-            "[capture]\nmax_watched = {MAX_WATCHED}\n[inventory]\nglobs = [{:?}]\n",
+            // The scan's time is not under test: 70,000 files on a busy
+            // machine can take longer than its default minute.
+            "[capture]\nmax_watched = {MAX_WATCHED}\n\
+             [inventory]\nglobs = [{:?}]\nscan_timeout = \"30m\"\n",
             s(&glob)
         ),
         0o600,

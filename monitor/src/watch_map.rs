@@ -302,7 +302,7 @@ impl WatchBudget {
             .max_by_key(|(_, g)| g.watched.len())?;
         let own = self.groups.get(group).map_or(0, |g| g.watched.len());
         if lowest < class || (largest != group && state.watched.len() >= own + 2) {
-            return state.watched.last().map(|r| key_of(r));
+            return state.watched.last().map(key_of);
         }
         // Within its own group, a better secret displaces the worst.
         let worst = self.groups.get(group)?.watched.last()?;

@@ -613,6 +613,57 @@ mod tests {
     }
 
     #[test]
+    fn planted_files_and_open_state_dirs_are_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Ledger::open(&state).unwrap());
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&state.join(FILE)), 0o600, "made private, not chmodded");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "x").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        // SQLite's own files beside the ledger.
+        for side in ["ledger.db-wal", "ledger.db-shm"] {
+            let link = state.join(side);
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            for result in [
+                Ledger::open(&state).err(),
+                Ledger::open_read_only(&state).err(),
+            ] {
+                let err = result.expect("refused").to_string();
+                assert!(
+                    err.ends_with(&format!("{side}: a symbolic link; refused")),
+                    "{err}"
+                );
+            }
+            fs::remove_file(&link).unwrap();
+        }
+        fs::remove_file(state.join(FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(FILE)).unwrap();
+        for result in [
+            Ledger::open(&state).err(),
+            Ledger::open_read_only(&state).err(),
+        ] {
+            let err = result.expect("refused").to_string();
+            assert!(
+                err.ends_with("ledger.db: a symbolic link; refused"),
+                "{err}"
+            );
+        }
+        assert_eq!(mode(&victim), 0o644);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "x");
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(err) = Ledger::open_read_only(&state) else {
+            panic!("read a ledger others could have written");
+        };
+        assert!(
+            err.to_string()
+                .ends_with("writable by its group or others (mode 0777); refused"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn retention_parses_human_durations() {
         let c: LedgerConfig = toml::from_str("retention = \"30d\"").unwrap();
         assert_eq!(c.retention.get(), Duration::from_secs(30 * 86_400));
