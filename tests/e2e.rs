@@ -192,10 +192,6 @@ fn unknown_flag_is_one_clear_line() {
 
 #[test]
 fn missing_watch_path_is_one_clear_line() {
-    if !is_root() {
-        eprintln!("missing_watch_path_is_one_clear_line: skipped: the root check comes first");
-        return;
-    }
     let (_, stderr) = run_failing(&["run", "--watch", "/no/such/secret"]);
     assert!(
         stderr.contains("--watch /no/such/secret") && stderr.contains("No such file"),
@@ -217,4 +213,88 @@ fn not_root_is_one_clear_line() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
+}
+
+#[test]
+fn a_config_typo_is_one_line_naming_file_line_and_the_right_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[agent]\n# the trust domain\ntrust_domian = \"x\"\n",
+    )
+    .unwrap();
+    for command in ["run", "report", "inventory", "config"] {
+        let (code, stderr) = run_failing(&[command, "--config", config.to_str().unwrap()]);
+        assert_eq!(code, 1, "{command}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "secretmon: config {}:3: unknown key `agent.trust_domian` (did you mean `agent.trust_domain`?)",
+                config.display()
+            ),
+            "{command}"
+        );
+    }
+    std::fs::write(&config, "[capture]\nring_buffer_size = \"large\"\n").unwrap();
+    let (_, stderr) = run_failing(&["run", "--config", config.to_str().unwrap()]);
+    assert!(
+        stderr.contains(&format!(
+            "config {}:2: `capture.ring_buffer_size`",
+            config.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_prints_every_value_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nstate_dir = \"/srv/secretmon\"\n[log]\nlevel = \"warn\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("config.d")).unwrap();
+    let drop_in = dir.path().join("config.d/10-capture.toml");
+    std::fs::write(
+        &drop_in,
+        "[capture]\nopens = \"tracepoints\"\n[log]\nlevel = \"debug\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "config",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        format!(
+            "state_dir = \"/srv/secretmon\"  # from {}:2",
+            config.display()
+        ),
+        format!("opens = \"tracepoints\"  # from {}:2", drop_in.display()),
+        format!("level = \"debug\"  # from {}:4", drop_in.display()),
+        "format = \"json\"  # from --log-format".to_string(),
+        "ring_buffer_size = 4194304  # from default".to_string(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["config", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["settings"]["capture.opens"]["value"], "tracepoints");
+    assert_eq!(v["files"].as_array().unwrap().len(), 2);
 }

@@ -145,7 +145,11 @@ fn host_segment() -> String {
 /// A config file with the test trust domain and `extra` TOML.
 fn config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("secretmon.toml");
-    std::fs::write(&path, format!("trust_domain = \"{TRUST_DOMAIN}\"\n{extra}")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[agent]\ntrust_domain = \"{TRUST_DOMAIN}\"\n{extra}"),
+    )
+    .unwrap();
     path
 }
 
@@ -483,7 +487,7 @@ fn terminal_reader_is_human() {
 fn bad_trust_domain_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "trust_domain = \"Not A Domain\"\n").unwrap();
+    std::fs::write(&cfg, "[agent]\ntrust_domain = \"Not A Domain\"\n").unwrap();
     let out = Command::new(support::BIN)
         .args(["run", "--config", cfg.to_str().unwrap()])
         .output()

@@ -215,15 +215,14 @@ fn a_rotated_file_keeps_its_id_with_a_new_fingerprint() {
     let secret = app.join("api.token");
     fs::write(&secret, "PLANTED-token-one\n").unwrap();
     let state = dir.path().join("state");
-    let mut agent = Agent::start_with_env(
-        &[
-            "--watch",
-            app.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-        ],
-        &[("SECRETMON_LOG", "debug")],
-    );
+    let mut agent = Agent::start(&[
+        "--watch",
+        app.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]);
 
     let first = cat(&mut agent, &secret, Duration::from_secs(10)).expect("first read reported");
     assert_eq!(first["secret"]["path"], secret.to_str().unwrap());
@@ -280,15 +279,14 @@ fn the_agent_leaks_no_planted_value() {
     let root = fixture();
     let home = root.path().join("home/ana");
     let state = root.path().join("state");
-    let mut agent = Agent::start_with_env(
-        &[
-            "--watch",
-            home.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-        ],
-        &[("SECRETMON_LOG", "debug")],
-    );
+    let mut agent = Agent::start(&[
+        "--watch",
+        home.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]);
     let mut read = Vec::new();
     for rel in [
         ".aws/credentials",

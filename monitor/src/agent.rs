@@ -1,84 +1,47 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
 //! events until SIGINT or SIGTERM, and drain what is left before exiting.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    env_names,
-    event::{Agent, AgentStatus, Capture, Event, Host},
-    findings::{
-        FindingsConfig,
-        engine::{self, Engine, Scope},
-    },
-    identity::{CacheStats, IdentityConfig, IdentityResolver, Naming},
+    event::{Agent, AgentStatus, Capture, Event},
+    findings::engine::{self, Engine, Scope},
+    identity::{CacheStats, IdentityResolver},
     inventory::{
-        self, Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
-        settings::Settings, sync::Follower,
+        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        sync::Follower,
     },
-    ledger::LedgerConfig,
-    name_rules::{self, NameRuleSpec},
+    ledger::StateLock,
     offsets,
     pipeline::Pipeline,
+    plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
     sink::Sink,
-    watch_map::{CaptureConfig, Classifier, MapOp, Overflow, WatchBudget},
+    watch_map::{Classifier, MapOp, Overflow, WatchBudget},
 };
 
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub struct RunOptions {
-    pub watch: Vec<PathBuf>,
-    pub state: PathBuf,
-    pub inventory: Settings,
-    pub env_names: Vec<String>,
-    pub name_rules: Vec<NameRuleSpec>,
-    pub output: Option<PathBuf>,
-    pub ring_buffer_bytes: Option<u32>,
-    pub opens: crate::probes::OpenHooks,
-    pub trust_domain: Option<String>,
-    pub identity: IdentityConfig,
-    pub ledger: LedgerConfig,
-    pub findings: FindingsConfig,
-    pub capture: CaptureConfig,
-}
-
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let host = Host {
-        name: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    // A bad trust domain is a configuration error: say so before anything
-    // else is checked.
-    let naming = Naming::new(opts.trust_domain.as_deref(), &host.name)?;
-    let settings = opts.findings.settings()?;
+pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let user = inventory::user_paths(&opts.watch)?;
-    let catalog = Catalog::new(&opts.inventory)?;
-    let env_patterns = env_names::watch_list(catalog.env_watch_names(), &opts.env_names)?;
-    let key = listing::load_key(&opts.inventory, &opts.state)?;
-    let scanner = Scanner::new(
-        std::path::Path::new("/"),
-        catalog,
-        user.clone(),
-        key,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let classifier = Classifier::new(scanner.homes(), &user);
-    let (records, stats, plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+    let scanner = host_scanner(&plan)?;
+    let key_id = scanner.key_id();
+    let classifier = Classifier::new(scanner.homes(), &plan.watch);
+    let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
-    let sink = Sink::open(opts.output.as_deref()).with_context(|| {
+    let sink = Sink::open(plan.output.as_deref()).with_context(|| {
         format!(
             "cannot open --output {}",
-            opts.output
+            plan.output
                 .as_deref()
                 .unwrap_or(std::path::Path::new("-"))
                 .display()
@@ -86,14 +49,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let tracefs = preflight::tracefs_dir().ok_or(preflight::PreflightError::NoTracefs)?;
-    let name_rules = name_rules::rules(&opts.name_rules)?;
     let mut probes = Probes::attach(
         offsets,
-        opts.ring_buffer_bytes,
-        opts.capture.map_entries(),
+        Some(plan.capture.ring_buffer_size),
+        plan.capture.map_entries(),
         &tracefs,
-        &name_rules,
-        opts.opens,
+        &plan.name_rules,
+        plan.capture.opens,
     )?;
     let io_uring = match probes.io_uring {
         _ if probes.active != ActiveHooks::Tracepoints => {
@@ -107,7 +69,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, plan, &records).context("cannot start inotify")?;
+    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
     if sync.unwatched > 0 {
         tracing::warn!(
             "{} directories cannot be watched for new or rotated secrets",
@@ -117,10 +79,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!("following {} directories", sync.watched());
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
-    let mut engine = Engine::start(&opts.state, settings, opts.ledger.retention.get(), &watch)?;
+    let mut engine = Engine::start(
+        &plan.state_dir,
+        lock,
+        plan.findings.clone(),
+        plan.ledger.retention.get(),
+        &watch,
+        &key_id,
+    )?;
     // What fits in the kernel's map, by priority; the same choice at every
     // start.
-    let mut budget = WatchBudget::new(opts.capture.max_watched, classifier);
+    let mut budget = WatchBudget::new(plan.capture.max_watched, classifier);
     let mut by_path: Vec<_> = watch.records().collect();
     by_path.sort_by(|a, b| a.path.cmp(&b.path));
     for record in by_path {
@@ -133,7 +102,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     run_ops(&mut probes, &mut budget, &planned);
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
-    for pattern in &env_patterns {
+    for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
     let mut ring = probes
@@ -141,17 +110,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
     let watched = watch.len() - budget.unwatched();
-    let identities = IdentityResolver::for_host(naming, opts.identity);
-    let discoverer = Scanner::new(
-        std::path::Path::new("/"),
-        Catalog::new(&opts.inventory)?,
-        inventory::user_paths(&opts.watch)?,
-        listing::load_key(&opts.inventory, &opts.state)?,
-        opts.inventory.limits(),
-        opts.inventory.policy(),
-    );
-    let mut pipeline = Pipeline::new(watch, host, identities, sink)?.with_discoverer(discoverer);
+    let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
+    let discoverer = host_scanner(&plan)?;
+    let mut pipeline =
+        Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut pipeline,
         AgentStatus::Started,
@@ -179,19 +146,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut overflow = Overflow::default();
     report_overflow(&mut budget, &mut pipeline, &mut engine, &mut overflow, 0)?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(opts.findings.interval.get());
+    let mut periodic = tokio::time::interval(plan.findings_interval);
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -216,7 +182,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -230,7 +196,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -243,6 +209,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -253,13 +220,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inventory's scanner of the whole host, as the plan configures it.
+fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+    Ok(Scanner::new(
+        std::path::Path::new("/"),
+        Catalog::new(&plan.inventory)?,
+        plan.watch.clone(),
+        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        plan.inventory.limits(),
+        plan.inventory.policy(),
+    ))
+}
+
 fn apply(
     probes: &mut Probes,
     pipeline: &mut Pipeline,
     budget: &mut WatchBudget,
     change: InventoryChange,
 ) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, budget, &pipeline.watch, edit);
 }
 
@@ -301,14 +280,50 @@ fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
     budget: &mut WatchBudget,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

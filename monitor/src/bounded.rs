@@ -5,7 +5,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const DAY: u64 = 86_400;
 /// A day in seconds: the longest period of something that repeats.
@@ -88,6 +88,19 @@ impl<'de, const MIN_SECS: u64, const MAX_SECS: u64> Deserialize<'de>
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// As a person writes it, and as it reads back: `90d`, `36h`.
+impl<const MIN_SECS: u64, const MAX_SECS: u64> Serialize for BoundedDuration<MIN_SECS, MAX_SECS> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::config::duration_text(self.0))
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Serialize for Bounded<MIN, MAX> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 

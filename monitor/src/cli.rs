@@ -1,17 +1,27 @@
-//! Command-line interface.
+//! Command-line interface. A flag that sets a setting has the setting's
+//! name (`--state-dir` is `agent.state_dir`); `--set KEY=VALUE` reaches
+//! every other one. The flags become the command line's layer of the
+//! configuration ([`crate::config`]), which wins over the files.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{LogFormat, LogLevel, Sources, load::Layer};
+
 /// Which workload still uses which static secret, seen from the kernel.
 ///
 /// secretmon watches credential files (cloud keys, SSH keys, kubeconfigs,
 /// registry auths, .netrc, .pgpass, service-account tokens, and any path you
-/// add) with eBPF tracepoints, and prints one JSON line per access naming the
-/// process and workload identity that made it. Follow it with jq:
+/// add) with eBPF, and prints one JSON line per access naming the process
+/// and workload identity that made it. Follow it with jq:
 ///
 ///   sudo secretmon run | jq -c 'select(.kind=="secret_read") | {who: .identity.id, what: .secret.path}'
+///
+/// Settings come from the command line, then /etc/secretmon/config.d/*.toml
+/// (in order, a later file wins), then /etc/secretmon/config.toml; the first
+/// to set a key wins. `secretmon config` prints the effective settings and
+/// where each came from.
 #[derive(Debug, Parser)]
 #[command(name = "secretmon", version, max_term_width = 100)]
 pub struct Cli {
@@ -25,9 +35,9 @@ pub enum Command {
     ///
     /// Watches every secret `secretmon inventory` finds plus every --watch
     /// path, and follows them as they are created, rotated and removed.
-    /// Prints an `agent`
-    /// event with status "started" once the probes are attached, and one with
-    /// "stopped" after draining the ring buffer on exit. Needs root.
+    /// Prints an `agent` event with status "started" once the probes are
+    /// attached, and one with "stopped" after draining the ring buffer on
+    /// exit. Needs root.
     Run(RunArgs),
     /// Scan once for secrets and print what they are and whether they are
     /// static.
@@ -56,52 +66,107 @@ pub enum Command {
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
     Check,
+    /// Print the effective configuration and where each value came from.
+    ///
+    /// Takes the same setting flags as `run`, so `secretmon config --opens
+    /// tracepoints` shows what `secretmon run --opens tracepoints` would
+    /// use. The text form is TOML (paste it into a file); a fleet key or a
+    /// token shows as "<redacted>".
+    Config(ConfigArgs),
+}
+
+/// Where settings come from, and the settings every command has.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The main configuration file; its drop-ins are read from `config.d/`
+    /// next to it [default: /etc/secretmon/config.toml, which may be absent].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Set any setting by its dotted key, as in the files: e.g.
+    /// `--set findings.interval=30s`, `--set capture.env_names='["MY_CRED"]'`.
+    /// The value is TOML, or text when it is not. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Layer::parse_set)]
+    pub set: Vec<Layer>,
+
+    /// The agent's state dir: ledger, fingerprint key, spools; created 0700
+    /// when missing [setting: agent.state_dir; default: /var/lib/secretmon].
+    #[arg(long, visible_alias = "state", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// How much secretmon logs to stderr [setting: log.level; default: info].
+    #[arg(long, value_name = "LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+
+    /// Logs as text lines or JSON objects [setting: log.format; default: text].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The agent's own settings, for `run` and `config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Also watch PATH: a file, or every file below a directory. Repeatable;
+    /// replaces the files' list [setting: agent.watch].
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// The host's name in events and reports [setting: agent.host_name;
+    /// default: the kernel's host name].
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
+
+    /// SPIFFE trust domain of identities [setting: agent.trust_domain;
+    /// default: the host name].
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Which kernel hooks see opens [setting: capture.opens; default: auto].
+    /// `auto` takes the cheapest that loads: `fexit` (one hook in the
+    /// kernel's open: io_uring and denied opens included, other syscalls
+    /// untouched), then `lsm` (BPF LSM `file_open` for opens, io_uring's
+    /// included, and syscall tracepoints for denials), then `tracepoints`
+    /// (every kernel >= 5.8; io_uring opens are not seen, their submitters
+    /// are reported). Naming one fails if it cannot load. `secretmon check`
+    /// says which load here.
+    #[arg(long, value_name = "HOOKS", value_enum)]
+    pub opens: Option<crate::probes::OpenHooks>,
+
+    /// Size of the kernel ring buffer in bytes: a power of two, at least the
+    /// page size. Larger absorbs bigger bursts; losses are reported as
+    /// `agent` events with `lost` [setting: capture.ring_buffer_size;
+    /// default: 4194304].
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_buffer_size: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Read settings from this TOML file; flags given on the command line
-    /// win over it.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Also watch PATH: a file, or every file below a directory. Repeatable.
-    #[arg(long, value_name = "PATH")]
-    pub watch: Vec<PathBuf>,
-
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Append events to FILE instead of stdout ("-" is stdout).
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
+}
 
-    /// Keep the ledger (ledger.db) and the fingerprint key here; created
-    /// 0700 when missing. `secretmon report --state DIR` reads it.
-    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
-    pub state: PathBuf,
-
-    /// SPIFFE trust domain of identities [default: the host name].
-    #[arg(long, value_name = "DOMAIN")]
-    pub trust_domain: Option<String>,
-
-    /// Size of the kernel ring buffer in bytes: a power of two, at least the
-    /// page size. Larger absorbs bigger bursts; losses are reported as
-    /// `agent` events with `lost`.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
-          value_parser = parse_ring_size)]
-    pub ring_buffer_size: u32,
-
-    /// Which kernel hooks see opens. `auto` takes the cheapest that loads:
-    /// `fexit` (one hook in the kernel's open: io_uring and denied opens
-    /// included, other syscalls untouched), then `lsm` (BPF LSM `file_open`
-    /// for opens, io_uring's included, and syscall tracepoints for denials),
-    /// then `tracepoints` (every kernel >= 5.8; io_uring opens are not seen,
-    /// their submitters are reported). Naming one fails if it cannot load.
-    /// `secretmon check` says which load here.
-    #[arg(long, value_name = "HOOKS", value_enum, default_value_t = crate::probes::OpenHooks::Auto)]
-    pub opens: crate::probes::OpenHooks,
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// One JSON document: `files` read and each setting's `value` and `from`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct InventoryArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
     /// One JSON object per secret per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -110,26 +175,21 @@ pub struct InventoryArgs {
     /// instead of /; paths are shown relative to it.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-
-    /// Read the fingerprint key from here (made on first use). When it
-    /// cannot be written, a one-time key is used and stderr says so.
-    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
-    pub state: PathBuf,
-
-    /// Read settings (the `[inventory]` section) from this TOML file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
     /// One JSON document (schema `secretmon/report/v1`) instead of tables.
     #[arg(long)]
     pub json: bool,
 
     /// Observation window of the orphaned and long-lived rules: a secret
     /// nobody read for this long is orphaned, one unrotated for longer is
-    /// long-lived. E.g. `30d`, `12h` [default: the agent's, 30d and 90d].
+    /// long-lived. E.g. `30d`, `12h` [default: the settings'
+    /// findings.orphan_window and findings.max_age].
     #[arg(long, value_name = "DURATION")]
     pub window: Option<crate::bounded::Window>,
 
@@ -137,21 +197,90 @@ pub struct ReportArgs {
     /// overrides --window for that rule alone.
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<crate::bounded::Window>,
+}
 
-    /// The agent's state dir.
-    #[arg(long, value_name = "DIR", default_value = crate::inventory::DEFAULT_STATE_DIR)]
-    pub state: PathBuf,
+impl CommonArgs {
+    /// The configuration sources these flags name, with `extra` settings
+    /// from the command's own flags.
+    pub fn sources(&self, extra: Vec<Layer>) -> Sources {
+        let mut command_line = extra;
+        if let Some(dir) = &self.state_dir {
+            command_line.push(Layer::new(
+                "--state-dir",
+                "agent.state_dir",
+                path_value(dir),
+            ));
+        }
+        if let Some(level) = self.log_level {
+            command_line.push(Layer::new("--log-level", "log.level", level.as_str()));
+        }
+        if let Some(format) = self.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            command_line.push(Layer::new("--log-format", "log.format", name));
+        }
+        // `--set` last: the most explicit wins.
+        command_line.extend(self.set.iter().cloned());
+        match &self.config {
+            Some(main) => Sources {
+                main: main.clone(),
+                required: true,
+                command_line,
+            },
+            None => Sources {
+                command_line,
+                ..Sources::system()
+            },
+        }
+    }
+}
+
+impl AgentArgs {
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut out = Vec::new();
+        if !self.watch.is_empty() {
+            let paths: Vec<figment::value::Value> =
+                self.watch.iter().map(|p| path_value(p)).collect();
+            out.push(Layer::new("--watch", "agent.watch", paths));
+        }
+        if let Some(name) = &self.host_name {
+            out.push(Layer::new("--host-name", "agent.host_name", name.as_str()));
+        }
+        if let Some(td) = &self.trust_domain {
+            out.push(Layer::new(
+                "--trust-domain",
+                "agent.trust_domain",
+                td.as_str(),
+            ));
+        }
+        if let Some(opens) = self.opens {
+            let name = clap::ValueEnum::to_possible_value(&opens)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            out.push(Layer::new("--opens", "capture.opens", name));
+        }
+        if let Some(bytes) = self.ring_buffer_size {
+            out.push(Layer::new(
+                "--ring-buffer-size",
+                "capture.ring_buffer_size",
+                u64::from(bytes),
+            ));
+        }
+        out
+    }
+}
+
+fn path_value(p: &std::path::Path) -> figment::value::Value {
+    figment::value::Value::from(p.to_string_lossy().into_owned())
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s
+    let n: u64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a byte count"))?;
-    let page = 4096;
-    if n < page || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two >= {page}"));
-    }
-    Ok(n)
+    crate::config::check_ring_buffer_size(n)
 }
 
 #[cfg(test)]
@@ -189,5 +318,56 @@ mod tests {
             "{err}"
         );
         assert!(parse("a month").is_err());
+    }
+
+    #[test]
+    fn flags_become_settings_and_win_over_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("c.toml");
+        std::fs::write(
+            &main,
+            "[agent]\nstate_dir = \"/file\"\nwatch = [\"/from/file\"]\n[capture]\nopens = \"fexit\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "secretmon",
+            "run",
+            "--config",
+            main.to_str().unwrap(),
+            "--state",
+            "/flag",
+            "--watch",
+            "/a",
+            "--watch",
+            "/b",
+            "--opens",
+            "tracepoints",
+            "--ring-buffer-size",
+            "65536",
+            "--host-name",
+            "node-7",
+            "--log-level",
+            "debug",
+            "--set",
+            "findings.interval=5s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        let loaded = args.common.sources(args.agent.layers()).load().unwrap();
+        let s = &loaded.settings;
+        assert_eq!(s.agent.state_dir, PathBuf::from("/flag"));
+        assert_eq!(s.agent.watch, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(s.agent.host_name.as_deref(), Some("node-7"));
+        assert_eq!(s.capture.opens, crate::probes::OpenHooks::Tracepoints);
+        assert_eq!(s.capture.ring_buffer_size, 65536);
+        assert_eq!(s.log.level, LogLevel::Debug);
+        assert_eq!(s.findings.interval.get(), std::time::Duration::from_secs(5));
+        assert_eq!(loaded.origin("agent.state_dir").to_string(), "--state-dir");
+        assert_eq!(
+            loaded.origin("findings.interval").to_string(),
+            "--set findings.interval"
+        );
     }
 }

@@ -1,56 +1,54 @@
-//! One parsed command line, run: each subcommand's wiring.
+//! One parsed command line, run: the configuration merged once, logging set
+//! up from it, then the command.
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use crate::{
     agent, check,
-    cli::{Cli, Command},
-    config, findings, inventory,
+    cli::{Cli, Command, CommonArgs},
+    config::{self, Loaded, load::Origin},
+    findings, inventory, logging,
+    plan::RunPlan,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
+            let loaded = load(&args.common, args.agent.layers())?;
+            let plan = RunPlan::resolve(loaded.settings, args.output)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let config = config::Config::load(args.config.as_deref())?;
-            let mut watch = config.watch;
-            watch.extend(args.watch);
-            rt.block_on(agent::run(agent::RunOptions {
-                watch,
-                state: args.state,
-                inventory: config.inventory,
-                env_names: config.env_names,
-                name_rules: config.name_rules,
-                output: args.output,
-                ring_buffer_bytes: Some(args.ring_buffer_size),
-                opens: args.opens,
-                trust_domain: args.trust_domain.or(config.trust_domain),
-                identity: config.identity,
-                ledger: config.ledger,
-                findings: config.findings,
-                capture: config.capture,
-            }))?;
+            rt.block_on(agent::run(plan))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory(args) => {
-            let config = config::Config::load(args.config.as_deref())?;
+            let loaded = load(&args.common, Vec::new())?;
             inventory::listing::run(inventory::listing::Options {
                 json: args.json,
                 root: args.root,
-                state: args.state,
-                settings: config.inventory,
+                state: loaded.settings.agent.state_dir,
+                settings: loaded.settings.inventory,
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => {
             use findings::report;
+            let loaded = load(&args.common, Vec::new())?;
+            // A window the configuration sets counts as the user's choice;
+            // otherwise the windows the agent ran with, kept in the ledger.
+            let configured =
+                |key: &str, value| (loaded.origin(key) != Origin::Default).then_some(value);
+            let findings = &loaded.settings.findings;
             let opts = report::ReportOptions {
-                window: args.window,
-                max_age: args.max_age,
+                window: args
+                    .window
+                    .or(configured("findings.orphan_window", findings.orphan_window)),
+                max_age: args
+                    .max_age
+                    .or(configured("findings.max_age", findings.max_age)),
             };
-            let r = report::build(&args.state, &opts, chrono::Utc::now())?;
+            let r = report::build(&loaded.settings.agent.state_dir, &opts, chrono::Utc::now())?;
             let mut out = std::io::stdout().lock();
             let written = if args.json {
                 report::write_json(&r, &mut out)
@@ -58,14 +56,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let terminal = out.is_terminal() && std::env::var_os("NO_COLOR").is_none();
                 report::write_text(&r, &mut out, terminal)
             };
-            match written.and_then(|()| std::io::Write::flush(&mut out)) {
-                // `report | head` closed the pipe: nothing more to say.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other?,
-            }
+            finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
+            logging::init(&config::LogSettings::default());
             let items = check::probe();
             let ready = check::print(&items, &mut std::io::stdout().lock())?;
             Ok(if ready {
@@ -74,5 +69,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Config(args) => {
+            let loaded = load(&args.common, args.agent.layers())?;
+            let mut out = std::io::stdout().lock();
+            let written = if args.json {
+                config::show::write_json(&loaded, &mut out)
+            } else {
+                config::show::write_text(&loaded, &mut out)
+            };
+            finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Merge the configuration for a command, then start logging as it says.
+fn load(
+    common: &CommonArgs,
+    layers: Vec<config::load::Layer>,
+) -> Result<Loaded, config::ConfigError> {
+    let loaded = common.sources(layers).load()?;
+    logging::init(&loaded.settings.log);
+    Ok(loaded)
+}
+
+/// `… | head` closed the pipe: nothing more to say.
+fn finish(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }

@@ -1,11 +1,10 @@
-//! The `secretmon` binary: a panic hook, the command line, logging, and one
-//! line on stderr for whatever went wrong. Everything else is the library.
+//! The `secretmon` binary: a panic hook, the command line, and one line on
+//! stderr for whatever went wrong. Everything else is the library.
 
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser as _;
 use secretmon::{cli::Cli, commands, errors::error_text};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // A panic must not print a backtrace at an SRE; one line, exit 101.
@@ -20,14 +19,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("SECRETMON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 /// One rule, as written in config: exactly one of `name`, `prefix`,
 /// `suffix`; `parent` and `not_suffix` narrow `name` and `prefix` rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameRuleSpec {
     pub name: Option<String>,

@@ -88,7 +88,10 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Which hooks see opens (`--opens`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum OpenHooks {
     /// The cheapest this kernel loads: fexit, then lsm, then tracepoints.
     Auto,

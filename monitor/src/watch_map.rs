@@ -47,32 +47,6 @@ pub const LEDGER_META: &str = "watch_overflow";
 /// Directories named in the report, most unwatched secrets first.
 const MAX_DIRS_SHOWN: usize = 10;
 
-/// `[capture]` of the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CaptureConfig {
-    /// How many secret files the kernel watches by inode at most.
-    pub max_watched: MaxWatched,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        Self {
-            max_watched: const { MaxWatched::from_const(65_536) },
-        }
-    }
-}
-
-impl CaptureConfig {
-    /// The kernel map's size: one more than `max_watched`, so that a
-    /// rotated file's new inode is watched before its old one is dropped
-    /// even when the map is full.
-    pub fn map_entries(&self) -> u32 {
-        // At most 1_048_577: fits.
-        (self.max_watched.get() + 1) as u32
-    }
-}
-
 /// Who can make the files of a group: root and services, or one home's
 /// owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -730,12 +704,13 @@ mod tests {
 
     #[test]
     fn config_bounds() {
-        let c: CaptureConfig = toml::from_str("").unwrap();
+        use crate::config::CaptureSettings;
+        let c: CaptureSettings = toml::from_str("").unwrap();
         assert_eq!(c.max_watched.get(), 65_536);
         assert_eq!(c.map_entries(), 65_537);
-        let err = toml::from_str::<CaptureConfig>("max_watched = 0").unwrap_err();
+        let err = toml::from_str::<CaptureSettings>("max_watched = 0").unwrap_err();
         assert_eq!(err.message(), "`0` is out of range: from 16 to 1048576");
-        let err = toml::from_str::<CaptureConfig>("max_watched = 99999999").unwrap_err();
+        let err = toml::from_str::<CaptureSettings>("max_watched = 99999999").unwrap_err();
         assert!(err.message().contains("out of range"));
     }
 }

@@ -14,7 +14,7 @@ const BUILTIN: &str = include_str!("catalog.toml");
 const MAX_HINT_CHARS: usize = 12;
 
 /// How a file's content is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parse {
     Aws,
@@ -41,7 +41,7 @@ pub enum Parse {
 }
 
 /// Where a kind of secret lives and how to read it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRule {
     pub glob: String,
@@ -262,6 +262,12 @@ impl Catalog {
             .map(|i| self.home_rules[i])
             .min()
             .map(|i| &self.rules[i])
+    }
+
+    /// Whether a file (absolute, as shown) is never inventoried: templates,
+    /// public keys.
+    pub fn excludes(&self, path: &Path) -> bool {
+        self.exclude.is_match(path)
     }
 
     /// Whether a directory (absolute, as shown) is never entered.

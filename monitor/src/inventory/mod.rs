@@ -57,6 +57,7 @@ impl Record {
             id: self.id.clone(),
             path: self.path.to_string_lossy().into_owned(),
             container_path: None,
+            path_truncated: false,
             secret_type: self.secret_type,
             fingerprint: self.fingerprint.clone(),
             lifetime: self.lifetime,
@@ -204,9 +205,6 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
     let minor = u64::from(libc::minor(st_dev));
     (major << 20) | minor
 }
-
-/// Where state (the fingerprint key) is kept unless `--state` says.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/secretmon";
 
 /// A record for tests elsewhere, on device 1.
 #[cfg(test)]

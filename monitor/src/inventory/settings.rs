@@ -3,7 +3,7 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::catalog::FileRule;
 
@@ -24,7 +24,7 @@ pub type Depth = Bounded<1, 64>;
 /// `static_after_days`: up to a century.
 pub type Days = Bounded<1, 36_500>;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Catalog rules of the user's, tried before the built-in ones.
@@ -49,6 +49,13 @@ pub struct Settings {
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct FleetKey(pub String);
+
+/// `secretmon config` shows that a fleet key is set, never the key.
+impl Serialize for FleetKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
 
 impl fmt::Debug for FleetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
