@@ -140,15 +140,22 @@ impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Negative numbers are out of range too, not a type error.
-        let n = i128::deserialize(d)?;
-        u64::try_from(n)
-            .map_err(|_| BoundError::OutOfRange {
+        // Negative numbers are out of range too, not a type error. Not
+        // i128: figment's values do not deserialize as one.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Int {
+            Unsigned(u64),
+            Signed(i64),
+        }
+        let bounded = match Int::deserialize(d)? {
+            Int::Unsigned(n) => Self::new(n),
+            Int::Signed(n) => Err(BoundError::OutOfRange {
                 text: n.to_string(),
                 range: format!("from {MIN} to {MAX}"),
-            })
-            .and_then(Self::new)
-            .map_err(serde::de::Error::custom)
+            }),
+        };
+        bounded.map_err(serde::de::Error::custom)
     }
 }
 
