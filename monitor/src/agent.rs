@@ -21,6 +21,7 @@ use crate::{
     plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
+    redact::{ArgsPolicy, Redactor},
     sink::Sink,
     watch_map::{Classifier, MapOp, Overflow, WatchBudget},
 };
@@ -112,8 +113,15 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let watched = watch.len() - budget.unwatched();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
     let discoverer = host_scanner(&plan)?;
-    let mut pipeline =
-        Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
+    if plan.process_args == ArgsPolicy::Full {
+        tracing::warn!(
+            "process.args = full: events show command lines as processes passed them, \
+             secrets included"
+        );
+    }
+    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities, sink)?
+        .with_discoverer(discoverer)
+        .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
     // Before `started`: a script that stops the agent as soon as it says
     // so must get a drained, orderly stop.
