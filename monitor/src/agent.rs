@@ -288,12 +288,6 @@ fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
     }
 }
 
-/// Records handled between two looks at the kernel's loss counter. A loss
-/// is noticed before each drain and then every this many records: a loss
-/// in the middle of a drain leaves at most these records attributed from
-/// what the process table knew before it.
-const LOSS_CHECK_EVERY: usize = 16;
-
 /// What the drain knows of the kernel's lost events.
 #[derive(Default)]
 struct Losses {
@@ -324,14 +318,12 @@ fn drain(
     budget: &mut WatchBudget,
     losses: &mut Losses,
 ) -> anyhow::Result<()> {
-    losses.check(probes, pipeline)?;
-    let mut handled = 0;
     while let Some(record) = ring.next() {
+        // Looked at with each record in hand: a loss counted before it was
+        // made is known before it is attributed (a loss noticed only
+        // every few records let a forked child pass as its parent).
+        losses.check(probes, pipeline)?;
         pipeline.handle(&record).context("writing events")?;
-        handled += 1;
-        if handled % LOSS_CHECK_EVERY == 0 {
-            losses.check(probes, pipeline)?;
-        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

@@ -512,7 +512,11 @@ mod tests {
     fn after_lost_events_only_a_later_exec_or_the_live_process_vouches() {
         let dir = tempfile::tempdir().unwrap();
         fake_proc(dir.path(), 60, 1000, "/usr/bin/less");
-        let mut t = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path(), Redactor::default());
+        let mut t = ProcessTable::new(
+            NonZeroUsize::new(16).unwrap(),
+            dir.path(),
+            Redactor::default(),
+        );
         let ns_per_tick = 1_000_000_000 / t.ticks_per_second;
         let at = |pid, boot_ns| EventHeader {
             boot_ns,
@@ -551,7 +555,11 @@ mod tests {
         assert!(info.vouched);
         assert_eq!(info.exe.as_deref(), Some("/usr/bin/less"));
         // The same pid with another start: a reused pid, not that process.
-        let mut fresh = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path(), Redactor::default());
+        let mut fresh = ProcessTable::new(
+            NonZeroUsize::new(16).unwrap(),
+            dir.path(),
+            Redactor::default(),
+        );
         let reused = fresh.observe(&EventHeader {
             start_ns: 2000 * ns_per_tick,
             ..at(60, 400)

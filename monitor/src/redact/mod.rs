@@ -42,9 +42,7 @@ use crate::inventory::{
 const ELLIPSIS: &str = "…";
 
 /// How much of a command line events show (`[process] args`).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ArgsPolicy {
     /// Every argument, with what the rules call secret cut out.
