@@ -373,7 +373,7 @@ fn config_and_policy_files_others_can_write_are_refused() {
     assert_eq!(
         line,
         format!(
-            "secretmon: --config {}: writable by its group or others (mode 0666); refused",
+            "secretmon: config {}: writable by its group or others (mode 0666); refused",
             s(&config)
         )
     );
@@ -449,7 +449,7 @@ fn special_and_huge_files_are_refused_without_hanging_or_filling_memory() {
         assert_eq!(
             line,
             format!(
-                "secretmon: --config {f}: {}",
+                "secretmon: config {f}: {}",
                 why(file, "a config file", 1 << 20)
             )
         );
@@ -514,7 +514,7 @@ fn out_of_range_settings_are_refused_before_anything_starts() {
         assert_eq!(
             line,
             format!(
-                "secretmon: --config {}: line 2, `{key}`: `{value}` is out of range: {range}",
+                "secretmon: config {}:2: `{section}.{key}`: `{value}` is out of range: {range}",
                 s(&config)
             )
         );
@@ -531,7 +531,7 @@ fn out_of_range_settings_are_refused_before_anything_starts() {
         );
         let line = refusal(&["run", "--config", s(&config)]);
         assert!(
-            line.contains(&format!("`{key}`: `{value}` is out of range")),
+            line.contains(&format!("`inventory.{key}`: `{value}` is out of range")),
             "{line}"
         );
     }

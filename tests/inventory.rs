@@ -150,7 +150,7 @@ fn an_unwritable_state_dir_gives_a_one_time_key_and_one_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
-        lines[0].starts_with("secretmon: /dev/null/state/fingerprint.key:")
+        lines[0].starts_with("secretmon: state dir /dev/null/state: ")
             && lines[0].contains("one-time key"),
         "{stderr}"
     );

@@ -3,7 +3,7 @@
 //! with it. A table for people (coloured on a terminal, worst first), or
 //! one JSON document for machines.
 
-use std::{io::Write, path::Path, time::Duration};
+use std::{collections::HashMap, io::Write, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
@@ -169,6 +169,15 @@ pub fn build(
 
 fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) -> Report {
     let findings = rules::evaluate(s, settings, now, rules::Scope::All);
+    // Which findings name each secret, by id or by path, indexed once: a
+    // host with tens of thousands of secrets has as many findings.
+    let mut about_index: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, x) in findings.iter().enumerate() {
+        about_index.entry(x.secret.id.as_str()).or_default().push(i);
+        for path in &x.evidence.paths {
+            about_index.entry(path.as_str()).or_default().push(i);
+        }
+    }
     let mut secrets: Vec<SecretEntry> = s
         .secrets
         .values()
@@ -197,9 +206,17 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                     }
                 })
                 .collect();
-            let about = findings
+            let mut about_ids: Vec<usize> = [f.id.as_str(), f.path.as_str()]
                 .iter()
-                .filter(|x| x.secret.id == f.id || x.evidence.paths.contains(&f.path))
+                .filter_map(|k| about_index.get(k))
+                .flatten()
+                .copied()
+                .collect();
+            about_ids.sort_unstable();
+            about_ids.dedup();
+            let about = about_ids
+                .into_iter()
+                .map(|i| &findings[i])
                 .map(|x| FindingRef {
                     id: x.id.clone(),
                     finding_type: x.finding_type,
