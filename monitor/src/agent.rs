@@ -190,7 +190,13 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses)?;
+    drain(
+        ring.get_mut(),
+        &mut pipeline,
+        &mut probes,
+        &mut budget,
+        &mut losses,
+    )?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;

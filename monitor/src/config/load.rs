@@ -4,8 +4,7 @@
 //! say where a value came from.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -550,7 +549,10 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = sources(&fifo, vec![]).load().err().unwrap().to_string();
-        assert!(err.ends_with("not a regular file but a FIFO; refused"), "{err}");
+        assert!(
+            err.ends_with("not a regular file but a FIFO; refused"),
+            "{err}"
+        );
         let err = read_config_file(Path::new("/dev/zero"))
             .err()
             .unwrap()
@@ -561,7 +563,10 @@ mod tests {
         f.set_len(secure_fs::CONFIG.max_bytes + 1).unwrap();
         fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).unwrap();
         let err = sources(&big, vec![]).load().err().unwrap().to_string();
-        assert!(err.ends_with("the most a config file may be; refused"), "{err}");
+        assert!(
+            err.ends_with("the most a config file may be; refused"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -228,7 +228,9 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                 .range((f.id.clone(), String::new())..)
                 .take_while(|((id, _), _)| *id == f.id)
                 .collect();
-            fingerprints.sort_by_key(|(_, span)| span.first_seen);
+            // A span under a new fingerprint key keeps its first sight: the
+            // one last seen earlier is the older.
+            fingerprints.sort_by_key(|(_, span)| (span.first_seen, span.last_seen));
             SecretEntry {
                 fingerprints: fingerprints
                     .into_iter()
