@@ -237,6 +237,7 @@ fn every_kind() -> Vec<Event> {
         AgentStatus::OutputDown,
         AgentStatus::OutputUp,
         AgentStatus::SpoolDropped,
+        AgentStatus::WatchOverflow,
     ] {
         events.push(ev(Body::Agent(Agent {
             status,
@@ -249,6 +250,7 @@ fn every_kind() -> Vec<Event> {
                 denied_opens: "tracepoints",
                 io_uring_opens: "submitters reported".into(),
             }),
+            watch_overflow: None,
         })));
     }
     events

@@ -27,6 +27,7 @@ use crate::{
     preflight,
     probes::{ActiveHooks, Probes},
     redact::{ArgsPolicy, Redactor},
+    watch_map::{Classifier, MapOp, Overflow, WatchBudget},
 };
 
 /// Inventory changes queued between the sync task and the agent.
@@ -44,6 +45,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let scanner = host_scanner(&plan)?;
     let key_id = scanner.key_id();
+    let classifier = Classifier::new(scanner.homes(), &plan.watch);
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
@@ -53,6 +55,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut probes = Probes::attach(
         offsets,
         Some(plan.capture.ring_buffer_size),
+        plan.capture.map_entries(),
         &tracefs,
         &plan.name_rules,
         plan.capture.opens,
@@ -83,13 +86,23 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         &plan.state_dir,
         lock,
         plan.findings.clone(),
-        plan.ledger.retention,
+        plan.ledger.retention.get(),
         &watch,
         &key_id,
     )?;
-    for record in watch.records() {
-        probes.watch(record.key, record.slot)?;
+    // What fits in the kernel's map, by priority; the same choice at every
+    // start.
+    let mut budget = WatchBudget::new(plan.capture.max_watched, classifier);
+    let mut by_path: Vec<_> = watch.records().collect();
+    by_path.sort_by(|a, b| a.path.cmp(&b.path));
+    for record in by_path {
+        budget.insert(record.key, record.slot, &record.path);
     }
+    let planned: Vec<MapOp> = budget
+        .watched()
+        .map(|(key, slot)| MapOp::Watch(key, slot))
+        .collect();
+    run_ops(&mut probes, &mut budget, &planned);
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &plan.env_patterns {
@@ -99,7 +112,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = watch.len();
+    let watched = watch.len() - budget.unwatched();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
     let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
     let discovery =
@@ -144,6 +157,16 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             denied_opens: probes.active.denied_opens(),
             io_uring_opens: io_uring,
         }),
+        None,
+    );
+    let mut overflow = Overflow::default();
+    report_overflow(
+        &mut budget,
+        &pipeline,
+        &mut engine,
+        &mut outputs,
+        &mut overflow,
+        0,
     );
     metrics.set_ready();
 
@@ -161,14 +184,14 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses, &mut outputs)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses, &mut outputs)?;
                 guard.clear_ready();
             }
-            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
+            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, &mut budget, change),
             Some(report) = found.recv() => {
                 let events = pipeline.discovered(report);
                 for edit in pipeline.take_edits() {
-                    apply_edit(&mut probes, edit);
+                    apply_edit(&mut probes, &mut budget, &pipeline.watch, edit);
                 }
                 outputs.route(events);
             }
@@ -178,6 +201,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
                 lost_reported = report_lost(&probes, &mut outputs, &pipeline.host, &metrics, lost_reported)?;
                 report_spool_drops(&mut outputs, &pipeline.host);
+                report_overflow(&mut budget, &pipeline, &mut engine, &mut outputs, &mut overflow, lost_reported);
                 match probes.errors() {
                     Ok(total) => metrics.kernel_errors(total),
                     // A metric only: not worth a warning every tick.
@@ -207,6 +231,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         ring.get_mut(),
         &mut pipeline,
         &mut probes,
+        &mut budget,
         &mut losses,
         &mut outputs,
     )?;
@@ -248,6 +273,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         ),
         lost_reported,
         Some(cache),
+        None,
         None,
     );
     outputs.close();
@@ -298,25 +324,49 @@ fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
 
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
-fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
+fn apply(
+    probes: &mut Probes,
+    pipeline: &mut Pipeline,
+    budget: &mut WatchBudget,
+    change: InventoryChange,
+) {
     let edit = pipeline.inventory_change(change);
-    apply_edit(probes, edit);
+    apply_edit(probes, budget, &pipeline.watch, edit);
 }
 
-fn apply_edit(probes: &mut Probes, edit: MapEdit) {
-    if let Some((key, slot)) = edit.add
-        && let Err(e) = probes.watch(key, slot)
-    {
-        tracing::warn!(
-            "cannot watch a new secret: {}",
-            crate::errors::error_text(&e)
-        );
+/// Follow a created, rotated or removed secret through the watch budget:
+/// a rotated file's new inode is watched before its old one is dropped; a
+/// full map watches by priority and never stops the agent.
+fn apply_edit(probes: &mut Probes, budget: &mut WatchBudget, watch: &Inventory, edit: MapEdit) {
+    let added = edit
+        .add
+        .and_then(|(key, _)| watch.get(&key))
+        .map(|r| r.path.clone());
+    let ops = budget.apply(&edit, added.as_deref());
+    run_ops(probes, budget, &ops);
+}
+
+/// Carry `ops` out on the kernel's map. A secret the kernel refuses waits
+/// like one that did not fit, and is reported with them; one warning per
+/// batch.
+fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
+    let mut refused = 0;
+    let mut last = None;
+    for op in ops {
+        let result = match *op {
+            MapOp::Watch(key, slot) => probes.watch(key, slot).inspect_err(|_| {
+                budget.failed(key);
+                refused += 1;
+            }),
+            MapOp::Unwatch(key) => probes.unwatch(&key),
+        };
+        if let Err(e) = result {
+            last = Some(e);
+        }
     }
-    if let Some(key) = edit.remove
-        && let Err(e) = probes.unwatch(&key)
-    {
+    if let Some(e) = last {
         tracing::warn!(
-            "cannot unwatch a removed secret: {}",
+            "watch map: {refused} secrets could not be watched: {}",
             crate::errors::error_text(&e)
         );
     }
@@ -349,6 +399,7 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    budget: &mut WatchBudget,
     losses: &mut Losses,
     outputs: &mut Outputs,
 ) -> anyhow::Result<()> {
@@ -361,9 +412,50 @@ fn drain(
     }
     // Files already inventoried by another name are watched from now on.
     for edit in pipeline.take_edits() {
-        apply_edit(probes, edit);
+        apply_edit(probes, budget, &pipeline.watch, edit);
     }
     Ok(())
+}
+
+/// When the watch budget changed: leave its overflow in the ledger for
+/// `report`, emit an `agent` event when more secrets are unwatched than
+/// last said, and a `watch_overflow` finding per directory the first time.
+fn report_overflow(
+    budget: &mut WatchBudget,
+    pipeline: &Pipeline,
+    engine: &mut Engine,
+    outputs: &mut Outputs,
+    reported: &mut Overflow,
+    lost: u64,
+) {
+    if !budget.take_changed() {
+        return;
+    }
+    let now = budget.overflow();
+    if now == *reported {
+        return;
+    }
+    engine.record_overflow(&now);
+    if now.unwatched > reported.unwatched {
+        tracing::warn!("{}", now.message());
+        emit_agent(
+            outputs,
+            &pipeline.host,
+            AgentStatus::WatchOverflow,
+            now.message(),
+            lost,
+            None,
+            None,
+            Some(now.clone()),
+        );
+    }
+    let at = chrono::Utc::now();
+    let new = engine.raise(now.findings(), at);
+    outputs.route(
+        new.into_iter()
+            .map(|finding| Event::new(at, &pipeline.host, Body::Finding(FindingBody { finding }))),
+    );
+    *reported = now;
 }
 
 /// Hand what the pipeline observed to the ledger, and route the findings
@@ -402,6 +494,7 @@ fn report_lost(
             total,
             None,
             None,
+            None,
         );
     }
     Ok(total)
@@ -424,6 +517,7 @@ fn report_spool_drops(outputs: &mut Outputs, host: &Host) {
                 output: Some(name),
                 identity_cache: None,
                 capture: None,
+                watch_overflow: None,
             }),
         );
         outputs.route([ev]);
@@ -454,6 +548,7 @@ fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
             output: Some(output),
             identity_cache: None,
             capture: None,
+            watch_overflow: None,
         }),
     );
     outputs.route([ev]);
@@ -467,6 +562,7 @@ fn emit_agent(
     lost: u64,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
+    watch_overflow: Option<Overflow>,
 ) {
     let body = Agent {
         status,
@@ -475,6 +571,7 @@ fn emit_agent(
         output: None,
         identity_cache,
         capture,
+        watch_overflow,
     };
     outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
 }

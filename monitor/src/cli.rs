@@ -3,7 +3,7 @@
 //! every other one. The flags become the command line's layer of the
 //! configuration ([`crate::config`]), which wins over the files.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -218,13 +218,13 @@ pub struct ReportArgs {
     /// nobody read for this long is orphaned, one unrotated for longer is
     /// long-lived. E.g. `30d`, `12h` [default: the settings'
     /// findings.orphan_window and findings.max_age].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub window: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<crate::bounded::Window>,
 
     /// Age after which a static secret in use is long-lived, e.g. `90d`;
     /// overrides --window for that rule alone.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_age: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<crate::bounded::Window>,
 }
 
 impl CommonArgs {
@@ -336,10 +336,6 @@ fn path_value(p: &std::path::Path) -> figment::value::Value {
     figment::value::Value::from(p.to_string_lossy().into_owned())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 30d, 12h, 90s)"))
-}
-
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u64 = s
         .parse()
@@ -367,10 +363,21 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("a month").is_err());
+    fn report_windows_are_bounded() {
+        let parse = |w: &str| Cli::try_parse_from(["secretmon", "report", "--window", w]);
+        let Command::Report(args) = parse("30d").unwrap().command else {
+            panic!("not report");
+        };
+        assert_eq!(
+            args.window.map(|w| w.get()),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        let err = parse("99999999999d").unwrap_err().to_string();
+        assert!(
+            err.contains("`99999999999d` is out of range: from 1s to 36500d"),
+            "{err}"
+        );
+        assert!(parse("a month").is_err());
     }
 
     #[test]
@@ -416,7 +423,7 @@ mod tests {
         assert_eq!(s.capture.opens, crate::probes::OpenHooks::Tracepoints);
         assert_eq!(s.capture.ring_buffer_size, 65536);
         assert_eq!(s.log.level, LogLevel::Debug);
-        assert_eq!(s.findings.interval, Duration::from_secs(5));
+        assert_eq!(s.findings.interval.get(), std::time::Duration::from_secs(5));
         assert_eq!(loaded.origin("agent.state_dir").to_string(), "--state-dir");
         assert_eq!(
             loaded.origin("findings.interval").to_string(),

@@ -104,7 +104,10 @@ impl Body {
                     Severity::Info
                 }
                 AgentStatus::OutputDown => Severity::Medium,
-                AgentStatus::Lost | AgentStatus::SpoolDropped => Severity::High,
+                // Secrets unwatched, as events lost: what is not seen.
+                AgentStatus::Lost | AgentStatus::SpoolDropped | AgentStatus::WatchOverflow => {
+                    Severity::High
+                }
             },
             Self::SecretRead(r) if r.access.result != "ok" => Severity::Low,
             Self::SecretRead(_) => Severity::Info,
@@ -164,6 +167,8 @@ pub enum AgentStatus {
     OutputUp,
     /// An output's spool was full: its oldest events were dropped.
     SpoolDropped,
+    /// More secrets than the kernel's watch map holds.
+    WatchOverflow,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,6 +185,9 @@ pub struct Agent {
     /// On `started`: which kernel hooks see what.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// On `watch_overflow`: how many are not watched, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_overflow: Option<crate::watch_map::Overflow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -373,6 +381,7 @@ mod tests {
                 output: None,
                 identity_cache: None,
                 capture: None,
+                watch_overflow: None,
             }),
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
@@ -394,6 +403,7 @@ mod tests {
                 output: None,
                 identity_cache: None,
                 capture: None,
+                watch_overflow: None,
             }),
         );
         assert!(next.id.as_str() > id, "ids are time-ordered and unique");

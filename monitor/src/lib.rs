@@ -9,6 +9,7 @@
 //! binary (`main.rs`) only sets up the process around it.
 
 pub mod agent;
+pub mod bounded;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -34,3 +35,6 @@ pub mod probes;
 pub mod process;
 pub mod redact;
 pub mod secret;
+pub mod secure_fs;
+pub mod terminal;
+pub mod watch_map;

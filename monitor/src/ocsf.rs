@@ -120,6 +120,7 @@ pub fn to_value(event: &Event) -> Value {
                 AgentStatus::OutputDown => (99, "Delivery Failed"),
                 AgentStatus::OutputUp => (99, "Delivery Restored"),
                 AgentStatus::SpoolDropped => (99, "Events Dropped"),
+                AgentStatus::WatchOverflow => (99, "Watch Overflow"),
             };
             (&EVENT_LOG_ACTIVITY, id, name, agent(a))
         }
@@ -497,7 +498,10 @@ fn finding(f: &Finding) -> Value {
 fn agent(a: &Agent) -> Value {
     let failed = matches!(
         a.status,
-        AgentStatus::Lost | AgentStatus::OutputDown | AgentStatus::SpoolDropped
+        AgentStatus::Lost
+            | AgentStatus::OutputDown
+            | AgentStatus::SpoolDropped
+            | AgentStatus::WatchOverflow
     );
     let mut v = json!({
         "actor": {
@@ -518,6 +522,7 @@ fn agent(a: &Agent) -> Value {
             "output": a.output,
             "capture": a.capture,
             "identity_cache": a.identity_cache,
+            "watch_overflow": a.watch_overflow,
         },
     });
     if a.lost > 0 && matches!(a.status, AgentStatus::Lost | AgentStatus::SpoolDropped) {

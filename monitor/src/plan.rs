@@ -90,7 +90,7 @@ impl RunPlan {
             env_patterns,
             name_rules,
             findings,
-            findings_interval: settings.findings.interval,
+            findings_interval: settings.findings.interval.get(),
             capture: settings.capture,
             inventory: settings.inventory,
             identity: settings.identity,

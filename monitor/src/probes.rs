@@ -151,6 +151,8 @@ pub enum ProbeError {
     EnvName(String),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
+    #[error("the watch map is full")]
+    WatchMapFull,
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -189,10 +191,11 @@ pub struct Probes {
 impl Probes {
     /// Load the object with this kernel's field offsets and attach every
     /// tracepoint. `ring_bytes` overrides the ring buffer size (a power of
-    /// two multiple of the page size).
+    /// two multiple of the page size); `watch_entries` sizes the watch map.
     pub fn attach(
         offsets: KernelOffsets,
         ring_bytes: Option<u32>,
+        watch_entries: u32,
         tracefs: &Path,
         name_rules: &CompiledRules,
         wanted: OpenHooks,
@@ -213,6 +216,7 @@ impl Probes {
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
+        loader.map_max_entries("WATCHED", watch_entries);
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
         // Before any program runs.
         set_config(&mut ebpf, "OFFSETS", &offsets)?;
@@ -290,9 +294,16 @@ impl Probes {
     pub fn watch(&mut self, key: FileKey, id: u32) -> Result<(), ProbeError> {
         self.watched
             .insert(&key, &id, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "WATCHED",
-                source,
+            .map_err(|source| match &source {
+                aya::maps::MapError::SyscallError(e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    ProbeError::WatchMapFull
+                }
+                _ => ProbeError::Map {
+                    name: "WATCHED",
+                    source,
+                },
             })
     }
 

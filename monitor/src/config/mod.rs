@@ -113,6 +113,10 @@ pub struct CaptureSettings {
     /// inventoried yet: `{ name = "sa.json" }`, `{ prefix = "id_", parent =
     /// ".ssh", not_suffix = ".pub" }`, `{ suffix = ".jks" }`.
     pub name_rules: Vec<crate::name_rules::NameRuleSpec>,
+    /// How many secret files the kernel watches by inode at most; past it,
+    /// secrets are watched by priority (system first) and the rest
+    /// reported.
+    pub max_watched: crate::watch_map::MaxWatched,
 }
 
 impl Default for CaptureSettings {
@@ -122,7 +126,18 @@ impl Default for CaptureSettings {
             ring_buffer_size: DEFAULT_RING_BUFFER,
             env_names: Vec::new(),
             name_rules: Vec::new(),
+            max_watched: const { crate::watch_map::MaxWatched::from_const(65_536) },
         }
+    }
+}
+
+impl CaptureSettings {
+    /// The kernel map's size: one more than `max_watched`, so that a
+    /// rotated file's new inode is watched before its old one is dropped
+    /// even when the map is full.
+    pub fn map_entries(&self) -> u32 {
+        // At most 1_048_577: fits.
+        (self.max_watched.get() + 1) as u32
     }
 }
 
@@ -257,10 +272,13 @@ policy = "/etc/p.toml"
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.identity.kubelet_root, PathBuf::from("/srv/kubelet"));
         assert_eq!(
-            c.ledger.retention,
+            c.ledger.retention.get(),
             std::time::Duration::from_secs(7 * 86_400)
         );
-        assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
+        assert_eq!(
+            c.findings.baseline.get(),
+            std::time::Duration::from_secs(3600)
+        );
     }
 
     #[test]

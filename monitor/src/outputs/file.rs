@@ -1,40 +1,20 @@
 //! Local outputs: JSON lines on stdout, or appended to a file that rotates
 //! by size and is reopened when logrotate moved it.
 
+use crate::secure_fs;
+
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, BufWriter, Write as _},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
-/// Open `path` to append events: created 0600 when missing (and never
-/// through a symlink planted in its place), else appended to. The one place
-/// an output file is created, so the hardened helper can replace it.
+/// Open `path` to append events: created 0600 when missing, else a
+/// regular file nobody else can write, never reached through a link planted
+/// in its place ([`secure_fs::open_append`]).
 pub fn open_append(path: &Path) -> io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    match OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(flags)
-        .open(path)
-    {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let f = OpenOptions::new()
-                .append(true)
-                .custom_flags(flags)
-                .open(path)?;
-            if !f.metadata()?.is_file() {
-                return Err(io::Error::other(format!(
-                    "{} is not a regular file",
-                    path.display()
-                )));
-            }
-            Ok(f)
-        }
-        other => other,
-    }
+    secure_fs::open_append(path).map_err(|e| io::Error::other(e.to_string()))
 }
 
 enum Target {
