@@ -15,7 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let loaded = load(&args.common, args.agent.layers())?;
-            let plan = RunPlan::resolve(loaded.settings, args.output)?;
+            let plan = RunPlan::resolve(loaded.settings)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

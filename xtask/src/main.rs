@@ -194,6 +194,8 @@ fn test(args: &[String]) -> Result<()> {
         cmd.env(vm::KERNEL_ENV, kernels.current);
         cmd.env(vm::OLD_KERNEL_ENV, kernels.old);
     }
+    // tests/delivery.rs validates OCSF with the schema setup installed.
+    cmd.env(toolchain::OCSF_PYTHON_ENV, toolchain::ocsf_python());
     // Every end-to-end test runs a real agent that sees the whole host, so
     // one test's burst of reads lands in another's ring buffer: one test at
     // a time keeps their results their own.

@@ -24,6 +24,20 @@ const LLVM_DEB: &str = "llvm-22-dev";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Debian packages the delivery tests start or run: rsyslogd with its TLS
+/// driver, and promtool (in `prometheus`).
+const RECEIVER_PACKAGES: [&str; 3] = ["rsyslog", "rsyslog-gnutls", "prometheus"];
+
+/// The OCSF schema as the `ocsf-json-schema` package ships it (the OCSF
+/// exports, 1.0 to 1.8), and a JSON Schema validator, from PyPI, in a
+/// virtualenv under the target dir (`tests/ocsf/validate.py` runs there).
+const OCSF_PYTHON_PACKAGES: [(&str, &str); 2] =
+    [("ocsf-json-schema", "1.2.0"), ("jsonschema", "4.26.0")];
+/// The virtualenv, under the target dir.
+pub const OCSF_VENV: &str = "ocsf-venv";
+/// Where the tests find its interpreter.
+pub const OCSF_PYTHON_ENV: &str = "SECRETMON_OCSF_PYTHON";
+
 /// How much of the bootstrap a subcommand needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -33,7 +47,8 @@ pub enum Scope {
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
-    /// second-kernel tests (`tests/vm.rs`) boot.
+    /// second-kernel tests (`tests/vm.rs`) boot, and the receivers and
+    /// checkers of the delivery tests (`tests/delivery.rs`).
     Test,
 }
 
@@ -55,6 +70,13 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     }
     let mut kernel = None;
     if scope == Scope::Test {
+        ensure_debs("delivery receivers", &RECEIVER_PACKAGES)
+            .context("setup step `delivery receivers` failed")?;
+        ensure_ocsf_schema().context(
+            "setup step `OCSF schema` failed; check access to PyPI, or run `python3 -m venv \
+             target/ocsf-venv && target/ocsf-venv/bin/pip install ocsf-json-schema==1.2.0 \
+             jsonschema==4.26.0` by hand",
+        )?;
         match vm::ensure() {
             Ok(k) => kernel = Some(k),
             // CI must run them; elsewhere they skip and say why.
@@ -202,6 +224,92 @@ fn ensure_llvm() -> Result<()> {
         cargo::command("apt-get")?
             .args(["install", "-y", LLVM_DEB])
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Whether dpkg has `package` installed: a program on PATH may come from
+/// elsewhere (a `busybox` may be the dynamically linked one).
+fn installed(package: &str) -> bool {
+    cargo::output(std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// Install the Debian `packages` that are missing, with apt-get.
+pub fn ensure_debs(what: &str, packages: &[&str]) -> Result<()> {
+    let label = format!("{what} ({})", packages.join(", "));
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    if !cargo::is_root() {
+        bail!(
+            "{} not installed and installing needs root; run `sudo apt-get update && \
+             sudo apt-get install -y {}` and retry",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: {label}: missing {}, installing with apt-get ...",
+        missing.join(", ")
+    );
+    cargo::run(cargo::command("apt-get")?.arg("update"))?;
+    cargo::run(
+        cargo::command("apt-get")?
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The OCSF virtualenv's interpreter.
+pub fn ocsf_python() -> std::path::PathBuf {
+    cargo::target_dir().join(OCSF_VENV).join("bin/python3")
+}
+
+fn ensure_ocsf_schema() -> Result<()> {
+    let wanted: Vec<String> = OCSF_PYTHON_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let label = format!("OCSF schema ({})", wanted.join(", "));
+    let python = ocsf_python();
+    let have = cargo::output(std::process::Command::new(&python).args([
+        "-m",
+        "pip",
+        "freeze",
+        "--disable-pip-version-check",
+    ]))
+    .unwrap_or_default();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !have.lines().any(|l| l.trim().eq_ignore_ascii_case(w)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    eprintln!("xtask: {label}: installing into {} ...", python.display());
+    if !python.exists() {
+        let venv = cargo::target_dir().join(OCSF_VENV);
+        cargo::run(cargo::command("python3")?.args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv failed; install python3-venv")?;
+    }
+    cargo::run(
+        std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&wanted),
     )
 }
 

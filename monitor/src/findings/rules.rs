@@ -284,10 +284,7 @@ fn duplicated_secret(s: &Snapshot, out: &mut Vec<Finding>) {
 /// until the ledger has watched the secret for a whole window.
 fn orphaned_secret(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let window = settings.orphan_window;
-    let Ok(span) = chrono::Duration::from_std(window) else {
-        return;
-    };
-    let since = now - span;
+    let since = crate::bounded::before(now, window);
     for r in live_secrets(s) {
         // Not watched now: nobody can vouch that it was not read.
         if r.unwatched.is_some() {
@@ -341,18 +338,16 @@ fn long_lived_secret(
     now: DateTime<Utc>,
     out: &mut Vec<Finding>,
 ) {
-    let (Ok(window), Ok(max_age)) = (
-        chrono::Duration::from_std(settings.orphan_window),
-        chrono::Duration::from_std(settings.max_age),
-    ) else {
+    let Ok(max_age) = chrono::Duration::from_std(settings.max_age) else {
         return;
     };
+    let since = crate::bounded::before(now, settings.orphan_window);
     for r in live_secrets(s) {
         if r.facts.lifetime.as_deref() != Some("static") {
             continue;
         }
         let reads = readers(s, &r.facts.id);
-        if !reads.iter().any(|(_, a)| a.last_seen >= now - window) {
+        if !reads.iter().any(|(_, a)| a.last_seen >= since) {
             continue;
         }
         // The value's age: since the file last changed, or since the
@@ -510,11 +505,8 @@ fn exposures(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) {
 /// A reader the policy does not list, or, where no policy rule covers the
 /// secret, one first seen after the secret's baseline period.
 fn unexpected_reader(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) {
-    let Ok(baseline) = chrono::Duration::from_std(settings.baseline) else {
-        return;
-    };
     for r in live_secrets(s) {
-        let baseline_end = s.created.max(r.first_seen) + baseline;
+        let baseline_end = crate::bounded::after(s.created.max(r.first_seen), settings.baseline);
         for (who, a) in known_readers(s, &r.facts.id) {
             let reason = match settings.policy().allows(&r.facts.path, who) {
                 Some(true) => continue,
