@@ -10,9 +10,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     event::{Agent, AgentStatus, Capture, Event},
     findings::engine::{self, Engine, Scope},
+    fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
-        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        Inventory, InventoryChange, MapEdit,
+        catalog::Catalog,
+        fingerprint::{Key, KeySource},
+        listing,
+        scan::Scanner,
         sync::Follower,
     },
     offsets,
@@ -26,7 +31,7 @@ use crate::{
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let scanner = host_scanner(&plan)?;
@@ -81,6 +86,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
+    let fleet = start_fleet(plan.fleet.take(), &plan)?;
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &plan.env_patterns {
@@ -142,6 +148,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 record(&mut pipeline, &mut engine, Scope::Events)?;
                 pipeline.sink.flush()?;
                 lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
+                if let Some(fleet) = &fleet {
+                    fleet.lost(lost_reported);
+                }
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
@@ -161,6 +170,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
     let ledger = engine.close();
+    // The ledger is complete now: the fleet gets its last rows.
+    if let Some(fleet) = fleet {
+        fleet.lost(lost_reported);
+        fleet.finish().await;
+    }
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
@@ -190,6 +204,25 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     )?;
     pipeline.sink.flush()?;
     Ok(())
+}
+
+/// Start syncing the ledger to the fleet store, when the plan names one.
+/// Its fingerprints are comparable across hosts only when keyed with the
+/// fleet key: the store learns that key's id, never the key.
+fn start_fleet(
+    connection: Option<fleet::Connection>,
+    plan: &RunPlan,
+) -> anyhow::Result<Option<fleet::sync::Handle>> {
+    let Some(connection) = connection else {
+        return Ok(None);
+    };
+    let (key, source) = Key::load(&plan.inventory, &plan.state_dir)?;
+    let who = fleet::sync::Identity {
+        host: plan.host.name.clone(),
+        fleet_key_id: matches!(source, KeySource::Fleet).then(|| key.id()),
+    };
+    tracing::info!("syncing the ledger to the fleet store {}", connection.url);
+    Ok(Some(fleet::sync::spawn(connection, who, &plan.state_dir)?))
 }
 
 /// The inventory's scanner of the whole host, as the plan configures it.

@@ -138,6 +138,13 @@ pub struct AgentArgs {
     /// default: 4194304].
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
+
+    /// Sync the ledger to this PostgreSQL fleet store every fleet.interval
+    /// and at shutdown: `postgres://USER@HOST/DB?sslmode=verify-full`.
+    /// Never with a password in it: that comes from fleet.password_file or
+    /// PGPASSWORD [setting: fleet.url].
+    #[arg(long, value_name = "URL")]
+    pub fleet: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +204,19 @@ pub struct ReportArgs {
     /// overrides --window for that rule alone.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
+
+    /// Report on the whole fleet from its PostgreSQL store instead of this
+    /// host's ledger: every host's copies grouped by fleet fingerprint,
+    /// where each is read, unused or unknown. Without URL, fleet.url from
+    /// the configuration. Schema `secretmon/fleet-report/v1` with --json.
+    #[arg(long, value_name = "URL", num_args = 0..=1)]
+    pub fleet: Option<Option<String>>,
+
+    /// Write one self-contained HTML page to FILE instead (no network
+    /// fetches): secrets by lifetime and finding, readers as a graph,
+    /// reads over time, and the next step per finding.
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    pub html: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -268,8 +288,23 @@ impl AgentArgs {
                 u64::from(bytes),
             ));
         }
+        out.extend(fleet_layer(self.fleet.as_deref()));
         out
     }
+}
+
+impl ReportArgs {
+    pub fn layers(&self) -> Vec<Layer> {
+        fleet_layer(self.fleet.as_ref().and_then(|u| u.as_deref()))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `--fleet URL` sets `fleet.url`; the URL is checked (a password in it
+/// refused) when the settings are read, in a message that never repeats it.
+fn fleet_layer(url: Option<&str>) -> Option<Layer> {
+    url.map(|u| Layer::new("--fleet", "fleet.url", u))
 }
 
 fn path_value(p: &std::path::Path) -> figment::value::Value {

@@ -5,9 +5,9 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use crate::{
     agent, check,
-    cli::{Cli, Command, CommonArgs},
+    cli::{Cli, Command, CommonArgs, ReportArgs},
     config::{self, Loaded, load::Origin},
-    findings, inventory, logging,
+    findings, fleet, inventory, logging,
     plan::RunPlan,
 };
 
@@ -34,7 +34,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report(args) => {
             use findings::report;
-            let loaded = load(&args.common, Vec::new())?;
+            let loaded = load(&args.common, args.layers())?;
+            if args.fleet.is_some() {
+                return fleet_report(&args, &loaded);
+            }
             // A window the configuration sets counts as the user's choice;
             // otherwise the windows the agent ran with, kept in the ledger.
             let configured =
@@ -81,6 +84,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `report --fleet`: the windows from the flags, else the configuration's.
+fn fleet_report(args: &ReportArgs, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let connection =
+        loaded.settings.fleet.connection(None)?.ok_or_else(|| {
+            anyhow::anyhow!("--fleet needs a URL, or fleet.url in the configuration")
+        })?;
+    let configured = &loaded.settings.findings;
+    let window = args.window.unwrap_or(configured.orphan_window);
+    let settings = fleet::rules::Settings {
+        now: chrono::Utc::now(),
+        window,
+        max_age: args.max_age.or(args.window).unwrap_or(configured.max_age),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(fleet::report::build(&connection, &settings))?;
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        fleet::report::write_json(&r, &mut out)
+    } else {
+        let terminal = out.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        fleet::report::write_text(&r, &mut out, terminal)
+    };
+    finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Merge the configuration for a command, then start logging as it says.

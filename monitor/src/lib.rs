@@ -15,6 +15,7 @@ pub mod env_names;
 pub mod errors;
 pub mod event;
 pub mod findings;
+pub mod fleet;
 pub mod identity;
 pub mod inventory;
 pub mod ledger;

@@ -11,6 +11,7 @@ use crate::{
     env_names::{self, BadEnvPattern, EnvPattern},
     event::Host,
     findings::{self, policy::PolicyError},
+    fleet,
     identity::{IdentityConfig, Naming, spiffe::SpiffeError},
     inventory::{self, WatchPathError, catalog::Catalog, catalog::CatalogError},
     ledger::LedgerConfig,
@@ -38,6 +39,8 @@ pub struct RunPlan {
     pub findings_interval: std::time::Duration,
     /// Where events go: a file, or stdout when `None`.
     pub output: Option<PathBuf>,
+    /// The fleet store to sync the ledger to, if any.
+    pub fleet: Option<fleet::Connection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum PlanError {
     EnvName(#[from] BadEnvPattern),
     #[error(transparent)]
     NameRule(#[from] BadNameRule),
+    #[error(transparent)]
+    Fleet(#[from] fleet::FleetError),
 }
 
 impl RunPlan {
@@ -71,6 +76,7 @@ impl RunPlan {
         let env_patterns =
             env_names::watch_list(catalog.env_watch_names(), &settings.capture.env_names)?;
         let name_rules = name_rules::rules(&settings.capture.name_rules)?;
+        let fleet = settings.fleet.connection(None)?;
         Ok(Self {
             host,
             naming,
@@ -85,6 +91,7 @@ impl RunPlan {
             identity: settings.identity,
             ledger: settings.ledger,
             output,
+            fleet,
         })
     }
 }
@@ -137,6 +144,10 @@ mod tests {
                 "/no/such/policy.toml",
             ),
             ("[capture]\nenv_names = [\"\"]\n", ""),
+            (
+                "[fleet]\nurl = \"postgres://db/x\"\npassword_file = \"/no/such/pw\"\n",
+                "/no/such/pw",
+            ),
             (
                 "[capture]\nname_rules = [{ name = \"a\", suffix = \".b\" }]\n",
                 "name rule",

@@ -45,6 +45,8 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// The fleet store the agent syncs its ledger to.
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 /// `[agent]`.
@@ -298,6 +300,8 @@ mod every_setting {
             "inventory.scan_timeout" | "inventory.near_expiry" => "5s".into(),
             "inventory.static_after_days" => 30.into(),
             "findings.policy" => "/etc/secretmon/policy.toml".into(),
+            "fleet.url" => "postgres://secretmon@db.example/fleet?sslmode=verify-full".into(),
+            "fleet.password_file" => "/etc/secretmon/fleet.password".into(),
             other => panic!("no sample value for unset setting {other}: add one"),
         }
     }

@@ -90,6 +90,13 @@ impl Key {
         Self(key)
     }
 
+    /// Names this key without revealing it: the fingerprint of a fixed
+    /// label. The ledger keeps it to tell when the key changed, which
+    /// changes every fingerprint without any secret changing.
+    pub fn id(&self) -> String {
+        self.fingerprint(b"secretmon fingerprint key id")
+    }
+
     /// `hmac-sha256:` and the first 16 hex digits of the MAC of `bytes`.
     pub fn fingerprint(&self, bytes: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
