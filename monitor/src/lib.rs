@@ -16,6 +16,7 @@ pub mod errors;
 pub mod event;
 pub mod findings;
 pub mod fleet;
+pub mod html;
 pub mod identity;
 pub mod inventory;
 pub mod ledger;

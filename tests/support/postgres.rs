@@ -60,11 +60,12 @@ fn free_port() -> u16 {
 
 impl Postgres {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, false)
     }
 
-    /// A cluster that also accepts TLS with this certificate.
-    pub fn start_with(tls: Option<ServerTls<'_>>) -> Self {
+    /// A cluster that also accepts TLS with this certificate; `durable`:
+    /// with fsync, as a real store (tests go faster without).
+    pub fn start_with(tls: Option<ServerTls<'_>>, durable: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let run_as = nix::unistd::geteuid().is_root().then(|| {
             let user = nix::unistd::User::from_name("postgres")
@@ -93,9 +94,10 @@ impl Postgres {
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
         let mut conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\n",
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = {}\n",
             pg.port,
-            pg.dir.path().display()
+            pg.dir.path().display(),
+            if durable { "on" } else { "off" }
         );
         if let Some(tls) = tls {
             let cert = pg.file("server.crt", tls.cert_pem, 0o600);
@@ -203,6 +205,12 @@ impl Postgres {
 
     /// `psql -At -c SQL` over the local socket: one line per row.
     pub fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
+    }
+
+    /// The same, or psql's error (a table not made yet).
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
         let mut cmd = Command::new(self.bin.join("psql"));
         cmd.arg("-h")
             .arg(self.dir.path())
@@ -210,12 +218,10 @@ impl Postgres {
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql]);
         self.as_server(&mut cmd);
         let out = cmd.stdin(Stdio::null()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
     }
 }
 

@@ -3,7 +3,7 @@
 //! Every step checks first and only installs what is missing, so a second
 //! run installs nothing. Each step prints one status line to stderr.
 
-use std::{io, path::Path};
+use std::{io, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -33,9 +33,15 @@ pub enum Scope {
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
-    /// second-kernel tests (`tests/vm.rs`) boot.
+    /// second-kernel tests (`tests/vm.rs`) boot, and the real services the
+    /// fleet and report tests start ([`SERVICE_PACKAGES`]).
     Test,
 }
+
+/// Debian packages the tests start as real receivers: PostgreSQL for the
+/// fleet store (tests/fleet.rs, and the fleet bench), Chromium for the HTML
+/// report (tests/report_html.rs).
+const SERVICE_PACKAGES: [&str; 2] = ["postgresql", "chromium"];
 
 /// Returns the guest kernels for the second-kernel tests when `scope` is
 /// [`Scope::Test`] and it could be set up.
@@ -52,6 +58,10 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     )?;
     if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
+    }
+    if scope == Scope::Test {
+        ensure_debs("test services", &SERVICE_PACKAGES)
+            .context("setup step `test services` failed")?;
     }
     let mut kernel = None;
     if scope == Scope::Test {
@@ -230,4 +240,45 @@ fn ensure_tracefs() -> Result<()> {
         bail!("mounted tracefs but {} is still missing", events.display());
     }
     Ok(())
+}
+
+/// Whether dpkg has `package` installed: a program on PATH may come from
+/// elsewhere (a `busybox` may be the dynamically linked one).
+fn installed(package: &str) -> bool {
+    cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// Install the Debian `packages` that are missing, printing one status line
+/// under `label`.
+pub fn ensure_debs(label: &str, packages: &[&str]) -> Result<()> {
+    let label = format!("{label} ({})", packages.join(", "));
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    if !cargo::is_root() {
+        bail!(
+            "{} not installed and installing needs root; run `sudo apt-get update && \
+             sudo apt-get install -y {}` and retry",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: {label}: missing {}, installing with apt-get ...",
+        missing.join(", ")
+    );
+    cargo::run(cargo::command("apt-get")?.arg("update"))?;
+    cargo::run(
+        cargo::command("apt-get")?
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
