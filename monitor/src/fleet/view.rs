@@ -5,6 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 
 use super::store::{Run, Store, StoreError};
 
@@ -116,7 +117,8 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             });
         }
     }
-    let mut copy_index: HashMap<(i32, String), usize> = HashMap::new();
+    // host id → secret id → index into the copies.
+    let mut copy_index: HashMap<i32, HashMap<String, usize>> = HashMap::new();
     for row in c
         .query(
             "SELECT s.host_id, s.id, s.path, s.type, s.fingerprint, s.lifetime, s.hint, s.mode, \
@@ -133,7 +135,10 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             continue;
         };
         let id: String = row.get(1);
-        copy_index.insert((host_id, id.clone()), view.copies.len());
+        copy_index
+            .entry(host_id)
+            .or_default()
+            .insert(id.clone(), view.copies.len());
         view.copies.push(CopyView {
             host,
             id,
@@ -149,19 +154,23 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             value_since: row.get(11),
         });
     }
-    for row in c
-        .query(
+    // Millions of rows on a large fleet: streamed, never all in memory.
+    let readers = c
+        .query_raw(
             "SELECT r.host_id, r.secret_id, r.identity, coalesce(i.kind, ''), r.first_seen, \
              r.last_seen, r.reads, r.denied, r.human, i.gone_since IS NOT NULL \
              FROM fleet_reader r LEFT JOIN fleet_identity i \
              ON i.host_id = r.host_id AND i.id = r.identity \
              WHERE r.last_seen >= $1",
-            &[&since],
+            [&since],
         )
-        .await?
-    {
-        let key = (row.get::<_, i32>(0), row.get::<_, String>(1));
-        let Some(&copy) = copy_index.get(&key) else {
+        .await?;
+    let mut readers = std::pin::pin!(readers);
+    while let Some(row) = readers.try_next().await? {
+        let copy = copy_index
+            .get(&row.get::<_, i32>(0))
+            .and_then(|by_id| by_id.get(row.get::<_, &str>(1)));
+        let Some(&copy) = copy else {
             continue;
         };
         view.readers.push(ReaderView {
