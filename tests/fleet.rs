@@ -17,9 +17,12 @@ use secretmon::{
         FleetSettings,
         sync::{Identity, Syncer},
     },
-    ledger::{Ledger, Observation, SecretFacts, Seen},
+    ledger::{Ledger, Observation, OpenMode, SecretFacts, Seen},
 };
-use support::postgres::{Postgres, ServerTls};
+use support::{
+    postgres::{Postgres, ServerTls},
+    s,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -66,6 +69,7 @@ fn read(secret: &str, who: &str, at: i64, count: u64) -> Observation {
         uid: 0,
         count,
         denied: false,
+        mode: OpenMode::Read,
     }
 }
 
@@ -89,6 +93,22 @@ impl LocalLedger {
 
     fn read(&mut self, secret: &str, who: &str, at: i64, count: u64) {
         let rows = self.mem.observe(&read(secret, who, at, count));
+        self.ledger.write(&rows).unwrap();
+    }
+
+    /// Opens for writing only: a rotation job, not a reader.
+    fn write(&mut self, secret: &str, who: &str, at: i64) {
+        let mut open = read(secret, who, at, 1);
+        if let Observation::Read { mode, .. } = &mut open {
+            *mode = OpenMode::Write;
+        }
+        let rows = self.mem.observe(&open);
+        self.ledger.write(&rows).unwrap();
+    }
+
+    /// Another run's `--watch` left it out: its file is still there.
+    fn unwatch(&mut self, secret: &str, at: i64) {
+        let rows = self.mem.unwatch_secret(secret, t(at));
         self.ledger.write(&rows).unwrap();
     }
 }
@@ -199,6 +219,24 @@ fn sync_sends_changes_once_and_never_counts_twice() {
     assert_eq!(opens(&pg, "web-1"), 16);
     assert_eq!(pg.query("SELECT count(*) FROM fleet_reader"), "4");
 
+    // The ledger's truths travel: a writer is no reader, an unwatched
+    // secret is not removed.
+    local.write("sec-c", "systemd:rotate.service", 40);
+    local.unwatch("sec-b", 41);
+    rt.block_on(forgetful.sync(Utc::now(), 0, false)).unwrap();
+    assert_eq!(
+        pg.query(
+            "SELECT reads || '/' || writes FROM fleet_reader WHERE identity = 'systemd:rotate.service'"
+        ),
+        "0/1"
+    );
+    assert_eq!(
+        pg.query(
+            "SELECT unwatched IS NOT NULL AND removed IS NULL FROM fleet_secret WHERE id = 'sec-b'"
+        ),
+        "t"
+    );
+
     // A second host with the same secret ids is its own host.
     let other = dir.path().join("other");
     let mut local2 = LocalLedger::open(&other);
@@ -307,27 +345,24 @@ struct Host {
 /// The shared secret: the same bytes on every host.
 fn plant(dir: &Path, name: &'static str) -> Host {
     let root = dir.join(name);
-    let copy = root.join("srv/app/db.password");
-    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-    std::fs::write(&copy, format!("{}\n", support::PLANTED)).unwrap();
-    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     Host {
         name,
         state: root.join("state"),
-        copy,
+        copy: support::write(
+            &root.join("srv/app/db.password"),
+            &format!("{}\n", support::PLANTED),
+            0o600,
+        ),
     }
 }
 
 /// The fleet key every host shares, 0600.
 fn fleet_key(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("fleet.key");
-    std::fs::write(&path, "fleet-test-key-0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    support::write(
+        &dir.join("fleet.key"),
+        "fleet-test-key-0123456789abcdef\n",
+        0o600,
+    )
 }
 
 /// `secretmon run` for `host`, syncing to `url` every second.
@@ -352,18 +387,9 @@ fn start_agent(host: &Host, url: &str, password: &Path, key: &Path) -> support::
 
 /// Wait until `sql` (one value) returns `want`.
 fn wait_for_store(pg: &Postgres, sql: &str, want: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = pg.try_query(sql);
-        if got.as_deref() == Ok(want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sql}: {got:?}, not {want}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::wait_until(&format!("{sql} = {want}"), || {
+        pg.try_query(sql).as_deref() == Ok(want)
+    });
 }
 
 /// Reads of `copy` by `cat`, as the store has them.
@@ -377,12 +403,7 @@ fn store_reads(host: &str, copy: &Path) -> String {
 }
 
 fn cat(path: &Path) {
-    let status = std::process::Command::new("cat")
-        .arg(path)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::run_ok(std::process::Command::new("cat").arg(path));
 }
 
 /// `secretmon report --fleet URL ARGS`.

@@ -7,7 +7,7 @@ mod support;
 use std::{path::Path, process::Command};
 
 use chrono::{DateTime, Duration, Utc};
-use secretmon::ledger::{Ledger, Observation, SecretFacts, Seen};
+use secretmon::ledger::{Ledger, Observation, OpenMode, SecretFacts, Seen};
 
 /// A path an attacker chose: markup that would run if it were not escaped.
 const HOSTILE_DIR: &str = "/srv/<img src=x onerror=document.title='pwned'>";
@@ -46,6 +46,7 @@ fn read(secret: &str, who: &str, human: bool, at: DateTime<Utc>) -> Observation 
         uid: 0,
         count: 3,
         denied: false,
+        mode: OpenMode::Read,
     }
 }
 

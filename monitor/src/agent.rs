@@ -13,13 +13,10 @@ use crate::{
     fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
-        Inventory, InventoryChange, MapEdit,
-        catalog::Catalog,
-        fingerprint::{Key, KeySource},
-        listing,
-        scan::Scanner,
+        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         sync::Follower,
     },
+    ledger::StateLock,
     offsets,
     pipeline::Pipeline,
     plan::RunPlan,
@@ -33,8 +30,11 @@ const CHANGES_QUEUE: usize = 1024;
 
 pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     let scanner = host_scanner(&plan)?;
+    let key_id = scanner.key_id();
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(plan.output.as_deref()).with_context(|| {
@@ -79,14 +79,16 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
         &plan.state_dir,
+        lock,
         plan.findings.clone(),
         plan.ledger.retention,
         &watch,
+        &key_id,
     )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
-    let fleet = start_fleet(plan.fleet.take(), &plan)?;
+    let fleet = start_fleet(plan.fleet.take(), &plan, &key_id)?;
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &plan.env_patterns {
@@ -102,6 +104,10 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     let mut pipeline =
         Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
+    // Before `started`: a script that stops the agent as soon as it says
+    // so must get a drained, orderly stop.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     emit_agent(
         &mut pipeline,
         AgentStatus::Started,
@@ -126,19 +132,18 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         }),
     )?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(plan.findings_interval);
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -165,7 +170,7 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -184,7 +189,7 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -197,6 +202,7 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -208,18 +214,18 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
 
 /// Start syncing the ledger to the fleet store, when the plan names one.
 /// Its fingerprints are comparable across hosts only when keyed with the
-/// fleet key: the store learns that key's id, never the key.
+/// fleet key: the store learns that key's id (`key_id`), never the key.
 fn start_fleet(
     connection: Option<fleet::Connection>,
     plan: &RunPlan,
+    key_id: &str,
 ) -> anyhow::Result<Option<fleet::sync::Handle>> {
     let Some(connection) = connection else {
         return Ok(None);
     };
-    let (key, source) = Key::load(&plan.inventory, &plan.state_dir)?;
     let who = fleet::sync::Identity {
         host: plan.host.name.clone(),
-        fleet_key_id: matches!(source, KeySource::Fleet).then(|| key.id()),
+        fleet_key_id: plan.inventory.has_fleet_key().then(|| key_id.to_string()),
     };
     tracing::info!("syncing the ledger to the fleet store {}", connection.url);
     Ok(Some(fleet::sync::spawn(connection, who, &plan.state_dir)?))
@@ -240,7 +246,7 @@ fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -263,13 +269,49 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

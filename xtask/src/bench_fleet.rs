@@ -15,15 +15,25 @@ const LOCK: &str = "/tmp/secretmon-bench.lock";
 pub fn fleet() -> Result<()> {
     let test = |extra: &[&str]| -> Result<std::process::Command> {
         let mut cmd = cargo::cargo()?;
-        cmd.args(["test", "--release", "--package", "monitor", "--test", "fleet"])
-            .args(extra);
+        cmd.args([
+            "test",
+            "--release",
+            "--package",
+            "monitor",
+            "--test",
+            "fleet",
+        ])
+        .args(extra);
         Ok(cmd)
     };
     // Compile outside the lock: only the measurement holds it.
     cargo::run(&mut test(&["--no-run"])?).context("building the fleet bench")?;
     let measure = test(&["--", "--ignored", "--exact", "bench_fleet", "--nocapture"])?;
     let mut locked = std::process::Command::new("flock");
-    locked.arg(LOCK).arg(measure.get_program()).args(measure.get_args());
+    locked
+        .arg(LOCK)
+        .arg(measure.get_program())
+        .args(measure.get_args());
     for (k, v) in measure.get_envs() {
         match v {
             Some(v) => locked.env(k, v),

@@ -17,7 +17,13 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::view::{CopyView, FleetView, HostView, ReaderView};
-use crate::findings::{Severity, human_duration, rfc3339};
+use crate::{
+    findings::{
+        Severity, human_duration, rfc3339,
+        rules::{principal, principal_names},
+    },
+    identity::UNKNOWN,
+};
 
 pub const SCHEMA: &str = "secretmon/fleet-report/v1";
 
@@ -304,6 +310,16 @@ pub fn blind_spot(host: &HostView, s: &Settings) -> Option<String> {
     (lost > 0).then(|| format!("lost {lost} events to a full ring buffer"))
 }
 
+/// One identity's reads of a value, summed over hosts.
+struct Tally<'a> {
+    kind: &'a str,
+    hosts: BTreeSet<&'a str>,
+    reads: u64,
+    human: u64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+}
+
 /// The copies of one value (or one path and type).
 struct Group<'a> {
     key: String,
@@ -459,17 +475,7 @@ fn judge(
     // Per host: the best status among its copies (read > unused > unknown
     // would lie: a host proves non-use only if none of its copies was read).
     let mut per_host: BTreeMap<&str, CopyStatus> = BTreeMap::new();
-    let mut readers: BTreeMap<
-        &str,
-        (
-            String,
-            BTreeSet<&str>,
-            u64,
-            u64,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        ),
-    > = BTreeMap::new();
+    let mut readers: BTreeMap<&str, Tally<'_>> = BTreeMap::new();
     let mut lifetimes: BTreeMap<String, usize> = BTreeMap::new();
     let mut paths: BTreeSet<&str> = BTreeSet::new();
     for (&i, c) in group.copies.iter().zip(&copies) {
@@ -483,6 +489,11 @@ fn judge(
             (CopyStatus::Read, None)
         } else if let Some(b) = &blind[c.host] {
             (CopyStatus::Unknown, Some(b.clone()))
+        } else if let Some(since) = c.unwatched {
+            (
+                CopyStatus::Unknown,
+                Some(format!("not watched since {}", rfc3339(since))),
+            )
         } else if c.first_seen > start {
             (
                 CopyStatus::Unknown,
@@ -498,21 +509,19 @@ fn judge(
             _ => CopyStatus::Unused,
         };
         for r in read_by {
-            let e = readers.entry(&r.identity).or_insert_with(|| {
-                (
-                    r.kind.clone(),
-                    BTreeSet::new(),
-                    0,
-                    0,
-                    r.first_seen,
-                    r.last_seen,
-                )
+            let e = readers.entry(&r.identity).or_insert_with(|| Tally {
+                kind: &r.kind,
+                hosts: BTreeSet::new(),
+                reads: 0,
+                human: 0,
+                first_seen: r.first_seen,
+                last_seen: r.last_seen,
             });
-            e.1.insert(host);
-            e.2 += r.reads;
-            e.3 += r.human;
-            e.4 = e.4.min(r.first_seen);
-            e.5 = e.5.max(r.last_seen);
+            e.hosts.insert(host);
+            e.reads += r.reads;
+            e.human += r.human;
+            e.first_seen = e.first_seen.min(r.first_seen);
+            e.last_seen = e.last_seen.max(r.last_seen);
         }
         entries.push(CopyEntry {
             host: host.to_string(),
@@ -555,9 +564,9 @@ fn judge(
         paths: paths.clone(),
     };
     let window = human_duration(s.window);
-    let total_reads: u64 = readers.values().map(|r| r.2).sum();
-    let first_read = readers.values().map(|r| r.4).min();
-    let last_read = readers.values().map(|r| r.5).max();
+    let total_reads: u64 = readers.values().map(|r| r.reads).sum();
+    let first_read = readers.values().map(|r| r.first_seen).min();
+    let last_read = readers.values().map(|r| r.last_seen).max();
     let mut found = Vec::new();
     let mut add = |kind: FleetFindingType,
                    hosts: Vec<String>,
@@ -638,23 +647,45 @@ fn judge(
             format!("remove the copies nobody read: {}", copies_on(&unused_on)),
         );
     }
-    let identities: Vec<&str> = readers.keys().copied().collect();
-    if identities.len() >= 2 {
-        let on: BTreeSet<&str> = readers.values().flat_map(|r| r.1.iter().copied()).collect();
+    // An unknown reader proves use, and nothing about who: it takes no
+    // part in the rules about who reads.
+    let known: BTreeMap<&str, &Tally<'_>> = readers
+        .iter()
+        .filter(|(who, _)| **who != UNKNOWN)
+        .map(|(who, t)| (*who, t))
+        .collect();
+    let identities: Vec<&str> = known.keys().copied().collect();
+    // Principal → the identities behind it: a person's tools are one.
+    let mut principals: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for (who, t) in &known {
+        principals
+            .entry(principal(who, t.kind, t.reads, t.human))
+            .or_default()
+            .insert(who);
+    }
+    if principals.len() >= 2 {
+        let on: BTreeSet<&str> = known
+            .values()
+            .flat_map(|r| r.hosts.iter().copied())
+            .collect();
+        let named = principal_names(&principals);
+        let named: Vec<&str> = named.iter().map(String::as_str).collect();
+        let keys: Vec<String> = principals.into_keys().collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         add(
             FleetFindingType::SharedSecret,
             on.iter().map(|h| h.to_string()).collect(),
-            owned(&identities),
-            total_reads,
+            keys.clone(),
+            known.values().map(|r| r.reads).sum(),
             format!(
                 "{} identities on {} hosts read the same value: {}",
-                identities.len(),
+                named.len(),
                 on.len(),
-                list(&identities, 5)
+                list(&named, 5)
             ),
             format!(
                 "give each of {} its own credential, ideally a workload identity, instead of sharing one",
-                list(&identities, 5)
+                list(&key_refs, 5)
             ),
         );
     }
@@ -695,10 +726,10 @@ fn judge(
                 .to_string(),
         );
     }
-    let human: Vec<(&str, &BTreeSet<&str>, u64)> = readers
+    let human: Vec<(&str, &BTreeSet<&str>, u64)> = known
         .iter()
-        .filter(|(_, r)| r.3 > 0)
-        .map(|(i, r)| (*i, &r.1, r.3))
+        .filter(|(_, r)| r.human > 0)
+        .map(|(i, r)| (*i, &r.hosts, r.human))
         .collect();
     if !human.is_empty() {
         let on: BTreeSet<&str> = human.iter().flat_map(|h| h.1.iter().copied()).collect();
@@ -733,17 +764,15 @@ fn judge(
         copies: entries,
         readers: readers
             .into_iter()
-            .map(
-                |(identity, (kind, hosts, reads, human, first, last))| ReaderEntry {
-                    identity: identity.to_string(),
-                    kind,
-                    hosts: hosts.into_iter().map(str::to_string).collect(),
-                    reads,
-                    human,
-                    first_seen: rfc3339(first),
-                    last_seen: rfc3339(last),
-                },
-            )
+            .map(|(identity, t)| ReaderEntry {
+                identity: identity.to_string(),
+                kind: t.kind.to_string(),
+                hosts: t.hosts.into_iter().map(str::to_string).collect(),
+                reads: t.reads,
+                human: t.human,
+                first_seen: rfc3339(t.first_seen),
+                last_seen: rfc3339(t.last_seen),
+            })
             .collect(),
         findings: found
             .iter()
@@ -805,6 +834,7 @@ mod tests {
             mode: Some(0o600),
             first_seen: t(0),
             removed: None,
+            unwatched: None,
             mtime: Some(t(0)),
             value_since: Some(t(0)),
         }
@@ -1054,5 +1084,99 @@ mod tests {
         let r = evaluate(&stale, &settings());
         assert_eq!(r.secrets[0].read_on, 0);
         assert!(types(&r).contains(&"orphaned_secret"));
+    }
+
+    /// A copy another run stopped watching (its file still there): nobody
+    /// vouches it was not read, so it is unknown, never unused or orphaned.
+    #[test]
+    fn an_unwatched_copy_is_unknown_never_unused() {
+        let mut unwatched = copy(1, "/x", "hmac-sha256:aa");
+        unwatched.unwatched = Some(t(30 * DAY));
+        let view = FleetView {
+            hosts: vec![host("a"), host("b")],
+            copies: vec![copy(0, "/x", "hmac-sha256:aa"), unwatched],
+            readers: Vec::new(),
+        };
+        let r = evaluate(&view, &settings());
+        let s = &r.secrets[0];
+        assert_eq!((s.read_on, s.unused_on, s.unknown_on), (0, 1, 1));
+        let b = s.copies.iter().find(|c| c.host == "b").unwrap();
+        assert_eq!(b.status, CopyStatus::Unknown);
+        assert!(
+            b.reason
+                .as_deref()
+                .unwrap()
+                .starts_with("not watched since")
+        );
+        assert!(!types(&r).contains(&"orphaned_secret"), "{:?}", types(&r));
+
+        let view = FleetView {
+            readers: vec![reader(0, "systemd:app.service", 0)],
+            ..view
+        };
+        let r = evaluate(&view, &settings());
+        assert!(!types(&r).contains(&"unused_copies"), "{:?}", types(&r));
+    }
+
+    /// A read by an unknown process (after lost events) proves use, and
+    /// nothing about who: it makes no sharing and no human use.
+    #[test]
+    fn an_unknown_reader_is_use_but_no_identity() {
+        let mut unknown = reader(1, UNKNOWN, 3);
+        unknown.kind = UNKNOWN.into();
+        let view = FleetView {
+            hosts: vec![host("a"), host("b")],
+            copies: vec![
+                copy(0, "/x", "hmac-sha256:aa"),
+                copy(1, "/x", "hmac-sha256:aa"),
+            ],
+            readers: vec![reader(0, "systemd:app.service", 0), unknown],
+        };
+        let r = evaluate(&view, &settings());
+        let s = &r.secrets[0];
+        assert_eq!((s.read_on, s.unused_on), (2, 0));
+        let found = types(&r);
+        for absent in ["shared_secret", "human_use", "unused_copies"] {
+            assert!(!found.contains(&absent), "{absent}: {found:?}");
+        }
+    }
+
+    /// One person's tools on two hosts are one principal, as on one host;
+    /// a workload beside them makes two.
+    #[test]
+    fn a_persons_tools_are_one_principal() {
+        let by_hand = |copy: usize, exe: &str| ReaderView {
+            kind: "user".into(),
+            human: 5,
+            ..reader(copy, &format!("user:ana:{exe}"), 0)
+        };
+        let view = FleetView {
+            hosts: vec![host("a"), host("b")],
+            copies: vec![
+                copy(0, "/x", "hmac-sha256:aa"),
+                copy(1, "/x", "hmac-sha256:aa"),
+            ],
+            readers: vec![by_hand(0, "/usr/bin/cat"), by_hand(1, "/usr/bin/less")],
+        };
+        let r = evaluate(&view, &settings());
+        assert!(!types(&r).contains(&"shared_secret"), "{:?}", types(&r));
+
+        let mut view = view;
+        view.readers.push(reader(1, "systemd:app.service", 0));
+        let r = evaluate(&view, &settings());
+        let shared = r
+            .findings
+            .iter()
+            .find(|f| f.finding_type == FleetFindingType::SharedSecret)
+            .unwrap();
+        assert_eq!(shared.identities, ["systemd:app.service", "user:ana"]);
+        assert!(
+            shared
+                .evidence
+                .reason
+                .contains("user:ana (by hand: /usr/bin/cat, /usr/bin/less)"),
+            "{}",
+            shared.evidence.reason
+        );
     }
 }

@@ -66,6 +66,8 @@ CREATE TABLE fleet_secret (
     first_seen  timestamptz NOT NULL,
     last_seen   timestamptz NOT NULL,
     removed     timestamptz,
+    -- No longer watched although its file is there: nobody vouches since.
+    unwatched   timestamptz,
     PRIMARY KEY (host_id, id)
 );
 CREATE INDEX fleet_secret_by_fingerprint ON fleet_secret (fingerprint);
@@ -100,6 +102,7 @@ CREATE TABLE fleet_reader (
     opens      bigint NOT NULL,
     denied     bigint NOT NULL,
     reads      bigint NOT NULL,
+    writes     bigint NOT NULL,
     human      bigint NOT NULL,
     PRIMARY KEY (host_id, secret_id, identity)
 );
@@ -411,7 +414,8 @@ async fn push_secrets(
     let first = time(|r| Some(r.first_seen));
     let last = time(|r| Some(r.last_seen));
     let removed = time(|r| r.removed);
-    let params: [&(dyn ToSql + Sync); 14] = [
+    let unwatched = time(|r| r.unwatched);
+    let params: [&(dyn ToSql + Sync); 15] = [
         &host,
         &id,
         &path,
@@ -426,18 +430,20 @@ async fn push_secrets(
         &first,
         &last,
         &removed,
+        &unwatched,
     ];
     tx.execute(
         "INSERT INTO fleet_secret (host_id, id, path, type, fingerprint, lifetime, hint, mode, \
-         uid, mtime, expires, first_seen, last_seen, removed) \
+         uid, mtime, expires, first_seen, last_seen, removed, unwatched) \
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
          $7::text[], $8::integer[], $9::bigint[], $10::timestamptz[], $11::timestamptz[], \
-         $12::timestamptz[], $13::timestamptz[], $14::timestamptz[]) \
+         $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[]) \
          ON CONFLICT (host_id, id) DO UPDATE SET path = EXCLUDED.path, type = EXCLUDED.type, \
          fingerprint = EXCLUDED.fingerprint, lifetime = EXCLUDED.lifetime, hint = EXCLUDED.hint, \
          mode = EXCLUDED.mode, uid = EXCLUDED.uid, mtime = EXCLUDED.mtime, \
          expires = EXCLUDED.expires, first_seen = EXCLUDED.first_seen, \
-         last_seen = EXCLUDED.last_seen, removed = EXCLUDED.removed",
+         last_seen = EXCLUDED.last_seen, removed = EXCLUDED.removed, \
+         unwatched = EXCLUDED.unwatched",
         &params,
     )
     .await?;
@@ -508,28 +514,24 @@ async fn push_readers(
     let last: Vec<_> = rows.iter().map(|(_, a)| a.last_seen).collect();
     let opens: Vec<i64> = rows.iter().map(|(_, a)| count(a.count)).collect();
     let denied: Vec<i64> = rows.iter().map(|(_, a)| count(a.denied)).collect();
-    let reads: Vec<i64> = rows.iter().map(|(_, a)| count(reads(a))).collect();
+    let reads: Vec<i64> = rows.iter().map(|(_, a)| count(a.reads)).collect();
+    let writes: Vec<i64> = rows.iter().map(|(_, a)| count(a.writes)).collect();
     let human: Vec<i64> = rows.iter().map(|(_, a)| count(a.human)).collect();
     tx.execute(
         "INSERT INTO fleet_reader (host_id, secret_id, identity, first_seen, last_seen, opens, \
-         denied, reads, human) \
+         denied, reads, writes, human) \
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
-         $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+         $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) \
          ON CONFLICT (host_id, secret_id, identity) DO UPDATE SET \
          first_seen = EXCLUDED.first_seen, last_seen = EXCLUDED.last_seen, \
          opens = EXCLUDED.opens, denied = EXCLUDED.denied, reads = EXCLUDED.reads, \
-         human = EXCLUDED.human",
+         writes = EXCLUDED.writes, human = EXCLUDED.human",
         &[
-            &host, &secret, &identity, &first, &last, &opens, &denied, &reads, &human,
+            &host, &secret, &identity, &first, &last, &opens, &denied, &reads, &writes, &human,
         ],
     )
     .await?;
     Ok(())
-}
-
-/// Opens that read the file: the successful ones.
-pub fn reads(a: &AccessRow) -> u64 {
-    a.count - a.denied
 }
 
 async fn delete(tx: &Transaction<'_>, host: i32, d: &Deleted) -> Result<(), StoreError> {

@@ -153,11 +153,12 @@ pub fn changes(snapshot: &Snapshot, runs: &[Run], sent: &Sent) -> (Batch, Vec<Ac
     }
     for row in snapshot.secrets.values() {
         let d = digest(&format!(
-            "{:?}|{}|{}|{:?}",
+            "{:?}|{}|{}|{:?}|{:?}",
             row.facts,
             row.first_seen,
             coarse(row.last_seen),
-            row.removed
+            row.removed,
+            row.unwatched
         ));
         if consider(Kind::Secret, row.facts.id.clone(), d) {
             batch.secrets.push(row.clone());
@@ -561,7 +562,7 @@ impl Notices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Observation, SecretFacts, Seen};
+    use crate::ledger::{Observation, OpenMode, SecretFacts, Seen};
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -606,6 +607,7 @@ mod tests {
             uid: 0,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         });
     }
 

@@ -37,6 +37,8 @@ pub struct CopyView {
     pub mode: Option<u32>,
     pub first_seen: DateTime<Utc>,
     pub removed: Option<DateTime<Utc>>,
+    /// Since when no agent watches it, its file still there.
+    pub unwatched: Option<DateTime<Utc>>,
     pub mtime: Option<DateTime<Utc>>,
     /// When this host first saw its current value.
     pub value_since: Option<DateTime<Utc>>,
@@ -122,7 +124,7 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
     for row in c
         .query(
             "SELECT s.host_id, s.id, s.path, s.type, s.fingerprint, s.lifetime, s.hint, s.mode, \
-             s.first_seen, s.removed, s.mtime, f.first_seen \
+             s.first_seen, s.removed, s.mtime, f.first_seen, s.unwatched \
              FROM fleet_secret s LEFT JOIN fleet_fingerprint f \
              ON f.host_id = s.host_id AND f.secret_id = s.id AND f.fingerprint = s.fingerprint \
              WHERE s.removed IS NULL OR s.removed >= $1",
@@ -152,6 +154,7 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             removed: row.get(9),
             mtime: row.get(10),
             value_since: row.get(11),
+            unwatched: row.get(12),
         });
     }
     // Millions of rows on a large fleet: streamed, never all in memory.

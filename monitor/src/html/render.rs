@@ -83,21 +83,21 @@ pub fn write(page: &Page, out: &mut impl io::Write) -> io::Result<()> {
         hash(SCRIPT),
         esc(&page.title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h1>{}</h1><p class=\"meta\">{}<br>generated {}; reads looked for since {}</p>\n",
+        "<h1>{}</h1><p class=\"meta\">{}<br>generated {}; reads looked for since {}</p>",
         esc(&page.title),
         esc(&page.scope),
         rfc3339(page.generated),
         rfc3339(page.window_start)
     );
     for note in &page.notes {
-        let _ = write!(h, "<p class=\"note\">{}</p>\n", esc(note));
+        let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(note));
     }
     summary(page, &mut h);
     findings(page, &mut h);
     secrets(page, &mut h);
-    let _ = write!(h, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(h, "<script>{SCRIPT}</script></body></html>");
     out.write_all(h.as_bytes())
 }
 
@@ -161,7 +161,7 @@ fn anchor(i: usize) -> String {
 }
 
 fn findings(page: &Page, h: &mut String) {
-    let _ = write!(h, "<h2>Findings ({})</h2>\n", page.findings.len());
+    let _ = writeln!(h, "<h2>Findings ({})</h2>", page.findings.len());
     if page.findings.is_empty() {
         h.push_str("<p>none</p>\n");
         return;
@@ -184,9 +184,9 @@ fn findings(page: &Page, h: &mut String) {
             }
             _ => esc(&f.subject),
         };
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<tr><td class=\"{}\">{}</td><td>{}</td><td><code>{subject}</code></td><td>{}</td><td><span class=\"step\">{}</span><br>{}</td></tr>\n",
+            "<tr><td class=\"{}\">{}</td><td>{}</td><td><code>{subject}</code></td><td>{}</td><td><span class=\"step\">{}</span><br>{}</td></tr>",
             severity_class(f.severity),
             f.severity.as_str(),
             esc(&f.finding_type),
@@ -199,9 +199,9 @@ fn findings(page: &Page, h: &mut String) {
 }
 
 fn secrets(page: &Page, h: &mut String) {
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h2>Secrets ({})</h2><p><label>Filter: <input id=\"filter\" type=\"search\" placeholder=\"path, identity, host, finding\"></label></p>\n",
+        "<h2>Secrets ({})</h2><p><label>Filter: <input id=\"filter\" type=\"search\" placeholder=\"path, identity, host, finding\"></label></p>",
         page.secrets.len()
     );
     for (i, s) in page.secrets.iter().take(CARDS).enumerate() {
@@ -211,17 +211,17 @@ fn secrets(page: &Page, h: &mut String) {
     if rest.is_empty() {
         return;
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h3>{} more secrets</h3><table><tr><th>secret</th><th>type</th><th>hosts</th><th>readers</th><th>findings</th></tr>\n",
+        "<h3>{} more secrets</h3><table><tr><th>secret</th><th>type</th><th>hosts</th><th>readers</th><th>findings</th></tr>",
         rest.len()
     );
     for (j, s) in rest.iter().take(ROWS).enumerate() {
         let hosts: std::collections::BTreeSet<&str> =
             s.copies.iter().map(|c| c.host.as_str()).collect();
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<tr id=\"{}\" data-text=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr id=\"{}\" data-text=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             anchor(CARDS + j),
             esc(&search_text(s)),
             esc(&s.title),
@@ -233,9 +233,9 @@ fn secrets(page: &Page, h: &mut String) {
     }
     h.push_str("</table>\n");
     if rest.len() > ROWS {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p>{} more not shown: see <code>secretmon report --json</code>.</p>\n",
+            "<p>{} more not shown: see <code>secretmon report --json</code>.</p>",
             rest.len() - ROWS
         );
     }
@@ -434,9 +434,9 @@ fn timeline(page: &Page, s: &PageSecret, h: &mut String) {
         );
     }
     let axis = readers.len() * ROW + 18;
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<text x=\"{LABEL}\" y=\"{axis}\">{}</text><text x=\"{}\" y=\"{axis}\" text-anchor=\"end\">{}</text></svg></figure>\n",
+        "<text x=\"{LABEL}\" y=\"{axis}\">{}</text><text x=\"{}\" y=\"{axis}\" text-anchor=\"end\">{}</text></svg></figure>",
         rfc3339(start),
         LABEL + WIDTH,
         rfc3339(end)

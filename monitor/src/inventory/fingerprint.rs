@@ -186,6 +186,12 @@ mod tests {
             "no temp file left"
         );
         assert_eq!(format!("{a:?}"), "Key(<redacted>)");
+        assert_eq!(a.id(), b.id(), "the same key, the same id");
+        // A deleted key is made anew: another key, another id.
+        fs::remove_file(state.join(KEY_FILE)).unwrap();
+        let (c, _) = Key::load(&Settings::default(), &state).unwrap();
+        assert_ne!(a.id(), c.id());
+        assert_ne!(a.fingerprint(b"hunter2"), c.fingerprint(b"hunter2"));
     }
 
     #[test]
