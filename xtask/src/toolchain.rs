@@ -243,7 +243,7 @@ fn ensure_tracefs() -> Result<()> {
 }
 
 /// Whether dpkg has `package` installed: a program on PATH may come from
-/// elsewhere (a `busybox` may be the dynamically linked one).
+/// elsewhere (a `busybox` on PATH may be the dynamically linked one).
 fn installed(package: &str) -> bool {
     cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")

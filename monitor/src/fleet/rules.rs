@@ -264,22 +264,18 @@ pub struct FleetEvidence {
 }
 
 /// Why `host` cannot prove non-use over [`Settings::window`], if it cannot:
-/// its runs, each taken as observing until its stop or one interval past
-/// its last heartbeat, must cover the window with no gap longer than an
-/// interval, and it must have lost no events in them.
+/// its runs, each taken as observing until its stop or until its next
+/// heartbeat was due ([`HostView::heartbeat_due`]), must cover the window
+/// with no gap longer than an interval, and it must have lost no events in
+/// them.
 pub fn blind_spot(host: &HostView, s: &Settings) -> Option<String> {
     let start = s.window_start();
     let grace = chrono::Duration::from_std(host.interval).unwrap_or_default();
+    let due = chrono::Duration::from_std(host.heartbeat_due()).unwrap_or_default();
     let mut runs: Vec<(DateTime<Utc>, DateTime<Utc>, u64)> = host
         .runs
         .iter()
-        .map(|r| {
-            (
-                r.started,
-                r.stopped.unwrap_or(r.alive + grace),
-                r.events_lost,
-            )
-        })
+        .map(|r| (r.started, r.stopped.unwrap_or(r.alive + due), r.events_lost))
         .filter(|(_, end, _)| *end >= start)
         .collect();
     runs.sort_by_key(|r| r.0);
@@ -813,6 +809,7 @@ mod tests {
             fleet_key_id: Some("hmac-sha256:fleetkey".into()),
             last_sync: t(40 * DAY - 60),
             interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
             runs: vec![Run {
                 started: t(0),
                 alive: t(40 * DAY - 20),
@@ -987,6 +984,17 @@ mod tests {
         silent.runs[0].alive = t(38 * DAY);
         assert!(
             blind_spot(&silent, &s)
+                .unwrap()
+                .starts_with("not reporting since")
+        );
+        // A sync slow to commit is no silence: the next heartbeat is due
+        // an interval (30 s) and a sync's timeout (10 s) after the last.
+        let mut slow = host("a");
+        slow.runs[0].alive = s.now - chrono::Duration::seconds(35);
+        assert_eq!(blind_spot(&slow, &s), None);
+        slow.runs[0].alive = s.now - chrono::Duration::seconds(45);
+        assert!(
+            blind_spot(&slow, &s)
                 .unwrap()
                 .starts_with("not reporting since")
         );

@@ -38,6 +38,9 @@ CREATE TABLE fleet_host (
     observing_since  timestamptz NOT NULL,
     last_sync        timestamptz NOT NULL,
     sync_interval_ms bigint NOT NULL,
+    -- How long one sync may take: with the interval, when a live agent's
+    -- next heartbeat is due at the latest.
+    sync_timeout_ms  bigint NOT NULL,
     events_lost      bigint NOT NULL
 );
 -- When each host's agent ran and observed: a run from its start to the
@@ -154,6 +157,7 @@ pub struct Heartbeat {
     pub observing_since: DateTime<Utc>,
     pub at: DateTime<Utc>,
     pub interval: Duration,
+    pub timeout: Duration,
     /// Events the kernel dropped in this run.
     pub events_lost: u64,
 }
@@ -311,16 +315,18 @@ impl Store {
     /// Upsert `beat` and `batch` in one transaction.
     pub async fn push(&mut self, beat: &Heartbeat, batch: &Batch) -> Result<(), StoreError> {
         let tx = self.client.transaction().await?;
-        let interval_ms = i64::try_from(beat.interval.as_millis()).unwrap_or(i64::MAX);
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let host_id: i32 = tx
             .query_one(
                 "INSERT INTO fleet_host (name, agent_version, fleet_key_id, observing_since, \
-                 last_sync, sync_interval_ms, events_lost) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 last_sync, sync_interval_ms, sync_timeout_ms, events_lost) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (name) DO UPDATE SET agent_version = EXCLUDED.agent_version, \
                  fleet_key_id = EXCLUDED.fleet_key_id, \
                  observing_since = least(fleet_host.observing_since, EXCLUDED.observing_since), \
                  last_sync = greatest(fleet_host.last_sync, EXCLUDED.last_sync), \
-                 sync_interval_ms = EXCLUDED.sync_interval_ms, events_lost = EXCLUDED.events_lost \
+                 sync_interval_ms = EXCLUDED.sync_interval_ms, \
+                 sync_timeout_ms = EXCLUDED.sync_timeout_ms, events_lost = EXCLUDED.events_lost \
                  RETURNING id",
                 &[
                     &beat.host,
@@ -328,7 +334,8 @@ impl Store {
                     &beat.fleet_key_id,
                     &beat.observing_since,
                     &beat.at,
-                    &interval_ms,
+                    &ms(beat.interval),
+                    &ms(beat.timeout),
                     &count(beat.events_lost),
                 ],
             )

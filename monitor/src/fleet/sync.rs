@@ -422,6 +422,7 @@ impl Syncer {
             observing_since: runs.first().map_or(self.run.started, |r| r.started),
             at: now,
             interval: self.connection.interval,
+            timeout: self.connection.timeout,
             events_lost: self.run.events_lost,
         };
         store.push(&beat, &batch).await?;

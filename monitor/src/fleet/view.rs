@@ -16,11 +16,21 @@ pub struct HostView {
     /// The fleet key's id when its fingerprints are keyed with it.
     pub fleet_key_id: Option<String>,
     pub last_sync: DateTime<Utc>,
-    /// How often it syncs: a run is taken as observing up to this long
-    /// after it last said it was alive.
+    /// How often it syncs: a gap between runs shorter than this is none.
     pub interval: Duration,
+    /// How long one of its syncs may take.
+    pub timeout: Duration,
     /// Its runs that reach into the window, oldest first.
     pub runs: Vec<Run>,
+}
+
+impl HostView {
+    /// How long after its last heartbeat a live agent's next one may land:
+    /// an interval to the next sync, and that sync's time to commit. A
+    /// run is taken as observing this long past its last heartbeat.
+    pub fn heartbeat_due(&self) -> Duration {
+        self.interval + self.timeout
+    }
 }
 
 /// One secret file on one host.
@@ -78,8 +88,8 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
     let mut host_index: HashMap<i32, usize> = HashMap::new();
     for row in c
         .query(
-            "SELECT id, name, agent_version, fleet_key_id, last_sync, sync_interval_ms \
-             FROM fleet_host ORDER BY name",
+            "SELECT id, name, agent_version, fleet_key_id, last_sync, sync_interval_ms, \
+             sync_timeout_ms FROM fleet_host ORDER BY name",
             &[],
         )
         .await?
@@ -91,15 +101,16 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             fleet_key_id: row.get(3),
             last_sync: row.get(4),
             interval: Duration::from_millis(row.get::<_, i64>(5).max(0) as u64),
+            timeout: Duration::from_millis(row.get::<_, i64>(6).max(0) as u64),
             runs: Vec::new(),
         });
     }
-    // A run reaches into the window when it was alive in it, or up to an
-    // interval before it (it may have gone on unreported).
+    // A run reaches into the window when it was alive in it, or shortly
+    // before it (it may have gone on unreported).
     let earliest = view
         .hosts
         .iter()
-        .map(|h| since - chrono::Duration::milliseconds(ms(h.interval)))
+        .map(|h| since - chrono::Duration::milliseconds(ms(h.heartbeat_due())))
         .min()
         .unwrap_or(since);
     for row in c
