@@ -145,6 +145,14 @@ pub struct AgentArgs {
     /// PGPASSWORD [setting: fleet.url].
     #[arg(long, value_name = "URL")]
     pub fleet: Option<String>,
+    /// What events show of a command line [setting: process.args; default:
+    /// redacted]. `redacted` hides every part a rule calls secret (options,
+    /// variables, URLs, headers, tokens, and noise that looks like a key);
+    /// `none` shows no arguments; `full` shows them as the process passed
+    /// them, SECRETS INCLUDED: events are then as sensitive as the host's
+    /// command lines, wherever they are shipped.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub process_args: Option<crate::redact::ArgsPolicy>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -289,6 +297,12 @@ impl AgentArgs {
             ));
         }
         out.extend(fleet_layer(self.fleet.as_deref()));
+        if let Some(policy) = self.process_args {
+            let name = clap::ValueEnum::to_possible_value(&policy)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            out.push(Layer::new("--process-args", "process.args", name));
+        }
         out
     }
 }

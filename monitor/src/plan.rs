@@ -41,6 +41,8 @@ pub struct RunPlan {
     pub output: Option<PathBuf>,
     /// The fleet store to sync the ledger to, if any.
     pub fleet: Option<fleet::Connection>,
+    /// What events show of command lines.
+    pub process_args: crate::redact::ArgsPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,7 @@ impl RunPlan {
             ledger: settings.ledger,
             output,
             fleet,
+            process_args: settings.process.args,
         })
     }
 }

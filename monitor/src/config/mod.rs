@@ -47,6 +47,8 @@ pub struct Settings {
     pub findings: FindingsConfig,
     /// The fleet store the agent syncs its ledger to.
     pub fleet: crate::fleet::FleetSettings,
+    /// What events show of a process's command line.
+    pub process: crate::redact::ProcessSettings,
 }
 
 /// `[agent]`.
