@@ -458,6 +458,27 @@ fn findings_of<'a>(
 
 const WINDOW: Duration = Duration::from_secs(6);
 
+/// Once every copy was watched for a whole window, `first` (the host of
+/// `agents[0]`) reads its copy; when the store has that read, the fleet
+/// report over the window, as JSON.
+fn read_on_the_first_and_report(
+    mut agents: Vec<support::Agent>,
+    first: &Host,
+    pg: &Postgres,
+    url: &str,
+    password: &Path,
+) -> (Vec<support::Agent>, serde_json::Value) {
+    std::thread::sleep(WINDOW);
+    cat(&first.copy);
+    agents[0].wait_for(Duration::from_secs(10), |v| {
+        v["kind"] == "secret_read" && v["secret"]["path"] == s(&first.copy)
+    });
+    wait_for_store(pg, &store_reads(first.name, &first.copy), "1");
+    let window = format!("{}s", WINDOW.as_secs());
+    let json = fleet_report(url, password, &["--json", "--window", &window]);
+    (agents, serde_json::from_str(&json).unwrap())
+}
+
 /// Three hosts with one fleet key hold one secret; only the first reads it.
 /// The fleet report shows it on 3 hosts, read on 1, with the 2 unused
 /// copies named, and no fleet-wide orphan.
@@ -476,25 +497,12 @@ fn one_secret_on_three_hosts_read_on_one() {
         plant(dir.path(), "host-b"),
         plant(dir.path(), "host-c"),
     ];
-    let mut agents: Vec<_> = hosts
+    let agents: Vec<_> = hosts
         .iter()
         .map(|h| start_agent(h, &url, &password, &key))
         .collect();
-    // Every copy watched for a whole window before the report.
-    std::thread::sleep(WINDOW);
-    cat(&hosts[0].copy);
-    agents[0].wait_for(Duration::from_secs(10), |v| {
-        v["kind"] == "secret_read" && v["secret"]["path"] == s(&hosts[0].copy)
-    });
-    wait_for_store(&pg, &store_reads("host-a", &hosts[0].copy), "1");
-
+    let (agents, json) = read_on_the_first_and_report(agents, &hosts[0], &pg, &url, &password);
     let window = format!("{}s", WINDOW.as_secs());
-    let json: serde_json::Value = serde_json::from_str(&fleet_report(
-        &url,
-        &password,
-        &["--json", "--window", &window],
-    ))
-    .unwrap();
     assert_eq!(json["schema"], "secretmon/fleet-report/v1");
     assert_eq!(
         json["grouping"]["by"], "fingerprint",
@@ -639,24 +647,12 @@ fn a_host_down_for_the_window_is_unknown_not_unused() {
     );
     let (code, _, stderr) = down.stop(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(code, Some(0), "{stderr}");
-    let mut agents: Vec<_> = hosts[..2]
+    let agents: Vec<_> = hosts[..2]
         .iter()
         .map(|h| start_agent(h, &url, &password, &key))
         .collect();
-    std::thread::sleep(WINDOW);
-    cat(&hosts[0].copy);
-    agents[0].wait_for(Duration::from_secs(10), |v| {
-        v["kind"] == "secret_read" && v["secret"]["path"] == s(&hosts[0].copy)
-    });
-    wait_for_store(&pg, &store_reads("host-a", &hosts[0].copy), "1");
-
+    let (agents, json) = read_on_the_first_and_report(agents, &hosts[0], &pg, &url, &password);
     let window = format!("{}s", WINDOW.as_secs());
-    let json: serde_json::Value = serde_json::from_str(&fleet_report(
-        &url,
-        &password,
-        &["--json", "--window", &window],
-    ))
-    .unwrap();
     let entry = planted_entry(&json, &hosts[0].copy);
     assert_eq!(
         (
