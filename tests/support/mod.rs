@@ -175,7 +175,18 @@ impl Agent {
             .take()
             .map(|h| h.join().unwrap())
             .unwrap_or_default();
-        (status.code(), self.seen, stderr)
+        (status.code(), std::mem::take(&mut self.seen), stderr)
+    }
+}
+
+/// An agent a test did not stop (it panicked first) is killed, not left
+/// running after the test.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
