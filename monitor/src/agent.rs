@@ -14,6 +14,7 @@ use crate::{
     event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host},
     features::ActiveHooks,
     findings::engine::{Engine, Scope},
+    fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
         Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
@@ -33,7 +34,7 @@ use crate::{
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     if let Some(addr) = plan.metrics.listen {
         let bound = metrics.serve(addr)?;
@@ -100,6 +101,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         .map(|(key, slot)| MapOp::Watch(key, slot))
         .collect();
     run_ops(&mut probes, &mut budget, &planned);
+    let fleet = start_fleet(plan.fleet.take(), &plan, &key_id)?;
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &plan.env_patterns {
@@ -197,6 +199,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 outputs.route(pipeline.flush_folds());
                 record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
                 reported = report_kernel_counters(&probes, &mut outputs, &pipeline.host, &metrics, &reported)?;
+                if let Some(fleet) = &fleet {
+                    fleet.lost(reported.lost);
+                }
                 report_spool_drops(&mut outputs, &pipeline.host);
                 report_overflow(&mut budget, &pipeline, &mut engine, &mut outputs, &mut overflow, &reported);
                 match probes.errors() {
@@ -237,6 +242,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     reported = report_kernel_counters(&probes, &mut outputs, &pipeline.host, &metrics, &reported)?;
     report_spool_drops(&mut outputs, &pipeline.host);
     let ledger = engine.close();
+    // The ledger is complete now: the fleet gets its last rows.
+    if let Some(fleet) = fleet {
+        fleet.lost(reported.lost);
+        fleet.finish().await;
+    }
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
@@ -299,6 +309,25 @@ impl ProgramStats {
             self.last.insert(name, (run_time, runs));
         }
     }
+}
+
+/// Start syncing the ledger to the fleet store, when the plan names one.
+/// Its fingerprints are comparable across hosts only when keyed with the
+/// fleet key: the store learns that key's id (`key_id`), never the key.
+fn start_fleet(
+    connection: Option<fleet::Connection>,
+    plan: &RunPlan,
+    key_id: &str,
+) -> anyhow::Result<Option<fleet::sync::Handle>> {
+    let Some(connection) = connection else {
+        return Ok(None);
+    };
+    let who = fleet::sync::Identity {
+        host: plan.host.name.clone(),
+        fleet_key_id: plan.inventory.has_fleet_key().then(|| key_id.to_string()),
+    };
+    tracing::info!("syncing the ledger to the fleet store {}", connection.url);
+    Ok(Some(fleet::sync::spawn(connection, who, &plan.state_dir)?))
 }
 
 /// The inventory's scanner of the whole host, as the plan configures it.

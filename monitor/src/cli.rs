@@ -161,6 +161,13 @@ pub struct AgentArgs {
     /// /readyz, e.g. 127.0.0.1:9464 [setting: metrics.listen; default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+
+    /// Sync the ledger to this PostgreSQL fleet store every fleet.interval
+    /// and at shutdown: `postgres://USER@HOST/DB?sslmode=verify-full`.
+    /// Never with a password in it: that comes from fleet.password_file or
+    /// PGPASSWORD [setting: fleet.url].
+    #[arg(long, value_name = "URL")]
+    pub fleet: Option<String>,
     /// What events show of a command line [setting: process.args; default:
     /// redacted]. `redacted` hides every part a rule calls secret (options,
     /// variables, URLs, headers, tokens, and noise that looks like a key);
@@ -225,6 +232,19 @@ pub struct ReportArgs {
     /// overrides --window for that rule alone.
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<crate::bounded::Window>,
+
+    /// Report on the whole fleet from its PostgreSQL store instead of this
+    /// host's ledger: every host's copies grouped by fleet fingerprint,
+    /// where each is read, unused or unknown. Without URL, fleet.url from
+    /// the configuration. Schema `secretmon/fleet-report/v1` with --json.
+    #[arg(long, value_name = "URL", num_args = 0..=1)]
+    pub fleet: Option<Option<String>>,
+
+    /// Write one self-contained HTML page to FILE instead (no network
+    /// fetches): secrets by lifetime and finding, readers as a graph,
+    /// reads over time, and the next step per finding.
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    pub html: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -314,6 +334,7 @@ impl AgentArgs {
         if let Some(addr) = self.metrics {
             out.push(Layer::new("--metrics", "metrics.listen", addr.to_string()));
         }
+        out.extend(fleet_layer(self.fleet.as_deref()));
         if let Some(policy) = self.process_args {
             out.push(Layer::new(
                 "--process-args",
@@ -330,6 +351,20 @@ fn value_name(v: impl clap::ValueEnum) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()
+}
+
+impl ReportArgs {
+    pub fn layers(&self) -> Vec<Layer> {
+        fleet_layer(self.fleet.as_ref().and_then(|u| u.as_deref()))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `--fleet URL` sets `fleet.url`; the URL is checked (a password in it
+/// refused) when the settings are read, in a message that never repeats it.
+fn fleet_layer(url: Option<&str>) -> Option<Layer> {
+    url.map(|u| Layer::new("--fleet", "fleet.url", u))
 }
 
 fn path_value(p: &std::path::Path) -> figment::value::Value {

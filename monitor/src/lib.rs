@@ -21,6 +21,8 @@ pub mod errors;
 pub mod event;
 pub mod features;
 pub mod findings;
+pub mod fleet;
+pub mod html;
 pub mod identity;
 pub mod inventory;
 pub mod ledger;

@@ -16,6 +16,7 @@ use crate::{
     env_names::{self, BadEnvPattern, EnvPattern},
     event::Host,
     findings::{self, policy::PolicyError},
+    fleet,
     identity::{IdentityConfig, Naming, spiffe::SpiffeError},
     inventory::{self, WatchPathError, catalog::Catalog, catalog::CatalogError},
     ledger::LedgerConfig,
@@ -44,6 +45,8 @@ pub struct RunPlan {
     /// Where events go, each output checked and with its defaults.
     pub outputs: Vec<OutputSpec>,
     pub metrics: MetricsConfig,
+    /// The fleet store to sync the ledger to, if any.
+    pub fleet: Option<fleet::Connection>,
     /// What events show of command lines.
     pub process_args: crate::redact::ArgsPolicy,
 }
@@ -64,6 +67,8 @@ pub enum PlanError {
     NameRule(#[from] BadNameRule),
     #[error(transparent)]
     Output(#[from] OutputConfigError),
+    #[error(transparent)]
+    Fleet(#[from] fleet::FleetError),
 }
 
 impl RunPlan {
@@ -82,6 +87,7 @@ impl RunPlan {
             env_names::watch_list(catalog.env_watch_names(), &settings.capture.env_names)?;
         let name_rules = name_rules::rules(&settings.capture.name_rules)?;
         let outputs = outputs::resolve(&settings.output, settings.events.format)?;
+        let fleet = settings.fleet.connection(None)?;
         Ok(Self {
             host,
             naming,
@@ -97,6 +103,7 @@ impl RunPlan {
             ledger: settings.ledger,
             outputs,
             metrics: settings.metrics,
+            fleet,
             process_args: settings.process.args,
         })
     }
@@ -150,6 +157,10 @@ mod tests {
                 "/no/such/policy.toml",
             ),
             ("[capture]\nenv_names = [\"\"]\n", ""),
+            (
+                "[fleet]\nurl = \"postgres://db/x\"\npassword_file = \"/no/such/pw\"\n",
+                "/no/such/pw",
+            ),
             (
                 "[capture]\nname_rules = [{ name = \"a\", suffix = \".b\" }]\n",
                 "name rule",

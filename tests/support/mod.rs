@@ -5,6 +5,8 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod chromium;
+pub mod postgres;
 pub mod receivers;
 pub mod vm;
 

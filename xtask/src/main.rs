@@ -4,6 +4,7 @@
 //! cargo it spawns uses the pinned nightly (see `cargo.rs`).
 
 mod bench;
+mod bench_fleet;
 mod cargo;
 mod toolchain;
 mod vm;
@@ -116,6 +117,7 @@ fn try_main() -> Result<()> {
             let kernel = toolchain::setup(Scope::Test)?;
             build(true)?;
             bench::bench()?;
+            bench_fleet::fleet()?;
             bench_hooks_in_vm(kernel)
         }
     }

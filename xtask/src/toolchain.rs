@@ -47,10 +47,16 @@ pub enum Scope {
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
-    /// second-kernel tests (`tests/vm.rs`) boot, and the receivers and
-    /// checkers of the delivery tests (`tests/delivery.rs`).
+    /// second-kernel tests (`tests/vm.rs`) boot, the receivers and checkers
+    /// of the delivery tests (`tests/delivery.rs`), and the real services
+    /// the fleet and report tests start ([`SERVICE_PACKAGES`]).
     Test,
 }
+
+/// Debian packages the tests start as real receivers: PostgreSQL for the
+/// fleet store (tests/fleet.rs, and the fleet bench), Chromium for the HTML
+/// report (tests/report_html.rs).
+const SERVICE_PACKAGES: [&str; 2] = ["postgresql", "chromium"];
 
 /// Returns the guest kernels for the second-kernel tests when `scope` is
 /// [`Scope::Test`] and it could be set up.
@@ -67,6 +73,10 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     )?;
     if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
+    }
+    if scope == Scope::Test {
+        ensure_debs("test services", &SERVICE_PACKAGES)
+            .context("setup step `test services` failed")?;
     }
     let mut kernel = None;
     if scope == Scope::Test {

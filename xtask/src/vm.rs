@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cargo;
+use crate::{cargo, toolchain};
 
 /// Debian packages: the emulator, the guest's userland (static: the
 /// initramfs has no libraries for it), the archiver.
@@ -46,7 +46,7 @@ pub struct Kernels {
 
 /// Install the packages and fetch the kernels.
 pub fn ensure() -> Result<Kernels> {
-    crate::toolchain::ensure_debs("VM tools", &PACKAGES)?;
+    toolchain::ensure_debs("VM tools", &PACKAGES)?;
     Ok(Kernels {
         current: ensure_kernel()?,
         old: ensure_old_kernel()?,

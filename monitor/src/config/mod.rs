@@ -59,6 +59,8 @@ pub struct Settings {
     pub events: EventsSettings,
     /// `[metrics]`: Prometheus metrics, off unless `listen` is set.
     pub metrics: MetricsConfig,
+    /// The fleet store the agent syncs its ledger to.
+    pub fleet: crate::fleet::FleetSettings,
     /// What events show of a process's command line.
     pub process: crate::redact::ProcessSettings,
 }
@@ -362,6 +364,8 @@ mod every_setting {
             "inventory.static_after_days" => 30.into(),
             "findings.policy" => "/etc/secretmon/policy.toml".into(),
             "metrics.listen" => "127.0.0.1:9464".into(),
+            "fleet.url" => "postgres://secretmon@db.example/fleet?sslmode=verify-full".into(),
+            "fleet.password_file" => "/etc/secretmon/fleet.password".into(),
             other => panic!("no sample value for unset setting {other}: add one"),
         }
     }

@@ -89,13 +89,30 @@ fn known_readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)>
 /// the person `user:ana`: a user identity whose every read came from a
 /// human session. Any other identity is a workload of its own (a cron
 /// script and a daemon of one uid are two consumers of the credential).
-fn principal(s: &Snapshot, who: &str, a: &AccessRow) -> String {
-    let user = s.identities.get(who).is_some_and(|i| i.kind == "user");
+/// The fleet's sharing rule asks the same of its readers.
+pub fn principal(who: &str, kind: &str, reads: u64, human: u64) -> String {
     match who.strip_prefix("user:").and_then(|r| r.split_once(':')) {
         // A user name holds no `:` (it is the passwd file's separator).
-        Some((name, _)) if user && a.human == a.reads => format!("user:{name}"),
+        Some((name, _)) if kind == "user" && human == reads => format!("user:{name}"),
         _ => who.to_string(),
     }
+}
+
+/// Principals by name; a person by the programs they used too.
+pub fn principal_names(principals: &BTreeMap<String, BTreeSet<&str>>) -> Vec<String> {
+    principals
+        .iter()
+        .map(|(p, behind)| {
+            if behind.len() == 1 && behind.contains(p.as_str()) {
+                return p.clone();
+            }
+            let programs: Vec<&str> = behind
+                .iter()
+                .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
+                .collect();
+            format!("{p} (by hand: {})", programs.join(", "))
+        })
+        .collect()
 }
 
 fn identity(s: &Snapshot, id: &str) -> FindingIdentity {
@@ -183,28 +200,16 @@ fn shared_secret(s: &Snapshot, out: &mut Vec<Finding>) {
         // Principal → the identities behind it.
         let mut principals: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
         for (who, a) in &reads {
+            let kind = s.identities.get(*who).map_or("", |i| i.kind.as_str());
             principals
-                .entry(principal(s, who, a))
+                .entry(principal(who, kind, a.reads, a.human))
                 .or_default()
                 .insert(who);
         }
         if principals.len() < 2 {
             continue;
         }
-        // Named by principal; a person by the programs they used too.
-        let named: Vec<String> = principals
-            .iter()
-            .map(|(p, behind)| {
-                if behind.len() == 1 && behind.contains(p.as_str()) {
-                    return p.clone();
-                }
-                let programs: Vec<&str> = behind
-                    .iter()
-                    .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
-                    .collect();
-                format!("{p} (by hand: {})", programs.join(", "))
-            })
-            .collect();
+        let named = principal_names(&principals);
         let first = group[0];
         let paths: Vec<String> = group.iter().map(|r| r.facts.path.clone()).collect();
         let reason = format!(

@@ -79,6 +79,11 @@ pub struct Policy {
 }
 
 impl Settings {
+    /// Fingerprints are keyed by the fleet key (loading fails otherwise).
+    pub fn has_fleet_key(&self) -> bool {
+        self.fleet_key_file.is_some() || self.fleet_key.is_some()
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_file_size: self.max_file_size.map_or(MAX_FILE_SIZE, FileSize::get),
