@@ -150,9 +150,43 @@ fn an_unwritable_state_dir_gives_a_one_time_key_and_one_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
-        lines[0].starts_with("secretmon: /dev/null/state/fingerprint.key:")
+        lines[0].starts_with("secretmon: state dir /dev/null/state: ")
             && lines[0].contains("one-time key"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn hostile_file_names_are_escaped_in_the_table() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let root = fixture();
+    let state = tempfile::tempdir().unwrap();
+    // A directory name that would clear the screen and forge a row.
+    let evil = std::ffi::OsStr::from_bytes(b"x\x1b[2J\x1b]0;pwned\x07\n/root/.aws/credentials\rz");
+    let dir = root.path().join("home/ana/src").join(evil);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join(".env"),
+        "GITHUB_TOKEN=ghp_PLANTED000000000000000000000000000000\n",
+    )
+    .unwrap();
+    let r = root.path().to_str().unwrap();
+    let out = inventory(&["--root", r, "--state", state.path().to_str().unwrap()]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    for raw in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(!table.contains(raw), "{raw:?} printed raw:\n{table}");
+    }
+    assert!(
+        table.contains(
+            "/home/ana/src/x\\x1b[2J\\x1b]0;pwned\\x07\\n/root/.aws/credentials\\rz/.env"
+        ),
+        "{table}"
+    );
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.starts_with("/root/.aws/credentials\\r")),
+        "a forged row:\n{table}"
     );
 }
 

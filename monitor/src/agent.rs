@@ -1,28 +1,34 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
 //! events until SIGINT or SIGTERM, and drain what is left before exiting.
+//! The agent owns the outputs: what the pipeline, the discovery worker and
+//! the findings engine produce is routed to them here.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    event::{Agent, AgentStatus, Capture, Event},
+    discovery,
+    event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host},
     features::ActiveHooks,
-    findings::engine::{self, Engine, Scope},
+    findings::engine::{Engine, Scope},
+    fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
         Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
         sync::Follower,
     },
     ledger::StateLock,
+    metrics::Metrics,
+    outputs::{Outputs, Report},
     pipeline::Pipeline,
     plan::RunPlan,
     preflight,
     probes::{KernelCounters, Probes},
     redact::{ArgsPolicy, Redactor},
-    sink::Sink,
+    watch_map::{Classifier, MapOp, Overflow, WatchBudget},
 };
 
 /// How often the ring buffer is read without a wake-up from the kernel.
@@ -31,27 +37,27 @@ const RING_POLL: Duration = Duration::from_millis(20);
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    if let Some(addr) = plan.metrics.listen {
+        let bound = metrics.serve(addr)?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     let kernel = preflight::check()?;
     // One agent per state dir, checked before any work.
     let lock = StateLock::acquire(&plan.state_dir)?;
     let scanner = host_scanner(&plan)?;
     let key_id = scanner.key_id();
+    let classifier = Classifier::new(scanner.homes(), &plan.watch);
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
-    let sink = Sink::open(plan.output.as_deref()).with_context(|| {
-        format!(
-            "cannot open --output {}",
-            plan.output
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
-        )
-    })?;
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut outputs = Outputs::start(plan.outputs.clone(), &plan.state_dir, &metrics, reports_tx)?;
 
     let mut probes = Probes::attach(
         kernel,
         plan.capture.ring_buffer_size,
+        plan.capture.map_entries(),
         &plan.name_rules,
         plan.capture.opens,
     )?;
@@ -81,13 +87,24 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         &plan.state_dir,
         lock,
         plan.findings.clone(),
-        plan.ledger.retention,
+        plan.ledger.retention.get(),
         &watch,
         &key_id,
     )?;
-    for record in watch.records() {
-        probes.watch(record.key, record.slot)?;
+    // What fits in the kernel's map, by priority; the same choice at every
+    // start.
+    let mut budget = WatchBudget::new(plan.capture.max_watched, classifier);
+    let mut by_path: Vec<_> = watch.records().collect();
+    by_path.sort_by(|a, b| a.path.cmp(&b.path));
+    for record in by_path {
+        budget.insert(record.key, record.slot, &record.path);
     }
+    let planned: Vec<MapOp> = budget
+        .watched()
+        .map(|(key, slot)| MapOp::Watch(key, slot))
+        .collect();
+    run_ops(&mut probes, &mut budget, &planned);
+    let fleet = start_fleet(plan.fleet.take(), &plan, &key_id)?;
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
     tokio::spawn(sync.run(changes_tx));
     for pattern in &plan.env_patterns {
@@ -97,25 +114,31 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         .take_events()
         .context("ring buffer already taken")?
         .context("cannot poll the ring buffer")?;
-    let watched = watch.len();
+    let watched = watch.len() - budget.unwatched();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
-    let discoverer = host_scanner(&plan)?;
+    let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
+    let discovery =
+        discovery::spawn(host_scanner(&plan)?, found_tx).context("cannot start a thread")?;
     if plan.process_args == ArgsPolicy::Full {
         tracing::warn!(
             "process.args = full: events show command lines as processes passed them, \
              secrets included"
         );
     }
-    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities, sink)?
-        .with_discoverer(discoverer)
+    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities)?
+        .with_discoverer(discovery)
         .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
     // Before `started`: a script that stops the agent as soon as it says
     // so must get a drained, orderly stop.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // logrotate's postrotate: reopen the file outputs (by default SIGHUP
+    // would end the agent).
+    let mut sighup = signal(SignalKind::hangup())?;
     emit_agent(
-        &mut pipeline,
+        &mut outputs,
+        &pipeline.host,
         AgentStatus::Started,
         format!(
             "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
@@ -136,7 +159,18 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             denied_opens: probes.active.denied_opens(),
             io_uring_opens: io_uring,
         }),
-    )?;
+        None,
+    );
+    let mut overflow = Overflow::default();
+    report_overflow(
+        &mut budget,
+        &pipeline,
+        &mut engine,
+        &mut outputs,
+        &mut overflow,
+        &KernelCounters::default(),
+    );
+    metrics.set_ready();
 
     // The kernel side wakes us only when the ring fills up (a wake-up costs
     // the process that sends the event ~10 µs on a VM): the rest is read
@@ -148,49 +182,87 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
     let mut periodic = tokio::time::interval(plan.findings_interval);
+    // Per-program kernel statistics, for the metrics.
+    let mut program_stats = tokio::time::interval(PROGRAM_STATS_INTERVAL);
+    let mut programs = ProgramStats::default();
     let mut reported = KernelCounters::default();
     let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses, &mut outputs)?;
                 guard.clear_ready();
-                pipeline.sink.flush()?;
             }
             _ = poll.tick() => {
-                drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
-                pipeline.sink.flush()?;
+                drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses, &mut outputs)?;
             }
-            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, change),
+            Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, &mut budget, change),
+            Some(report) = found.recv() => {
+                let events = pipeline.discovered(report);
+                for edit in pipeline.take_edits() {
+                    apply_edit(&mut probes, &mut budget, &pipeline.watch, edit);
+                }
+                outputs.route(events);
+            }
+            Some(report) = reports.recv() => report_output(&mut outputs, &pipeline.host, report),
             _ = tick.tick() => {
-                pipeline.flush_folds().context("writing events")?;
-                record(&mut pipeline, &mut engine, Scope::Events)?;
-                pipeline.sink.flush()?;
-                reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
+                outputs.route(pipeline.flush_folds());
+                record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
+                reported = report_kernel_counters(&probes, &mut outputs, &pipeline.host, &metrics, &reported)?;
+                if let Some(fleet) = &fleet {
+                    fleet.lost(reported.lost);
+                }
+                report_spool_drops(&mut outputs, &pipeline.host);
+                report_overflow(&mut budget, &pipeline, &mut engine, &mut outputs, &mut overflow, &reported);
+                match probes.errors() {
+                    Ok(total) => metrics.kernel_errors(total),
+                    // A metric only: not worth a warning every tick.
+                    Err(e) => tracing::debug!("{}", crate::errors::error_text(&e)),
+                }
+                metrics.watched_secrets.set(pipeline.watch.len() as i64);
+                metrics.tracked_processes.set(pipeline.tracked_processes() as i64);
+                metrics.tick();
             }
             _ = periodic.tick() => {
                 let now = chrono::Utc::now();
                 engine.refresh(&pipeline.watch, now);
                 engine.check_liveness(now);
                 engine.prune_daily(now);
-                record(&mut pipeline, &mut engine, Scope::All)?;
-                pipeline.sink.flush()?;
+                record(&mut pipeline, &mut engine, &mut outputs, Scope::All);
             }
+            _ = program_stats.tick(), if plan.metrics.listen.is_some() => {
+                programs.update(&probes, &metrics);
+            }
+            _ = sighup.recv() => outputs.reopen(),
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
     };
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
-    pipeline.flush_folds().context("writing events")?;
-    record(&mut pipeline, &mut engine, Scope::Events)?;
-    reported = report_kernel_counters(&probes, &mut pipeline, &reported)?;
+    drain(
+        ring.get_mut(),
+        &mut pipeline,
+        &mut probes,
+        &mut budget,
+        &mut losses,
+        &mut outputs,
+    )?;
+    outputs.route(pipeline.flush_folds());
+    record(&mut pipeline, &mut engine, &mut outputs, Scope::Events);
+    reported = report_kernel_counters(&probes, &mut outputs, &pipeline.host, &metrics, &reported)?;
+    report_spool_drops(&mut outputs, &pipeline.host);
     let ledger = engine.close();
+    // The ledger is complete now: the fleet gets its last rows.
+    if let Some(fleet) = fleet {
+        fleet.lost(reported.lost);
+        fleet.finish().await;
+    }
     let stats = pipeline.stats;
     let cache = pipeline.identities.cache_stats();
     emit_agent(
-        &mut pipeline,
+        &mut outputs,
+        &pipeline.host,
         AgentStatus::Stopped,
         format!(
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
@@ -214,9 +286,59 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         &reported,
         Some(cache),
         None,
-    )?;
-    pipeline.sink.flush()?;
+        None,
+    );
+    outputs.close();
     Ok(())
+}
+
+/// How often per-program kernel statistics are read for the metrics.
+const PROGRAM_STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The kernel's per-program run time and count as last read, so that the
+/// metrics' counters grow by what was added since.
+#[derive(Default)]
+struct ProgramStats {
+    last: HashMap<String, (Duration, u64)>,
+}
+
+impl ProgramStats {
+    /// Only while `kernel.bpf_stats_enabled` is 1 does the kernel count.
+    fn update(&mut self, probes: &Probes, metrics: &Metrics) {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        if !enabled {
+            return;
+        }
+        for (name, run_time, runs) in probes.program_stats() {
+            let (last_time, last_runs) = self.last.get(&name).copied().unwrap_or_default();
+            metrics.program_ran(
+                &name,
+                run_time.saturating_sub(last_time),
+                runs.saturating_sub(last_runs),
+            );
+            self.last.insert(name, (run_time, runs));
+        }
+    }
+}
+
+/// Start syncing the ledger to the fleet store, when the plan names one.
+/// Its fingerprints are comparable across hosts only when keyed with the
+/// fleet key: the store learns that key's id (`key_id`), never the key.
+fn start_fleet(
+    connection: Option<fleet::Connection>,
+    plan: &RunPlan,
+    key_id: &str,
+) -> anyhow::Result<Option<fleet::sync::Handle>> {
+    let Some(connection) = connection else {
+        return Ok(None);
+    };
+    let who = fleet::sync::Identity {
+        host: plan.host.name.clone(),
+        fleet_key_id: plan.inventory.has_fleet_key().then(|| key_id.to_string()),
+    };
+    tracing::info!("syncing the ledger to the fleet store {}", connection.url);
+    Ok(Some(fleet::sync::spawn(connection, who, &plan.state_dir)?))
 }
 
 /// The inventory's scanner of the whole host, as the plan configures it.
@@ -233,25 +355,49 @@ fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
 
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
-fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
+fn apply(
+    probes: &mut Probes,
+    pipeline: &mut Pipeline,
+    budget: &mut WatchBudget,
+    change: InventoryChange,
+) {
     let edit = pipeline.inventory_change(change);
-    apply_edit(probes, edit);
+    apply_edit(probes, budget, &pipeline.watch, edit);
 }
 
-fn apply_edit(probes: &mut Probes, edit: MapEdit) {
-    if let Some((key, slot)) = edit.add
-        && let Err(e) = probes.watch(key, slot)
-    {
-        tracing::warn!(
-            "cannot watch a new secret: {}",
-            crate::errors::error_text(&e)
-        );
+/// Follow a created, rotated or removed secret through the watch budget:
+/// a rotated file's new inode is watched before its old one is dropped; a
+/// full map watches by priority and never stops the agent.
+fn apply_edit(probes: &mut Probes, budget: &mut WatchBudget, watch: &Inventory, edit: MapEdit) {
+    let added = edit
+        .add
+        .and_then(|(key, _)| watch.get(&key))
+        .map(|r| r.path.clone());
+    let ops = budget.apply(&edit, added.as_deref());
+    run_ops(probes, budget, &ops);
+}
+
+/// Carry `ops` out on the kernel's map. A secret the kernel refuses waits
+/// like one that did not fit, and is reported with them; one warning per
+/// batch.
+fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
+    let mut refused = 0;
+    let mut last = None;
+    for op in ops {
+        let result = match *op {
+            MapOp::Watch(key, slot) => probes.watch(key, slot).inspect_err(|_| {
+                budget.failed(key);
+                refused += 1;
+            }),
+            MapOp::Unwatch(key) => probes.unwatch(&key),
+        };
+        if let Err(e) = result {
+            last = Some(e);
+        }
     }
-    if let Some(key) = edit.remove
-        && let Err(e) = probes.unwatch(&key)
-    {
+    if let Some(e) = last {
         tracing::warn!(
-            "cannot unwatch a removed secret: {}",
+            "watch map: {refused} secrets could not be watched: {}",
             crate::errors::error_text(&e)
         );
     }
@@ -284,30 +430,77 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    budget: &mut WatchBudget,
     losses: &mut Losses,
+    outputs: &mut Outputs,
 ) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
         // Looked at with each record in hand: a loss counted before it was
         // made is known before it is attributed (a loss noticed only
         // every few records let a forked child pass as its parent).
         losses.check(probes, pipeline)?;
-        pipeline.handle(&record).context("writing events")?;
+        outputs.route(pipeline.handle(&record));
     }
-    // Files the name rules found are watched by inode from now on.
+    // Files already inventoried by another name are watched from now on.
     for edit in pipeline.take_edits() {
-        apply_edit(probes, edit);
+        apply_edit(probes, budget, &pipeline.watch, edit);
     }
     Ok(())
 }
 
-/// Hand what the pipeline observed to the ledger, and emit the findings
+/// When the watch budget changed: leave its overflow in the ledger for
+/// `report`, emit an `agent` event when more secrets are unwatched than
+/// last said, and a `watch_overflow` finding per directory the first time.
+fn report_overflow(
+    budget: &mut WatchBudget,
+    pipeline: &Pipeline,
+    engine: &mut Engine,
+    outputs: &mut Outputs,
+    reported: &mut Overflow,
+    counters: &KernelCounters,
+) {
+    if !budget.take_changed() {
+        return;
+    }
+    let now = budget.overflow();
+    if now == *reported {
+        return;
+    }
+    engine.record_overflow(&now);
+    if now.unwatched > reported.unwatched {
+        tracing::warn!("{}", now.message());
+        emit_agent(
+            outputs,
+            &pipeline.host,
+            AgentStatus::WatchOverflow,
+            now.message(),
+            counters,
+            None,
+            None,
+            Some(now.clone()),
+        );
+    }
+    let at = chrono::Utc::now();
+    let new = engine.raise(now.findings(), at);
+    outputs.route(
+        new.into_iter()
+            .map(|finding| Event::new(at, &pipeline.host, Body::Finding(FindingBody { finding }))),
+    );
+    *reported = now;
+}
+
+/// Hand what the pipeline observed to the ledger, and route the findings
 /// that now hold for the first time.
-fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow::Result<()> {
+fn record(pipeline: &mut Pipeline, engine: &mut Engine, outputs: &mut Outputs, scope: Scope) {
     for o in pipeline.observed.drain(..) {
         engine.observe(&o);
     }
-    let new = engine.check(chrono::Utc::now(), scope);
-    engine::emit(&mut pipeline.sink, &pipeline.host, &new).context("writing events")
+    let now = chrono::Utc::now();
+    let new = engine.check(now, scope);
+    outputs
+        .route(new.into_iter().map(|finding| {
+            Event::new(now, &pipeline.host, Body::Finding(FindingBody { finding }))
+        }));
 }
 
 /// Emit an `agent` event when the kernel dropped events (`lost`) or
@@ -315,24 +508,29 @@ fn record(pipeline: &mut Pipeline, engine: &mut Engine, scope: Scope) -> anyhow:
 /// the new totals.
 fn report_kernel_counters(
     probes: &Probes,
-    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    host: &Host,
+    metrics: &Metrics,
     reported: &KernelCounters,
 ) -> anyhow::Result<KernelCounters> {
     let now = probes.counters()?;
     if now.lost > reported.lost {
         let delta = now.lost - reported.lost;
+        metrics.kernel_lost.inc_by(delta);
         tracing::warn!(
             "ring buffer full: {delta} events lost ({} in all)",
             now.lost
         );
         emit_agent(
-            pipeline,
+            outputs,
+            host,
             AgentStatus::Lost,
             format!("ring buffer full: {delta} events lost since the last report"),
             &now,
             None,
             None,
-        )?;
+            None,
+        );
     }
     if now.total_errors() > reported.total_errors() {
         let before = reported.errors_by_program();
@@ -350,34 +548,94 @@ fn report_kernel_counters(
         );
         tracing::warn!("{message}");
         emit_agent(
-            pipeline,
+            outputs,
+            host,
             AgentStatus::KernelErrors,
             message,
             &now,
             None,
             None,
-        )?;
+            None,
+        );
     }
     Ok(now)
 }
 
+/// Spool drops are reported as kernel losses are: a warning and an `agent`
+/// event with the total.
+fn report_spool_drops(outputs: &mut Outputs, host: &Host) {
+    for (name, delta, total) in outputs.spool_drops() {
+        tracing::warn!("output {name}: spool full: {delta} oldest events dropped ({total} in all)");
+        let ev = Event::new(
+            chrono::Utc::now(),
+            host,
+            Body::Agent(Agent {
+                status: AgentStatus::SpoolDropped,
+                message: format!(
+                    "output {name}: spool full: {delta} undelivered events dropped, oldest first"
+                ),
+                lost: total,
+                kernel_errors: Default::default(),
+                output: Some(name),
+                identity_cache: None,
+                capture: None,
+                watch_overflow: None,
+            }),
+        );
+        outputs.route([ev]);
+    }
+}
+
+/// An output's receiver went away or came back: say so in the events too.
+fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
+    let (status, output, message) = match report {
+        Report::Down { output, reason } => (
+            AgentStatus::OutputDown,
+            output.clone(),
+            format!("output {output}: receiver unreachable ({reason}); spooling until it is back"),
+        ),
+        Report::Up { output, pending } => (
+            AgentStatus::OutputUp,
+            output.clone(),
+            format!("output {output}: receiver is back; {pending} spooled events to deliver"),
+        ),
+    };
+    let ev = Event::new(
+        chrono::Utc::now(),
+        host,
+        Body::Agent(Agent {
+            status,
+            message,
+            lost: 0,
+            kernel_errors: Default::default(),
+            output: Some(output),
+            identity_cache: None,
+            capture: None,
+            watch_overflow: None,
+        }),
+    );
+    outputs.route([ev]);
+}
+
 fn emit_agent(
-    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    host: &Host,
     status: AgentStatus,
     message: String,
     counters: &KernelCounters,
     identity_cache: Option<CacheStats>,
     capture: Option<Capture>,
-) -> anyhow::Result<()> {
+    watch_overflow: Option<Overflow>,
+) {
     let body = Agent {
         status,
         message,
         lost: counters.lost,
         kernel_errors: counters.errors_by_program(),
+        output: None,
         identity_cache,
         capture,
+        watch_overflow,
     };
-    let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
-    pipeline.sink.emit(&ev).context("writing events")?;
-    pipeline.sink.flush().context("writing events")
+    outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
 }

@@ -3,7 +3,7 @@
 //! every other one. The flags become the command line's layer of the
 //! configuration ([`crate::config`]), which wins over the files.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -139,6 +139,35 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
 
+    /// Send events to URL; repeatable, each output with its own queue:
+    /// `-` (stdout), a path or `file:///PATH` (appended, created 0600,
+    /// reopened on SIGHUP),
+    /// `syslog:///dev/log`, `syslog+udp://HOST:PORT`,
+    /// `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT` (RFC 5424, the
+    /// message one JSON event), `http(s)://...` (batched NDJSON POSTs).
+    /// Network outputs spool to <state-dir>/spool/ while their receiver is
+    /// down. Replaces the files' outputs, whose `[[output]]` tables also
+    /// take filters, TLS, Splunk HEC and Elastic _bulk settings [setting:
+    /// output; default: -].
+    #[arg(long, value_name = "URL")]
+    pub output: Vec<String>,
+
+    /// The schema of events on outputs that name none: secretmon's own or
+    /// OCSF [setting: events.format; default: native].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub format: Option<crate::outputs::config::Format>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and
+    /// /readyz, e.g. 127.0.0.1:9464 [setting: metrics.listen; default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Sync the ledger to this PostgreSQL fleet store every fleet.interval
+    /// and at shutdown: `postgres://USER@HOST/DB?sslmode=verify-full`.
+    /// Never with a password in it: that comes from fleet.password_file or
+    /// PGPASSWORD [setting: fleet.url].
+    #[arg(long, value_name = "URL")]
+    pub fleet: Option<String>,
     /// What events show of a command line [setting: process.args; default:
     /// redacted]. `redacted` hides every part a rule calls secret (options,
     /// variables, URLs, headers, tokens, and noise that looks like a key);
@@ -155,9 +184,6 @@ pub struct RunArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
-    /// Append events to FILE instead of stdout ("-" is stdout).
-    #[arg(long, value_name = "FILE|-")]
-    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,13 +225,26 @@ pub struct ReportArgs {
     /// nobody read for this long is orphaned, one unrotated for longer is
     /// long-lived. E.g. `30d`, `12h` [default: the settings'
     /// findings.orphan_window and findings.max_age].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub window: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<crate::bounded::Window>,
 
     /// Age after which a static secret in use is long-lived, e.g. `90d`;
     /// overrides --window for that rule alone.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_age: Option<Duration>,
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<crate::bounded::Window>,
+
+    /// Report on the whole fleet from its PostgreSQL store instead of this
+    /// host's ledger: every host's copies grouped by fleet fingerprint,
+    /// where each is read, unused or unknown. Without URL, fleet.url from
+    /// the configuration. Schema `secretmon/fleet-report/v1` with --json.
+    #[arg(long, value_name = "URL", num_args = 0..=1)]
+    pub fleet: Option<Option<String>>,
+
+    /// Write one self-contained HTML page to FILE instead (no network
+    /// fetches): secrets by lifetime and finding, readers as a graph,
+    /// reads over time, and the next step per finding.
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    pub html: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -277,22 +316,59 @@ impl AgentArgs {
                 u64::from(bytes),
             ));
         }
+        if !self.output.is_empty() {
+            let tables: Vec<figment::value::Value> = self
+                .output
+                .iter()
+                .map(|url| {
+                    let mut table = figment::value::Dict::new();
+                    table.insert("url".into(), url.as_str().into());
+                    table.into()
+                })
+                .collect();
+            out.push(Layer::new("--output", "output", tables));
+        }
+        if let Some(format) = self.format {
+            out.push(Layer::new("--format", "events.format", value_name(format)));
+        }
+        if let Some(addr) = self.metrics {
+            out.push(Layer::new("--metrics", "metrics.listen", addr.to_string()));
+        }
+        out.extend(fleet_layer(self.fleet.as_deref()));
         if let Some(policy) = self.process_args {
-            let name = clap::ValueEnum::to_possible_value(&policy)
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default();
-            out.push(Layer::new("--process-args", "process.args", name));
+            out.push(Layer::new(
+                "--process-args",
+                "process.args",
+                value_name(policy),
+            ));
         }
         out
     }
 }
 
-fn path_value(p: &std::path::Path) -> figment::value::Value {
-    figment::value::Value::from(p.to_string_lossy().into_owned())
+/// A value of a flag as it is written on the command line (and in settings).
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 30d, 12h, 90s)"))
+impl ReportArgs {
+    pub fn layers(&self) -> Vec<Layer> {
+        fleet_layer(self.fleet.as_ref().and_then(|u| u.as_deref()))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `--fleet URL` sets `fleet.url`; the URL is checked (a password in it
+/// refused) when the settings are read, in a message that never repeats it.
+fn fleet_layer(url: Option<&str>) -> Option<Layer> {
+    url.map(|u| Layer::new("--fleet", "fleet.url", u))
+}
+
+fn path_value(p: &std::path::Path) -> figment::value::Value {
+    figment::value::Value::from(p.to_string_lossy().into_owned())
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -322,10 +398,21 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("a month").is_err());
+    fn report_windows_are_bounded() {
+        let parse = |w: &str| Cli::try_parse_from(["secretmon", "report", "--window", w]);
+        let Command::Report(args) = parse("30d").unwrap().command else {
+            panic!("not report");
+        };
+        assert_eq!(
+            args.window.map(|w| w.get()),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        let err = parse("99999999999d").unwrap_err().to_string();
+        assert!(
+            err.contains("`99999999999d` is out of range: from 1s to 36500d"),
+            "{err}"
+        );
+        assert!(parse("a month").is_err());
     }
 
     #[test]
@@ -371,7 +458,7 @@ mod tests {
         assert_eq!(s.capture.opens, crate::features::OpenHooks::Tracepoints);
         assert_eq!(s.capture.ring_buffer_size, 65536);
         assert_eq!(s.log.level, LogLevel::Debug);
-        assert_eq!(s.findings.interval, Duration::from_secs(5));
+        assert_eq!(s.findings.interval.get(), std::time::Duration::from_secs(5));
         assert_eq!(loaded.origin("agent.state_dir").to_string(), "--state-dir");
         assert_eq!(
             loaded.origin("findings.interval").to_string(),

@@ -3,11 +3,13 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
+use anyhow::Context as _;
+
 use crate::{
     agent, check,
-    cli::{Cli, Command, CommonArgs},
+    cli::{Cli, Command, CommonArgs, ReportArgs},
     config::{self, Loaded, load::Origin},
-    findings, inventory, logging,
+    findings, fleet, html, inventory, logging,
     plan::RunPlan,
 };
 
@@ -15,7 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let loaded = load(&args.common, args.agent.layers())?;
-            let plan = RunPlan::resolve(loaded.settings, args.output)?;
+            let plan = RunPlan::resolve(loaded.settings)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -34,7 +36,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report(args) => {
             use findings::report;
-            let loaded = load(&args.common, Vec::new())?;
+            let loaded = load(&args.common, args.layers())?;
+            if args.fleet.is_some() {
+                return fleet_report(&args, &loaded);
+            }
             // A window the configuration sets counts as the user's choice;
             // otherwise the windows the agent ran with, kept in the ledger.
             let configured =
@@ -49,6 +54,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or(configured("findings.max_age", findings.max_age)),
             };
             let r = report::build(&loaded.settings.agent.state_dir, &opts, chrono::Utc::now())?;
+            if let Some(path) = &args.html {
+                let host = crate::plan::host_name(loaded.settings.agent.host_name.as_deref());
+                write_html(path, &html::Page::local(&r, &host))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut out = std::io::stdout().lock();
             let written = if args.json {
                 report::write_json(&r, &mut out)
@@ -81,6 +91,58 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `report --fleet`: the windows from the flags, else the configuration's.
+fn fleet_report(args: &ReportArgs, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let connection =
+        loaded.settings.fleet.connection(None)?.ok_or_else(|| {
+            anyhow::anyhow!("--fleet needs a URL, or fleet.url in the configuration")
+        })?;
+    let configured = &loaded.settings.findings;
+    let window = args.window.unwrap_or(configured.orphan_window).get();
+    let settings = fleet::rules::Settings {
+        now: chrono::Utc::now(),
+        window,
+        max_age: args
+            .max_age
+            .or(args.window)
+            .unwrap_or(configured.max_age)
+            .get(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(fleet::report::build(&connection, &settings))?;
+    if let Some(path) = &args.html {
+        write_html(path, &html::Page::fleet(&r))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        fleet::report::write_json(&r, &mut out)
+    } else {
+        let terminal = out.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        fleet::report::write_text(&r, &mut out, terminal)
+    };
+    finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The page, private to its owner (it names secrets and workloads).
+fn write_html(path: &std::path::Path, page: &html::Page) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("--html {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    html::write(page, &mut out)
+        .and_then(|()| std::io::Write::flush(&mut out))
+        .with_context(|| format!("--html {}", path.display()))
 }
 
 /// Merge the configuration for a command, then start logging as it says.

@@ -38,9 +38,44 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
+/// A TOML error in one line: the line, the key and why. Never the line's
+/// text, which may hold a secret (a fleet key).
+pub fn toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = one_line(err.message());
+    let Some(before) = err.span().and_then(|s| text.get(..s.start)) else {
+        return message;
+    };
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => format!("line {line_no}, `{key}`: {message}"),
+        None => format!("line {line_no}: {message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_say_where_but_not_the_line() {
+        let text = "[inventory]\nfleet_key = \"PLANTED-fleet-key\" junk\n";
+        let err = toml::from_str::<toml::Table>(text).unwrap_err();
+        assert!(err.to_string().contains("PLANTED"), "toml shows the line");
+        let shown = toml_error(text, &err);
+        assert!(shown.starts_with("line 2, `fleet_key`: "), "{shown}");
+        assert!(
+            !shown.contains("PLANTED") && !shown.contains('\n'),
+            "{shown}"
+        );
+        let err = toml::from_str::<toml::Table>("[inventory\n").unwrap_err();
+        assert!(toml_error("[inventory\n", &err).starts_with("line 1: "));
+    }
 
     #[test]
     fn long_errors_become_one_short_line() {

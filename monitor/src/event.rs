@@ -14,27 +14,142 @@ use crate::{
 
 pub const SCHEMA: &str = "secretmon/v1";
 
-/// Every event: the common fields, then the kind's own, flattened.
-#[derive(Debug, Serialize)]
-pub struct Event<'a, B: Serialize> {
-    pub schema: &'static str,
-    pub kind: &'static str,
-    pub time: String,
-    pub host: &'a Host,
-    #[serde(flatten)]
-    pub body: B,
+/// Every event: the common fields, then the kind's own, flattened. Owned:
+/// the pipeline produces it, the agent routes it to the outputs.
+#[derive(Debug)]
+pub struct Event {
+    /// Unique on this host (a UUIDv7: time-ordered, and unique across
+    /// restarts), so a receiver can drop what at-least-once delivery sent
+    /// twice.
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub host: Host,
+    pub body: Body,
 }
 
-impl<'a, B: Serialize> Event<'a, B> {
-    pub fn new(kind: &'static str, time: DateTime<Utc>, host: &'a Host, body: B) -> Self {
+impl Event {
+    pub fn new(time: DateTime<Utc>, host: &Host, body: Body) -> Self {
         Self {
-            schema: SCHEMA,
-            kind,
-            time: time.to_rfc3339_opts(SecondsFormat::Nanos, true),
-            host,
+            id: uuid::Uuid::now_v7().to_string(),
+            time,
+            host: host.clone(),
             body,
         }
     }
+
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
+
+    /// `time` as the contract writes it: RFC 3339, UTC, nanoseconds.
+    pub fn time_text(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Native<'a> {
+            schema: &'static str,
+            id: &'a str,
+            kind: &'static str,
+            time: String,
+            host: &'a Host,
+            #[serde(flatten)]
+            body: &'a Body,
+        }
+        Native {
+            schema: SCHEMA,
+            id: &self.id,
+            kind: self.kind(),
+            time: self.time_text(),
+            host: &self.host,
+            body: &self.body,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// What an event is about: one variant per `kind`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    Agent(Agent),
+    SecretRead(SecretRead),
+    SecretInEnv(SecretInEnv),
+    SecretInArgv(SecretInArgv),
+    EnvironRead(EnvironRead),
+    IoUringOpen(IoUringOpen),
+    Finding(FindingBody),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Agent(_) => "agent",
+            Self::SecretRead(_) => "secret_read",
+            Self::SecretInEnv(_) => "secret_in_env",
+            Self::SecretInArgv(_) => "secret_in_argv",
+            Self::EnvironRead(_) => "environ_read",
+            Self::IoUringOpen(_) => "io_uring_open",
+            Self::Finding(_) => "finding",
+        }
+    }
+
+    /// How urgent it is, for per-output filters, syslog and OCSF: a finding
+    /// says so itself; a leak is worse than a read; losing events is high.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Self::Agent(a) => match a.status {
+                AgentStatus::Started | AgentStatus::Stopped | AgentStatus::OutputUp => {
+                    Severity::Info
+                }
+                AgentStatus::OutputDown | AgentStatus::KernelErrors => Severity::Medium,
+                // Secrets unwatched, as events lost: what is not seen.
+                AgentStatus::Lost | AgentStatus::SpoolDropped | AgentStatus::WatchOverflow => {
+                    Severity::High
+                }
+            },
+            Self::SecretRead(r) if r.access.result != "ok" => Severity::Low,
+            Self::SecretRead(_) => Severity::Info,
+            Self::SecretInEnv(_) | Self::IoUringOpen(_) => Severity::Low,
+            Self::SecretInArgv(_) | Self::EnvironRead(_) => Severity::Medium,
+            Self::Finding(f) => match f.finding.severity {
+                crate::findings::Severity::Low => Severity::Low,
+                crate::findings::Severity::Medium => Severity::Medium,
+                crate::findings::Severity::High => Severity::High,
+            },
+        }
+    }
+}
+
+/// Every kind an event can have, for `kinds` filters.
+pub const KINDS: [&str; 7] = [
+    "agent",
+    "secret_read",
+    "secret_in_env",
+    "secret_in_argv",
+    "environ_read",
+    "io_uring_open",
+    "finding",
+];
+
+/// An event's urgency, in OCSF's order and words.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingBody {
+    pub finding: crate::findings::Finding,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +165,14 @@ pub enum AgentStatus {
     /// Kernel reads or map updates failed: some events may be incomplete.
     KernelErrors,
     Stopped,
+    /// An output's receiver stopped taking events; they wait in its spool.
+    OutputDown,
+    /// It takes them again.
+    OutputUp,
+    /// An output's spool was full: its oldest events were dropped.
+    SpoolDropped,
+    /// More secrets than the kernel's watch map holds.
+    WatchOverflow,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,12 +184,18 @@ pub struct Agent {
     /// there were none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub kernel_errors: BTreeMap<&'static str, u64>,
+    /// The output an `output_*` or `spool_dropped` status is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// On `stopped`: how the per-process identity cache did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_cache: Option<CacheStats>,
     /// On `started`: which kernel hooks see what.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// On `watch_overflow`: how many are not watched, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_overflow: Option<crate::watch_map::Overflow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,17 +371,18 @@ mod tests {
         };
         let time = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
         let ev = Event::new(
-            "agent",
             time,
             &host,
-            Agent {
+            Body::Agent(Agent {
                 status: AgentStatus::Started,
                 message: "probes attached".into(),
                 lost: 0,
                 kernel_errors: BTreeMap::new(),
+                output: None,
                 identity_cache: None,
                 capture: None,
-            },
+                watch_overflow: None,
+            }),
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["schema"], "secretmon/v1");
@@ -262,5 +392,23 @@ mod tests {
         assert_eq!(v["status"], "started");
         assert_eq!(v["lost"], 0);
         assert!(v.get("kernel_errors").is_none(), "absent when none");
+        let id = v["id"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        let next = Event::new(
+            time,
+            &host,
+            Body::Agent(Agent {
+                status: AgentStatus::Lost,
+                message: String::new(),
+                lost: 1,
+                kernel_errors: BTreeMap::new(),
+                output: None,
+                identity_cache: None,
+                capture: None,
+                watch_overflow: None,
+            }),
+        );
+        assert!(next.id.as_str() > id, "ids are time-ordered and unique");
+        assert_eq!(next.body.severity(), Severity::High);
     }
 }

@@ -1,37 +1,34 @@
 //! One kernel record in, zero or more events out: process table upkeep,
-//! attribution to a watched secret and an identity, and the JSON line.
+//! attribution to a watched secret and an identity. The events are
+//! returned; the agent routes them to the outputs. Files the kernel's name
+//! rules found are inspected off the drain ([`discovery`]).
 
 use std::{
     collections::HashMap,
-    ffi::OsStr,
     io,
     num::NonZeroUsize,
-    os::unix::{
-        ffi::OsStrExt as _,
-        fs::{DirEntryExt as _, MetadataExt as _},
-    },
-    path::{Component, Path, PathBuf},
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    sync::mpsc::Sender,
 };
 
 use chrono::{DateTime, Utc};
 use lru::LruCache;
 use monitor_common::{
-    COMPONENT_LEN, EventHeader, FileKey, PATH_COMPONENTS,
+    EventHeader,
     abi::{AT_FDCWD, io_uring_op_name},
     user::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
 };
 
 use crate::{
+    discovery::{self, Inspector, Outcome},
     event::{
-        self, Access, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process, SecretInArgv,
-        SecretInEnv, SecretRead, Target,
+        self, Access, Body, EnvSecret, EnvironRead, Event, Host, IoUringOpen, Process,
+        SecretInArgv, SecretInEnv, SecretRead, Target,
     },
     identity::{Identity, IdentityResolver},
     inventory::Inventory,
-    inventory::{
-        InventoryChange, MapEdit,
-        scan::{Scanner, Skip},
-    },
+    inventory::{InventoryChange, MapEdit},
     ledger::{
         ExposureKind, Observation, OpenMode, Seen,
         facts::{file_exists, secret_facts},
@@ -39,7 +36,6 @@ use crate::{
     process::ProcessInfo,
     process::ProcessTable,
     redact::Redactor,
-    sink::Sink,
 };
 
 /// Ancestors listed on each event, parent first.
@@ -96,25 +92,29 @@ pub struct Pipeline {
     pub host: Host,
     pub identities: IdentityResolver,
     pub clock: Clock,
-    pub sink: Sink,
     pub stats: Stats,
     /// What the ledger should record, taken by the agent after each batch.
     pub observed: Vec<Observation>,
     /// Folded reads, with the reader's cgroup id for the ledger.
     folds: HashMap<FoldKey, (DateTime<Utc>, SecretRead, u64)>,
     proc_root: PathBuf,
-    /// Inspects files the kernel's name rules found, to inventory them.
-    discoverer: Option<Scanner>,
+    /// Inspects the files the kernel's name rules found, to inventory
+    /// them: a worker that reports back through [`Pipeline::discovered`],
+    /// or, without one, here (unit tests).
+    discoverer: Discoverer,
     /// Watch-map edits for the agent to apply after this batch.
     edits: Vec<MapEdit>,
-    /// Files the name rules matched that hold no secret (a CA bundle named
-    /// `*.pem`), so that their opens are not inspected again and again.
-    /// Keyed by what changes when the file does, or when its inode is
-    /// recycled for another file.
-    not_secrets: LruCache<FileVersion, ()>,
     /// secretmon's own processes read secret files to fingerprint them
     /// (the agent, `secretmon inventory`): not a use.
     own: OwnExe,
+    /// Events of the record being handled.
+    produced: Vec<Event>,
+}
+
+enum Discoverer {
+    Worker(Sender<discovery::Request>),
+    // Boxed: an inspector is large, and the worker is what the agent uses.
+    Inline(Box<Inspector>),
 }
 
 /// This installation's executable, to tell secretmon's own processes by:
@@ -168,40 +168,25 @@ impl OwnExe {
     }
 }
 
-/// A file's identity and state: (dev, ino) can be reused after a delete,
-/// the change time then differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileVersion {
-    key: FileKey,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
 /// Pending folds are flushed early when this many are waiting.
 const MAX_PENDING_FOLDS: usize = 4096;
 
 impl Pipeline {
-    pub fn new(
-        watch: Inventory,
-        host: Host,
-        identities: IdentityResolver,
-        sink: Sink,
-    ) -> io::Result<Self> {
+    pub fn new(watch: Inventory, host: Host, identities: IdentityResolver) -> io::Result<Self> {
         Ok(Self {
             watch,
             procs: ProcessTable::new(PROCESS_CAPACITY, "/proc", Redactor::default()),
             host,
             identities,
             clock: Clock::now()?,
-            sink,
             stats: Stats::default(),
             observed: Vec::new(),
             folds: HashMap::new(),
             proc_root: PathBuf::from("/proc"),
-            discoverer: None,
+            discoverer: Discoverer::Inline(Box::new(Inspector::new(None))),
             edits: Vec::new(),
-            not_secrets: LruCache::new(NonZeroUsize::new(4096).expect("nonzero")),
             own: OwnExe::of_this_process(),
+            produced: Vec::new(),
         })
     }
 
@@ -233,9 +218,9 @@ impl Pipeline {
         self.identities.forget_all();
     }
 
-    /// Inventory the files the name rules find with `scanner`.
-    pub fn with_discoverer(mut self, scanner: Scanner) -> Self {
-        self.discoverer = Some(scanner);
+    /// Hand the files the name rules find to this discovery worker.
+    pub fn with_discoverer(mut self, worker: Sender<discovery::Request>) -> Self {
+        self.discoverer = Discoverer::Worker(worker);
         self
     }
 
@@ -252,41 +237,44 @@ impl Pipeline {
         std::mem::take(&mut self.edits)
     }
 
-    /// Handle one ring-buffer record.
-    pub fn handle(&mut self, record: &[u8]) -> io::Result<()> {
+    /// Handle one ring-buffer record; returns the events it produced.
+    pub fn handle(&mut self, record: &[u8]) -> Vec<Event> {
+        self.record(record);
+        std::mem::take(&mut self.produced)
+    }
+
+    fn record(&mut self, record: &[u8]) {
         self.stats.records += 1;
         let ev = match KernelEvent::decode(record) {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::debug!("skipped a kernel record: {e}");
                 self.stats.malformed += 1;
-                return Ok(());
+                return;
             }
         };
         match ev {
             KernelEvent::Exec(exec) => self.exec(exec),
             KernelEvent::Fork { header, child_pid } => {
                 self.procs.on_fork(&header, child_pid);
-                Ok(())
             }
             KernelEvent::Exit(header) => {
                 self.procs.on_exit(header.pid);
                 self.identities.forget(header.pid);
-                Ok(())
             }
             KernelEvent::Open(open) => {
                 // An id the watch list no longer has (a race with a later
                 // update) is not attributable: skip it rather than guess.
                 let Some(id) = self.watch.get(&open.key).map(|f| f.slot) else {
                     self.stats.malformed += 1;
-                    return Ok(());
+                    return;
                 };
                 // The agent fingerprinting a rotated file is not a workload.
                 if open.header.pid == self.own.pid {
-                    return Ok(());
+                    return;
                 }
                 let via = open.via.as_str();
-                self.secret_read(&open.header, id, open.flags, "ok".into(), via)
+                self.secret_read(&open.header, id, open.flags, "ok".into(), via, None);
             }
             KernelEvent::DeniedOpen(denied) => self.denied_open(&denied),
             KernelEvent::NameRuleOpen(found) => self.name_rule_open(found),
@@ -298,7 +286,7 @@ impl Pipeline {
                     opcode: io_uring_op_name(opcode),
                     message: "opens files through io_uring, which the syscall tracepoints do not see: its secret reads may be missing",
                 };
-                self.emit("io_uring_open", header.boot_ns, &body)
+                self.emit(header.boot_ns, Body::IoUringOpen(body));
             }
             KernelEvent::EnvironRead { header, target_pid } => {
                 let (process, identity, info) = self.who(&header);
@@ -320,13 +308,18 @@ impl Pipeline {
                     identity,
                     target,
                 };
-                self.emit("environ_read", header.boot_ns, &body)
+                self.emit(header.boot_ns, Body::EnvironRead(body));
             }
         }
     }
 
-    /// Emit every folded read; called at least once a second.
-    pub fn flush_folds(&mut self) -> io::Result<()> {
+    /// The number of processes the table tracks.
+    pub fn tracked_processes(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Every folded read, as events; call at least once a second.
+    pub fn flush_folds(&mut self) -> Vec<Event> {
         let mut pending: Vec<_> = self
             .folds
             .drain()
@@ -344,13 +337,13 @@ impl Pipeline {
                 denied: body.access.result != "ok",
                 mode,
             });
-            self.sink
-                .emit(&Event::new("secret_read", time, &self.host, body))?;
+            self.produced
+                .push(Event::new(time, &self.host, Body::SecretRead(body)));
         }
-        Ok(())
+        std::mem::take(&mut self.produced)
     }
 
-    fn exec(&mut self, exec: Exec) -> io::Result<()> {
+    fn exec(&mut self, exec: Exec) {
         if exec.env_truncated {
             self.stats.env_truncated += 1;
         }
@@ -379,7 +372,7 @@ impl Pipeline {
                 identity,
                 secret,
             };
-            self.emit("secret_in_argv", exec.header.boot_ns, &body)?;
+            self.emit(exec.header.boot_ns, Body::SecretInArgv(body));
         }
         for env_name in exec.env_names {
             let (process, identity, info) = self.describe(execed.clone());
@@ -396,83 +389,105 @@ impl Pipeline {
                 identity,
                 secret: EnvSecret { env_name },
             };
-            self.emit("secret_in_env", exec.header.boot_ns, &body)?;
+            self.emit(exec.header.boot_ns, Body::SecretInEnv(body));
         }
-        Ok(())
     }
 
-    /// An unwatched file whose name says credential: inventory it, so later
-    /// reads match by inode, and report this read. The kernel's path is the
-    /// one in the opener's mount namespace; it is the host's path when the
-    /// host sees the same inode there.
-    fn name_rule_open(&mut self, found: NameRuleOpen) -> io::Result<()> {
+    /// An unwatched file whose name says credential: the discovery worker
+    /// inventories it, so later reads match by inode, and this read is
+    /// reported when it says what the file is. The kernel's path is the one
+    /// in the opener's mount namespace; it is the host's path when the host
+    /// sees the same inode there.
+    fn name_rule_open(&mut self, found: NameRuleOpen) {
         if found.header.pid == self.own.pid {
-            return Ok(());
+            return;
         }
         if let Some(slot) = self.watch.get(&found.key).map(|r| r.slot) {
-            return self.secret_read(
+            self.secret_read(
                 &found.header,
                 slot,
                 found.flags,
                 "ok".into(),
                 found.via.as_str(),
+                None,
             );
+            return;
         }
-        // A cut path is made whole where the directory listing can.
-        let path = if found.truncated {
-            whole_path(&found.path, found.key)
-        } else {
-            Some(found.path.clone())
+        let (process, identity, info) = self.who(&found.header);
+        // `secretmon inventory` fingerprinting it: not a use.
+        if self.own.is(&info) {
+            return;
+        }
+        let request = discovery::Request {
+            found,
+            process,
+            identity,
+            info,
         };
-        let meta = path.as_ref().and_then(|p| {
-            std::fs::metadata(p).ok().filter(|m| {
-                crate::inventory::kernel_dev(m.dev()) == found.key.dev && m.ino() == found.key.ino
-            })
-        });
-        let version = meta.as_ref().map(|m| FileVersion {
-            key: found.key,
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        });
-        if let Some(v) = version
-            && self.not_secrets.get(&v).is_some()
-        {
-            return Ok(());
-        }
-        if let Some(path) = &path
-            && let Some(version) = version
-            && let Some(scanner) = &self.discoverer
-        {
-            match scanner.inspect_discovered(path) {
-                Ok(record) => {
-                    let edit = self.inventory_change(InventoryChange::Upsert(record));
-                    let slot = edit.add.map(|(_, slot)| slot);
-                    self.edits.push(edit);
-                    if let Some(slot) = slot {
-                        return self.secret_read(
-                            &found.header,
-                            slot,
-                            found.flags,
-                            "ok".into(),
-                            found.via.as_str(),
-                        );
-                    }
+        match &mut self.discoverer {
+            Discoverer::Worker(worker) => {
+                if let Err(returned) = worker.send(request) {
+                    self.report_discovered(
+                        returned.0,
+                        Outcome::Uninventoried {
+                            path: None,
+                            host_path: false,
+                        },
+                    );
                 }
-                // A name that looked like a secret but holds none.
-                Err(Skip::NoSecret) => {
-                    self.not_secrets.put(version, ());
-                    return Ok(());
-                }
-                Err(_) => {}
             }
+            Discoverer::Inline(inspector) => {
+                let outcome = inspector.inspect(&request.found);
+                self.report_discovered(request, outcome);
+            }
+        }
+    }
+
+    /// What the discovery worker found out about a file a name rule matched:
+    /// watch it if it is a secret, and report the read that found it.
+    pub fn discovered(&mut self, report: discovery::Report) -> Vec<Event> {
+        self.report_discovered(report.request, report.outcome);
+        std::mem::take(&mut self.produced)
+    }
+
+    fn report_discovered(&mut self, request: discovery::Request, outcome: Outcome) {
+        let discovery::Request {
+            found,
+            process,
+            identity,
+            info,
+        } = request;
+        // Opens of a new file queue up while the worker inspects the first
+        // (the process that wrote it, then its reader): the first report
+        // inventoried it, the later ones are reads of a watched secret.
+        let watched = self.watch.get(&found.key).map(|r| r.slot);
+        let (slot, path, host_path) = match (watched, outcome) {
+            (Some(slot), _) => (Some(slot), None, true),
+            (None, Outcome::Inventoried(record)) => {
+                let path = record.path.clone();
+                let edit = self.inventory_change(InventoryChange::Upsert(*record));
+                let slot = edit.add.map(|(_, slot)| slot);
+                self.edits.push(edit);
+                (slot, Some(path), true)
+            }
+            (None, Outcome::NotSecret) => return,
+            (None, Outcome::Uninventoried { path, host_path }) => (None, path, host_path),
+        };
+        if let Some(slot) = slot {
+            let who = (process, identity, info);
+            self.secret_read(
+                &found.header,
+                slot,
+                found.flags,
+                "ok".into(),
+                found.via.as_str(),
+                Some(who),
+            );
+            return;
         }
         // Not inventoried (another namespace's file, unreadable, a path the
         // kernel cut): report what the kernel saw. A cut path may be another
         // file's too: the id is then the file's, and the event says so.
-        let (process, identity, info) = self.who(&found.header);
-        if self.own.is(&info) {
-            return Ok(());
-        }
         self.stats.secret_reads += 1;
         let (id, shown) = match &path {
             Some(p) => (
@@ -489,7 +504,7 @@ impl Pipeline {
             identity,
             secret: event::Secret {
                 id,
-                container_path: meta.is_none().then(|| shown.clone()),
+                container_path: (!host_path).then(|| shown.clone()),
                 path: shown,
                 path_truncated: path.is_none(),
                 secret_type: crate::secret::SecretType::Generic,
@@ -505,12 +520,12 @@ impl Pipeline {
                 via: found.via.as_str(),
             },
         };
-        self.emit("secret_read", found.header.boot_ns, &body)
+        self.emit(found.header.boot_ns, Body::SecretRead(body));
     }
 
     /// A denied open names a path, not an inode: resolve it as the process
     /// saw it, and report it if it is a watched secret.
-    fn denied_open(&mut self, d: &DeniedOpen) -> io::Result<()> {
+    fn denied_open(&mut self, d: &DeniedOpen) {
         let name = Path::new(std::ffi::OsStr::from_bytes(&d.filename));
         let walked = d
             .base
@@ -521,12 +536,12 @@ impl Pipeline {
             walked.or_else(|| resolve_open_path(&self.proc_root, d.header.pid, d.dfd, &d.filename))
         else {
             self.stats.denied_unresolved += 1;
-            return Ok(());
+            return;
         };
         let Some(id) = self.watch.lookup_path(&path).map(|f| f.slot) else {
-            return Ok(());
+            return;
         };
-        self.secret_read(&d.header, id, d.flags, errno_name(d.errno), "syscall")
+        self.secret_read(&d.header, id, d.flags, errno_name(d.errno), "syscall", None);
     }
 
     fn secret_read(
@@ -536,27 +551,31 @@ impl Pipeline {
         flags: u32,
         result: String,
         via: &'static str,
-    ) -> io::Result<()> {
+        who: Option<(Process, Identity, ProcessInfo)>,
+    ) {
         if h.pid == self.own.pid {
-            return Ok(());
+            return;
         }
         let key = (h.pid, file_id, result, via, OpenMode::from_flags(flags));
         if let Some((_, pending, _)) = self.folds.get_mut(&key) {
             self.stats.secret_reads += 1;
             pending.access.count += 1;
-            return Ok(());
+            return;
         }
         let Some(file) = self.watch.by_slot(file_id) else {
-            return Ok(());
+            return;
         };
         let path = file.path.clone();
         let mut secret = file.event_secret();
-        let (process, identity, info) = self.who(h);
+        let (process, identity, info) = match who {
+            Some(who) => who,
+            None => self.who(h),
+        };
         // `secretmon inventory` (or another secretmon of this installation)
         // fingerprinting the file: not a use. Its opens are never folded,
         // so each is checked here.
         if self.own.is(&info) {
-            return Ok(());
+            return;
         }
         self.stats.secret_reads += 1;
         secret.container_path = self.identities.container_path(&info, &path);
@@ -575,9 +594,9 @@ impl Pipeline {
         self.folds
             .insert(key, (self.clock.wall(h.boot_ns), body, info.cgroup_id));
         if self.folds.len() >= MAX_PENDING_FOLDS {
-            self.flush_folds()?;
+            let flushed = self.flush_folds();
+            self.produced.extend(flushed);
         }
-        Ok(())
     }
 
     /// Record a secret seen outside a file for the ledger.
@@ -663,14 +682,9 @@ impl Pipeline {
         (process, identity, info)
     }
 
-    fn emit<B: serde::Serialize>(
-        &mut self,
-        kind: &'static str,
-        boot_ns: u64,
-        body: &B,
-    ) -> io::Result<()> {
+    fn emit(&mut self, boot_ns: u64, body: Body) {
         let time = self.clock.wall(boot_ns);
-        self.sink.emit(&Event::new(kind, time, &self.host, body))
+        self.produced.push(Event::new(time, &self.host, body));
     }
 }
 
@@ -693,38 +707,6 @@ fn resolve_open_path(proc_root: &Path, pid: u32, dfd: i32, name: &[u8]) -> Optio
     Some(base.join(name))
 }
 
-/// The kernel keeps `COMPONENT_LEN - 1` bytes of each name and
-/// `PATH_COMPONENTS` names. When only the last name was cut (the others
-/// are shorter and the walk reached the root), the directory holds the
-/// whole name: the entry with the file's inode and the cut name as prefix.
-/// `None` when that cannot be told.
-fn whole_path(cut: &Path, key: FileKey) -> Option<PathBuf> {
-    /// Bounds the listing of a huge directory.
-    const MAX_ENTRIES: usize = 65_536;
-    let names: Vec<&OsStr> = cut
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    let limit = COMPONENT_LEN - 1;
-    let (leaf, dirs) = names.split_last()?;
-    if names.len() >= PATH_COMPONENTS || leaf.len() < limit || dirs.iter().any(|d| d.len() >= limit)
-    {
-        return None;
-    }
-    let parent = cut.parent()?;
-    let entry = std::fs::read_dir(parent)
-        .ok()?
-        .take(MAX_ENTRIES)
-        .flatten()
-        .find(|e| e.ino() == key.ino && e.file_name().as_bytes().starts_with(leaf.as_bytes()))?;
-    let path = entry.path();
-    let meta = std::fs::metadata(&path).ok()?;
-    (crate::inventory::kernel_dev(meta.dev()) == key.dev && meta.ino() == key.ino).then_some(path)
-}
-
 /// `EACCES` for 13: the errno's name, as the event contract wants.
 fn errno_name(errno: i32) -> String {
     format!("{:?}", nix::errno::Errno::from_raw(errno))
@@ -732,27 +714,15 @@ fn errno_name(errno: i32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
 
     use monitor_common::{
-        ARGS_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event, EventHeader, EventKind, ExecData, ExecEvent,
-        FILENAME_LEN, NameRuleOpenData, NameRuleOpenEvent, OpenData, OpenEvent,
+        ARGS_LEN, COMPONENT_LEN, ENV_NAME_LEN, ENV_NAMES_MAX, Event as Wire, EventHeader,
+        EventKind, ExecData, ExecEvent, FILENAME_LEN, FileKey, NameRuleOpenData, NameRuleOpenEvent,
+        OpenData, OpenEvent, PATH_COMPONENTS,
     };
 
     use super::*;
     use crate::identity::{IdentityConfig, Naming, cgroup_tree::CgroupTree};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: the bytes of a plain #[repr(C)] value, in a test.
@@ -804,8 +774,8 @@ mod tests {
             .collect()
     }
 
-    fn pipeline(dir: &Path, records: Vec<crate::inventory::Record>) -> (Pipeline, Shared) {
-        let out = Shared::default();
+    fn pipeline(dir: &Path, records: Vec<crate::inventory::Record>) -> (Pipeline, Vec<Event>) {
+        let out = Vec::new();
         let identities = IdentityResolver::new(
             Naming::new(Some("td"), "h").unwrap(),
             IdentityConfig::default(),
@@ -817,14 +787,13 @@ mod tests {
             Inventory::new(records),
             Host { name: "h".into() },
             identities,
-            Sink::to_writer(out.clone()),
         )
         .unwrap();
         (p, out)
     }
 
     fn exec_of(pid: u32, filename: &[u8]) -> ExecEvent {
-        let mut exec = Event {
+        let mut exec = Wire {
             header: header(EventKind::Exec, pid),
             data: ExecData {
                 old_pid: pid,
@@ -843,7 +812,7 @@ mod tests {
     }
 
     fn open_of(pid: u32, key: FileKey, flags: i32) -> OpenEvent {
-        Event {
+        Wire {
             header: header(EventKind::Open, pid),
             data: OpenData {
                 key,
@@ -855,11 +824,9 @@ mod tests {
         }
     }
 
-    fn events(out: &Shared) -> Vec<serde_json::Value> {
-        String::from_utf8(out.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+    fn events(out: &[Event]) -> Vec<serde_json::Value> {
+        out.iter()
+            .map(|e| serde_json::to_value(e).unwrap())
             .collect()
     }
 
@@ -874,30 +841,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
         let key = record.key;
-        let (mut p, out) = pipeline(dir.path(), vec![record]);
+        let (mut p, mut out) = pipeline(dir.path(), vec![record]);
         let (shell, child) = (PID, PID + 1);
-        p.handle(&bytes_of(&exec_of(shell, b"/usr/bin/bash")))
-            .unwrap();
-        let fork = Event {
+        out.extend(p.handle(&bytes_of(&exec_of(shell, b"/usr/bin/bash"))));
+        let fork = Wire {
             header: header(EventKind::Fork, shell),
             data: monitor_common::ForkData {
                 child_pid: child,
                 _pad: 0,
             },
         };
-        p.handle(&bytes_of(&fork)).unwrap();
+        out.extend(p.handle(&bytes_of(&fork)));
         p.events_lost(1_500);
         let mut open = open_of(child, key, libc::O_RDONLY);
         open.header.boot_ns = 2_000;
-        p.handle(&bytes_of(&open)).unwrap();
-        p.flush_folds().unwrap();
+        out.extend(p.handle(&bytes_of(&open)));
+        out.extend(p.flush_folds());
         let mut exec = exec_of(child, b"/usr/bin/cat");
         exec.header.boot_ns = 3_000;
-        p.handle(&bytes_of(&exec)).unwrap();
+        out.extend(p.handle(&bytes_of(&exec)));
         open.header.boot_ns = 4_000;
-        p.handle(&bytes_of(&open)).unwrap();
-        p.flush_folds().unwrap();
-        p.sink.flush().unwrap();
+        out.extend(p.handle(&bytes_of(&open)));
+        out.extend(p.flush_folds());
         let reads: Vec<_> = events(&out)
             .into_iter()
             .filter(|v| v["kind"] == "secret_read")
@@ -921,8 +886,7 @@ mod tests {
         let mut exec = exec_of(PID + 2, b"/usr/bin/env");
         exec.data.env_count = 1;
         exec.data.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
-        p.handle(&bytes_of(&exec)).unwrap();
-        p.sink.flush().unwrap();
+        out.extend(p.handle(&bytes_of(&exec)));
         let env = events(&out)
             .into_iter()
             .find(|v| v["kind"] == "secret_in_env")
@@ -937,18 +901,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
         let key = record.key;
-        let (mut p, out) = pipeline(dir.path(), vec![record]);
+        let (mut p, mut out) = pipeline(dir.path(), vec![record]);
         let own = std::fs::read_link("/proc/self/exe").unwrap();
-        p.handle(&bytes_of(&exec_of(PID, own.as_os_str().as_bytes())))
-            .unwrap();
-        p.handle(&bytes_of(&open_of(PID, key, libc::O_RDONLY)))
-            .unwrap();
-        p.handle(&bytes_of(&exec_of(PID + 1, b"/usr/bin/cat")))
-            .unwrap();
-        p.handle(&bytes_of(&open_of(PID + 1, key, libc::O_RDONLY)))
-            .unwrap();
-        p.flush_folds().unwrap();
-        p.sink.flush().unwrap();
+        out.extend(p.handle(&bytes_of(&exec_of(PID, own.as_os_str().as_bytes()))));
+        out.extend(p.handle(&bytes_of(&open_of(PID, key, libc::O_RDONLY))));
+        out.extend(p.handle(&bytes_of(&exec_of(PID + 1, b"/usr/bin/cat"))));
+        out.extend(p.handle(&bytes_of(&open_of(PID + 1, key, libc::O_RDONLY))));
+        out.extend(p.flush_folds());
         let readers: Vec<_> = events(&out)
             .into_iter()
             .filter(|v| v["kind"] == "secret_read")
@@ -966,13 +925,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = crate::inventory::test_record(&dir.path().join("credentials"), 7);
         let (key, id) = (record.key, record.id.clone());
-        let (mut p, _) = pipeline(dir.path(), vec![record]);
-        p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/touch")))
-            .unwrap();
+        let (mut p, mut out) = pipeline(dir.path(), vec![record]);
+        out.extend(p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/touch"))));
         for flags in [libc::O_WRONLY, libc::O_RDONLY, libc::O_WRONLY] {
-            p.handle(&bytes_of(&open_of(PID, key, flags))).unwrap();
+            out.extend(p.handle(&bytes_of(&open_of(PID, key, flags))));
         }
-        p.flush_folds().unwrap();
+        out.extend(p.flush_folds());
         let mut seen = observed(&p);
         seen.sort();
         assert_eq!(
@@ -1009,47 +967,8 @@ mod tests {
         );
     }
 
-    /// A name longer than the kernel keeps is found whole in its
-    /// directory, by inode; a deep path or a cut directory name is not.
-    #[test]
-    fn a_cut_last_name_is_made_whole_by_inode() {
-        let dir = tempfile::tempdir().unwrap();
-        let long = "a-service-account-credentials-for-prod";
-        let names = [format!("{long}-1.pem"), format!("{long}-2.pem")];
-        let mut keys = Vec::new();
-        for n in &names {
-            let path = dir.path().join(n);
-            std::fs::write(&path, "x").unwrap();
-            let m = std::fs::metadata(&path).unwrap();
-            keys.push(FileKey {
-                dev: crate::inventory::kernel_dev(m.dev()),
-                ino: m.ino(),
-            });
-        }
-        let cut = dir.path().join(&long[..COMPONENT_LEN - 1]);
-        for (n, key) in names.iter().zip(&keys) {
-            assert_eq!(whole_path(&cut, *key), Some(dir.path().join(n)));
-        }
-        let other = FileKey {
-            dev: keys[0].dev,
-            ino: keys[0].ino + 1_000_000,
-        };
-        assert_eq!(whole_path(&cut, other), None, "no such inode here");
-        let short = dir.path().join("short");
-        assert_eq!(whole_path(&short, keys[0]), None, "not a cut name");
-        let deep: PathBuf = std::iter::once("/".to_string())
-            .chain((0..PATH_COMPONENTS - 1).map(|i| i.to_string()))
-            .chain(std::iter::once(long[..COMPONENT_LEN - 1].to_string()))
-            .collect();
-        assert_eq!(
-            whole_path(&deep, keys[0]),
-            None,
-            "the walk may have stopped short"
-        );
-    }
-
     fn name_rule_open(pid: u32, key: FileKey, inner_first: &[&str]) -> NameRuleOpenEvent {
-        let mut ev = Event {
+        let mut ev = Wire {
             header: header(EventKind::NameRuleOpen, pid),
             data: NameRuleOpenData {
                 key,
@@ -1070,22 +989,64 @@ mod tests {
         ev
     }
 
+    /// A file is written, then read, before the discovery worker reported
+    /// on the first open: both reports name the inventoried secret, once.
+    #[test]
+    fn opens_queued_behind_a_discovery_are_reads_of_the_found_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "x").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (p, mut out) = pipeline(dir.path(), Vec::new());
+        let mut p = p.with_discoverer(tx);
+        let key = FileKey { dev: 1, ino: 903 };
+        out.extend(p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/cat"))));
+        let ev = name_rule_open(PID, key, &["credentials"]);
+        out.extend(p.handle(&bytes_of(&ev)));
+        out.extend(p.handle(&bytes_of(&ev)));
+        let mut record = crate::inventory::test_record(&path, 903);
+        record.secret_type = crate::secret::SecretType::AwsCredentials;
+        for request in rx.try_iter().collect::<Vec<_>>() {
+            let outcome = Outcome::Inventoried(Box::new(record.clone()));
+            out.extend(p.discovered(discovery::Report { request, outcome }));
+        }
+        out.extend(p.flush_folds());
+        let reads: Vec<_> = events(&out)
+            .into_iter()
+            .filter(|v| v["kind"] == "secret_read")
+            .collect();
+        assert!(!reads.is_empty());
+        let count: u64 = reads
+            .iter()
+            .map(|r| r["access"]["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(count, 2, "{reads:?}");
+        for r in &reads {
+            assert_eq!(r["secret"]["type"], "aws_credentials", "{r}");
+            assert_eq!(r["secret"]["fingerprint"], "hmac-sha256:0123456789abcdef");
+        }
+        let found = observed(&p)
+            .iter()
+            .filter(|o| o.starts_with("secret "))
+            .count();
+        assert_eq!(found, 1, "inventoried once");
+    }
+
     /// Two deep files the kernel's name rules found, whose paths it cut
     /// alike: two ids, and the events say the path is cut.
     #[test]
     fn cut_paths_keep_files_apart_and_say_so() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut p, out) = pipeline(dir.path(), Vec::new());
-        p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/cat"))).unwrap();
+        let (mut p, mut out) = pipeline(dir.path(), Vec::new());
+        out.extend(p.handle(&bytes_of(&exec_of(PID, b"/usr/bin/cat"))));
         let inner_first: Vec<String> = std::iter::once("deep.pem".to_string())
             .chain((4..=18).rev().map(|i| i.to_string()))
             .collect();
         let names: Vec<&str> = inner_first.iter().map(String::as_str).collect();
         for ino in [901, 902] {
             let ev = name_rule_open(PID, FileKey { dev: 1, ino }, &names);
-            p.handle(&bytes_of(&ev)).unwrap();
+            out.extend(p.handle(&bytes_of(&ev)));
         }
-        p.sink.flush().unwrap();
         let reads: Vec<_> = events(&out)
             .into_iter()
             .filter(|v| v["kind"] == "secret_read")
@@ -1139,7 +1100,7 @@ mod tests {
         std::fs::write(&secret, "not-a-real-secret").unwrap();
         let record = crate::inventory::test_record(&secret, 77);
         let key = record.key;
-        let (mut p, out) = pipeline(dir.path(), vec![record]);
+        let (mut p, mut out) = pipeline(dir.path(), vec![record]);
         // A pid that cannot exist, so /proc cannot help: only the exec event.
         let pid = u32::MAX - 1;
         let mut exec = exec_of(pid, b"/usr/bin/cat");
@@ -1148,17 +1109,20 @@ mod tests {
         exec.data.args[..argv.len()].copy_from_slice(argv);
         exec.data.args_len = argv.len() as u32;
         exec.data.env_names[0][..12].copy_from_slice(b"GITHUB_TOKEN");
-        p.handle(&bytes_of(&exec)).unwrap();
+        out.extend(p.handle(&bytes_of(&exec)));
         let open = open_of(pid, key, 0);
-        p.handle(&bytes_of(&open)).unwrap();
-        p.handle(&bytes_of(&open)).unwrap();
-        p.handle(&bytes_of(&header(EventKind::Exit, pid))).unwrap();
-        p.handle(&[1, 2, 3]).unwrap();
-        p.flush_folds().unwrap();
-        p.sink.flush().unwrap();
+        out.extend(p.handle(&bytes_of(&open)));
+        out.extend(p.handle(&bytes_of(&open)));
+        out.extend(p.handle(&bytes_of(&header(EventKind::Exit, pid))));
+        out.extend(p.handle(&[1, 2, 3]));
+        out.extend(p.flush_folds());
 
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines = events(&out);
+        let text = lines
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         let kinds: Vec<&str> = lines.iter().map(|v| v["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,

@@ -7,10 +7,16 @@
 use std::path::PathBuf;
 
 use crate::{
+    metrics::MetricsConfig,
+    outputs::config::{self as outputs, OutputConfigError, OutputSpec},
+};
+
+use crate::{
     config::{CaptureSettings, Settings},
     env_names::{self, BadEnvPattern, EnvPattern},
     event::Host,
     findings::{self, policy::PolicyError},
+    fleet,
     identity::{IdentityConfig, Naming, spiffe::SpiffeError},
     inventory::{self, WatchPathError, catalog::Catalog, catalog::CatalogError},
     ledger::LedgerConfig,
@@ -36,8 +42,11 @@ pub struct RunPlan {
     pub findings: findings::Settings,
     /// How often the clock-driven rules and the inventory refresh run.
     pub findings_interval: std::time::Duration,
-    /// Where events go: a file, or stdout when `None`.
-    pub output: Option<PathBuf>,
+    /// Where events go, each output checked and with its defaults.
+    pub outputs: Vec<OutputSpec>,
+    pub metrics: MetricsConfig,
+    /// The fleet store to sync the ledger to, if any.
+    pub fleet: Option<fleet::Connection>,
     /// What events show of command lines.
     pub process_args: crate::redact::ArgsPolicy,
 }
@@ -56,11 +65,15 @@ pub enum PlanError {
     EnvName(#[from] BadEnvPattern),
     #[error(transparent)]
     NameRule(#[from] BadNameRule),
+    #[error(transparent)]
+    Output(#[from] OutputConfigError),
+    #[error(transparent)]
+    Fleet(#[from] fleet::FleetError),
 }
 
 impl RunPlan {
-    /// Resolve `settings`; `output` is the `--output` flag.
-    pub fn resolve(settings: Settings, output: Option<PathBuf>) -> Result<Self, PlanError> {
+    /// Resolve `settings`.
+    pub fn resolve(settings: Settings) -> Result<Self, PlanError> {
         let host = Host {
             name: host_name(settings.agent.host_name.as_deref()),
         };
@@ -73,6 +86,8 @@ impl RunPlan {
         let env_patterns =
             env_names::watch_list(catalog.env_watch_names(), &settings.capture.env_names)?;
         let name_rules = name_rules::rules(&settings.capture.name_rules)?;
+        let outputs = outputs::resolve(&settings.output, settings.events.format)?;
+        let fleet = settings.fleet.connection(None)?;
         Ok(Self {
             host,
             naming,
@@ -81,12 +96,14 @@ impl RunPlan {
             env_patterns,
             name_rules,
             findings,
-            findings_interval: settings.findings.interval,
+            findings_interval: settings.findings.interval.get(),
             capture: settings.capture,
             inventory: settings.inventory,
             identity: settings.identity,
             ledger: settings.ledger,
-            output,
+            outputs,
+            metrics: settings.metrics,
+            fleet,
             process_args: settings.process.args,
         })
     }
@@ -112,7 +129,7 @@ mod tests {
 
     #[test]
     fn defaults_resolve() {
-        let plan = RunPlan::resolve(settings(""), None).unwrap();
+        let plan = RunPlan::resolve(settings("")).unwrap();
         assert_eq!(plan.host.name, host_name(None));
         assert!(!plan.env_patterns.is_empty());
         assert_eq!(
@@ -123,7 +140,7 @@ mod tests {
 
     #[test]
     fn configured_host_name_is_used() {
-        let plan = RunPlan::resolve(settings("[agent]\nhost_name = \"node-7\"\n"), None).unwrap();
+        let plan = RunPlan::resolve(settings("[agent]\nhost_name = \"node-7\"\n")).unwrap();
         assert_eq!(plan.host.name, "node-7");
     }
 
@@ -141,14 +158,16 @@ mod tests {
             ),
             ("[capture]\nenv_names = [\"\"]\n", ""),
             (
+                "[fleet]\nurl = \"postgres://db/x\"\npassword_file = \"/no/such/pw\"\n",
+                "/no/such/pw",
+            ),
+            (
                 "[capture]\nname_rules = [{ name = \"a\", suffix = \".b\" }]\n",
                 "name rule",
             ),
+            ("[[output]]\nurl = \"kafka://b:9092\"\n", "unknown scheme"),
         ] {
-            let err = RunPlan::resolve(settings(text), None)
-                .err()
-                .unwrap()
-                .to_string();
+            let err = RunPlan::resolve(settings(text)).err().unwrap().to_string();
             assert!(
                 err.to_lowercase().contains(&says.to_lowercase()),
                 "{text}: {err}"

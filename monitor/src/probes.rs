@@ -74,6 +74,8 @@ pub enum ProbeError {
     EnvName(String),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
+    #[error("the watch map is full")]
+    WatchMapFull,
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -114,10 +116,12 @@ pub struct Probes {
 impl Probes {
     /// Load the object for this kernel and attach its programs, with the
     /// open hooks `wanted` asks for. `ring_bytes` is the ring buffer's size
-    /// (a power of two multiple of the page size).
+    /// (a power of two multiple of the page size); `watch_entries` sizes the
+    /// watch map.
     pub fn attach(
         kernel: &KernelFeatures,
         ring_bytes: u32,
+        watch_entries: u32,
         name_rules: &CompiledRules,
         wanted: OpenHooks,
     ) -> Result<Self, ProbeError> {
@@ -150,6 +154,7 @@ impl Probes {
         let wake_up_bytes = u64::from(ring_bytes / 8);
         loader.override_global(maps::WAKE_UP_BYTES, &wake_up_bytes, true);
         loader.map_max_entries(maps::EVENTS, ring_bytes);
+        loader.map_max_entries(maps::WATCHED, watch_entries);
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
         let from_registers = kernel.saved_registers.is_yes();
@@ -210,9 +215,16 @@ impl Probes {
     pub fn watch(&mut self, key: FileKey, id: u32) -> Result<(), ProbeError> {
         self.watched
             .insert(&key, &id, 0)
-            .map_err(|source| ProbeError::Map {
-                name: maps::WATCHED,
-                source,
+            .map_err(|source| match &source {
+                aya::maps::MapError::SyscallError(e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    ProbeError::WatchMapFull
+                }
+                _ => ProbeError::Map {
+                    name: maps::WATCHED,
+                    source,
+                },
             })
     }
 
@@ -274,10 +286,28 @@ impl Probes {
         })
     }
 
+    /// Each loaded program's run time and run count, which the kernel
+    /// counts while `kernel.bpf_stats_enabled` is 1.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
     /// Events dropped so far because the ring buffer was full, all CPUs:
     /// one map read, cheap enough to look at often during a drain.
     pub fn lost(&self) -> Result<u64, ProbeError> {
         per_cpu_sum(&self.lost, maps::LOST, 0)
+    }
+
+    /// Program runs so far that stopped part-way (a read of kernel or user
+    /// memory failed), their event not sent, all programs and CPUs.
+    pub fn errors(&self) -> Result<u64, ProbeError> {
+        Ok(self.counters()?.total_errors())
     }
 }
 

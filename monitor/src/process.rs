@@ -118,6 +118,15 @@ impl ProcessTable {
         }
     }
 
+    /// Processes tracked now.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     /// The kernel lost events, the last of them at or before `boot_ns`:
     /// nothing the table knows is vouched for any more.
     pub fn on_loss(&mut self, boot_ns: u64) {

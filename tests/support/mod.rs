@@ -5,6 +5,9 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod chromium;
+pub mod postgres;
+pub mod receivers;
 pub mod vm;
 
 use std::{
@@ -59,6 +62,12 @@ impl Agent {
         if let Some(dir) = &state {
             cmd.arg("--state").arg(dir.path());
         }
+        Self::spawn(cmd, state, Duration::from_secs(30))
+    }
+
+    /// The agent as `cmd` starts it (with a wrapper in front, say), waiting
+    /// `timeout` for `started`; `state` is removed with it.
+    pub fn spawn(mut cmd: Command, state: Option<tempfile::TempDir>, timeout: Duration) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -88,7 +97,7 @@ impl Agent {
             _state: state,
             started: Value::Null,
         };
-        agent.started = agent.wait_for(Duration::from_secs(30), |v| {
+        agent.started = agent.wait_for(timeout, |v| {
             v["kind"] == "agent" && v["status"] == "started"
         });
         agent
@@ -144,17 +153,26 @@ impl Agent {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Send `signal`, collect the rest of stdout and stderr, and return
     /// (exit code, all stdout lines, stderr).
-    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (Option<i32>, Vec<String>, String) {
+    pub fn stop(self, signal: nix::sys::signal::Signal) -> (Option<i32>, Vec<String>, String) {
+        self.stop_within(signal, Duration::from_secs(20))
+    }
+
+    /// As [`Agent::stop`], for an agent with much to commit on the way out.
+    pub fn stop_within(
+        mut self,
+        signal: nix::sys::signal::Signal,
+        limit: Duration,
+    ) -> (Option<i32>, Vec<String>, String) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;

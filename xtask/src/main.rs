@@ -4,6 +4,7 @@
 //! cargo it spawns uses the pinned nightly (see `cargo.rs`).
 
 mod bench;
+mod bench_fleet;
 mod cargo;
 mod toolchain;
 mod vm;
@@ -137,6 +138,7 @@ fn try_main() -> Result<()> {
             let kernel = toolchain::setup(Scope::Bench)?;
             build(true)?;
             bench::bench(rounds)?;
+            bench_fleet::fleet()?;
             if skip_vm {
                 return Ok(());
             }
@@ -219,6 +221,8 @@ fn test(args: &[String]) -> Result<()> {
         cmd.env(vm::KERNEL_ENV, kernels.current);
         cmd.env(vm::OLD_KERNEL_ENV, kernels.old);
     }
+    // tests/delivery.rs validates OCSF with the schema setup installed.
+    cmd.env(toolchain::OCSF_PYTHON_ENV, toolchain::ocsf_python());
     // Every end-to-end test runs a real agent that sees the whole host, so
     // one test's burst of reads lands in another's ring buffer: one test at
     // a time keeps their results their own.

@@ -3,7 +3,7 @@
 //! Every step checks first and only installs what is missing, so a second
 //! run installs nothing. Each step prints one status line to stderr.
 
-use std::{io, path::Path, process::Command};
+use std::{io, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -24,6 +24,20 @@ const LLVM_DEB: &str = "llvm-22-dev";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Debian packages the delivery tests start or run: rsyslogd with its TLS
+/// driver, and promtool (in `prometheus`).
+const RECEIVER_PACKAGES: [&str; 3] = ["rsyslog", "rsyslog-gnutls", "prometheus"];
+
+/// The OCSF schema as the `ocsf-json-schema` package ships it (the OCSF
+/// exports, 1.0 to 1.8), and a JSON Schema validator, from PyPI, in a
+/// virtualenv under the target dir (`tests/ocsf/validate.py` runs there).
+const OCSF_PYTHON_PACKAGES: [(&str, &str); 2] =
+    [("ocsf-json-schema", "1.2.0"), ("jsonschema", "4.26.0")];
+/// The virtualenv, under the target dir.
+pub const OCSF_VENV: &str = "ocsf-venv";
+/// Where the tests find its interpreter.
+pub const OCSF_PYTHON_ENV: &str = "SECRETMON_OCSF_PYTHON";
+
 /// How much of the bootstrap a subcommand needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -33,7 +47,9 @@ pub enum Scope {
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
-    /// second-kernel tests (`tests/vm.rs`) boot.
+    /// second-kernel tests (`tests/vm.rs`) boot, the receivers and checkers
+    /// of the delivery tests (`tests/delivery.rs`), and the real services
+    /// the fleet and report tests start ([`SERVICE_PACKAGES`]).
     Test,
     /// Also what `cargo xtask bench` measures with and against: bpftool
     /// (per-program run times), bpftrace (the minimal hook) and auditd.
@@ -42,6 +58,10 @@ pub enum Scope {
 
 /// Debian packages of [`Scope::Bench`].
 const BENCH_PACKAGES: [&str; 3] = ["bpftool", "bpftrace", "auditd"];
+/// Debian packages the tests start as real receivers: PostgreSQL for the
+/// fleet store (tests/fleet.rs, and the fleet bench), Chromium for the HTML
+/// report (tests/report_html.rs).
+const SERVICE_PACKAGES: [&str; 2] = ["postgresql", "chromium"];
 
 /// Returns the guest kernels for the second-kernel tests when `scope` is
 /// [`Scope::Test`] and it could be set up.
@@ -62,8 +82,19 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     if scope == Scope::Bench {
         ensure_debs("bench tools", &BENCH_PACKAGES).context("setup step `bench tools` failed")?;
     }
+    if matches!(scope, Scope::Test | Scope::Bench) {
+        ensure_debs("test services", &SERVICE_PACKAGES)
+            .context("setup step `test services` failed")?;
+    }
     let mut kernel = None;
     if matches!(scope, Scope::Test | Scope::Bench) {
+        ensure_debs("delivery receivers", &RECEIVER_PACKAGES)
+            .context("setup step `delivery receivers` failed")?;
+        ensure_ocsf_schema().context(
+            "setup step `OCSF schema` failed; check access to PyPI, or run `python3 -m venv \
+             target/ocsf-venv && target/ocsf-venv/bin/pip install ocsf-json-schema==1.2.0 \
+             jsonschema==4.26.0` by hand",
+        )?;
         match vm::ensure() {
             Ok(k) => kernel = Some(k),
             // CI must run them; elsewhere they skip and say why.
@@ -214,44 +245,16 @@ fn ensure_llvm() -> Result<()> {
     )
 }
 
-fn ensure_tracefs() -> Result<()> {
-    let events = Path::new(TRACEFS).join("events");
-    match events.try_exists() {
-        Ok(true) => {
-            eprintln!("xtask: tracefs: mounted at {TRACEFS}");
-            return Ok(());
-        }
-        // A mounted tracefs is root-only (0700); an empty mount point is not.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            eprintln!("xtask: tracefs: mounted at {TRACEFS} (not readable without root)");
-            return Ok(());
-        }
-        Ok(false) | Err(_) => {}
-    }
-    let mount = format!("mount -t tracefs tracefs {TRACEFS}");
-    if !cargo::is_root() {
-        bail!("tracefs is not mounted at {TRACEFS} and mounting needs root; run `sudo {mount}`");
-    }
-    eprintln!("xtask: tracefs: not mounted, mounting ...");
-    cargo::run(cargo::command("mount")?.args(["-t", "tracefs", "tracefs", TRACEFS]))
-        .with_context(|| format!("could not mount tracefs; run `{mount}` by hand"))?;
-    if !events.exists() {
-        bail!("mounted tracefs but {} is still missing", events.display());
-    }
-    Ok(())
-}
-
 /// Whether dpkg has `package` installed: a program on PATH may come from
 /// elsewhere (a `busybox` may be the dynamically linked one).
 fn installed(package: &str) -> bool {
-    cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+    cargo::output(std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")
 }
 
-/// Install the Debian `packages` that are missing, printing one status line
-/// under `label`.
-pub fn ensure_debs(label: &str, packages: &[&str]) -> Result<()> {
-    let label = format!("{label} ({})", packages.join(", "));
+/// Install the Debian `packages` that are missing, with apt-get.
+pub fn ensure_debs(what: &str, packages: &[&str]) -> Result<()> {
+    let label = format!("{what} ({})", packages.join(", "));
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -280,4 +283,77 @@ pub fn ensure_debs(label: &str, packages: &[&str]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The OCSF virtualenv's interpreter.
+pub fn ocsf_python() -> std::path::PathBuf {
+    cargo::target_dir().join(OCSF_VENV).join("bin/python3")
+}
+
+fn ensure_ocsf_schema() -> Result<()> {
+    let wanted: Vec<String> = OCSF_PYTHON_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let label = format!("OCSF schema ({})", wanted.join(", "));
+    let python = ocsf_python();
+    let have = cargo::output(std::process::Command::new(&python).args([
+        "-m",
+        "pip",
+        "freeze",
+        "--disable-pip-version-check",
+    ]))
+    .unwrap_or_default();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !have.lines().any(|l| l.trim().eq_ignore_ascii_case(w)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    eprintln!("xtask: {label}: installing into {} ...", python.display());
+    if !python.exists() {
+        let venv = cargo::target_dir().join(OCSF_VENV);
+        cargo::run(cargo::command("python3")?.args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv failed; install python3-venv")?;
+    }
+    cargo::run(
+        std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&wanted),
+    )
+}
+
+fn ensure_tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    match events.try_exists() {
+        Ok(true) => {
+            eprintln!("xtask: tracefs: mounted at {TRACEFS}");
+            return Ok(());
+        }
+        // A mounted tracefs is root-only (0700); an empty mount point is not.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            eprintln!("xtask: tracefs: mounted at {TRACEFS} (not readable without root)");
+            return Ok(());
+        }
+        Ok(false) | Err(_) => {}
+    }
+    let mount = format!("mount -t tracefs tracefs {TRACEFS}");
+    if !cargo::is_root() {
+        bail!("tracefs is not mounted at {TRACEFS} and mounting needs root; run `sudo {mount}`");
+    }
+    eprintln!("xtask: tracefs: not mounted, mounting ...");
+    cargo::run(cargo::command("mount")?.args(["-t", "tracefs", "tracefs", TRACEFS]))
+        .with_context(|| format!("could not mount tracefs; run `{mount}` by hand"))?;
+    if !events.exists() {
+        bail!("mounted tracefs but {} is still missing", events.display());
+    }
+    Ok(())
 }

@@ -4,9 +4,7 @@
 //! say where a value came from.
 
 use std::{
-    fs,
-    io::{self, Read as _},
-    os::unix::fs::OpenOptionsExt as _,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -17,9 +15,9 @@ use figment::{
 };
 
 use super::{DROP_IN_DIR, Settings};
+use crate::secure_fs;
 
 /// A configuration file larger than this is refused, not read.
-const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// The metadata name of every command-line layer.
 const COMMAND_LINE: &str = "command line";
 
@@ -117,10 +115,13 @@ impl std::fmt::Display for Origin {
 pub enum ConfigError {
     #[error("config {path}: {}", crate::errors::error_text(err))]
     Read { path: String, err: io::Error },
-    #[error("config {path}: not a regular file")]
-    NotRegular { path: String },
-    #[error("config {path}: larger than {MAX_FILE_BYTES} bytes")]
-    TooLarge { path: String },
+    #[error("config {path}: {err}")]
+    Untrusted {
+        path: String,
+        err: secure_fs::TrustError,
+    },
+    #[error("config {path}: not UTF-8")]
+    NotUtf8 { path: String },
     #[error("config {path}:{line}:{column}: {message}")]
     Syntax {
         path: String,
@@ -164,8 +165,7 @@ impl Sources {
         let mut files = Vec::new();
         match read_config_file(&self.main) {
             Ok(text) => files.push(ConfigFile::parse(self.main.clone(), text)?),
-            Err(ConfigError::Read { err, .. })
-                if err.kind() == io::ErrorKind::NotFound && !self.required => {}
+            Err(ConfigError::Untrusted { err, .. }) if err.is_not_found() && !self.required => {}
             Err(e) => return Err(e),
         }
         for path in drop_ins(&self.main)? {
@@ -235,28 +235,15 @@ fn drop_ins(main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(paths)
 }
 
-/// A configuration file's text: regular files only (a FIFO or a device
-/// would hang or never end), and at most [`MAX_FILE_BYTES`].
+/// A configuration file's text: a regular file no larger than
+/// [`secure_fs::CONFIG`] allows, owned by root or this user and writable by
+/// nobody else, through directories nobody else can write (a config names
+/// what is watched and where events go).
 pub fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let shown = || path.display().to_string();
-    let read_err = |err| ConfigError::Read { path: shown(), err };
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(ConfigError::NotRegular { path: shown() });
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(ConfigError::TooLarge { path: shown() });
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(read_err)?;
-    Ok(text)
+    let bytes = secure_fs::read_trusted(path, secure_fs::CONFIG)
+        .map_err(|err| ConfigError::Untrusted { path: shown(), err })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ConfigError::NotUtf8 { path: shown() })
 }
 
 /// One parsed file, as a figment provider.
@@ -562,18 +549,24 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = sources(&fifo, vec![]).load().err().unwrap().to_string();
-        assert!(err.ends_with("not a regular file"), "{err}");
+        assert!(
+            err.ends_with("not a regular file but a FIFO; refused"),
+            "{err}"
+        );
         let err = read_config_file(Path::new("/dev/zero"))
             .err()
             .unwrap()
             .to_string();
-        assert!(err.ends_with("not a regular file"), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
         let big = dir.path().join("big.toml");
         let f = fs::File::create(&big).unwrap();
-        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        f.set_len(secure_fs::CONFIG.max_bytes + 1).unwrap();
         fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).unwrap();
         let err = sources(&big, vec![]).load().err().unwrap().to_string();
-        assert!(err.ends_with("bytes"), "{err}");
+        assert!(
+            err.ends_with("the most a config file may be; refused"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,7 +14,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{findings::FindingsConfig, identity::IdentityConfig, ledger::LedgerConfig};
+use crate::{
+    findings::FindingsConfig,
+    identity::IdentityConfig,
+    ledger::LedgerConfig,
+    metrics::MetricsConfig,
+    outputs::config::{Format, OutputConfig},
+};
 
 pub use load::{ConfigError, Loaded, Sources};
 
@@ -31,6 +37,10 @@ pub const DEFAULT_RING_BUFFER: u32 = 4 * 1024 * 1024;
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    /// `[[output]]` tables: where events go, each with its own queue,
+    /// filter, format and spool. None is stdout. Top-level, so it comes
+    /// first in a file.
+    pub output: Vec<OutputConfig>,
     /// Who this agent is and what it keeps.
     pub agent: AgentSettings,
     /// What the kernel side captures.
@@ -45,8 +55,22 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// `[events]`: what every output gets unless it says otherwise.
+    pub events: EventsSettings,
+    /// `[metrics]`: Prometheus metrics, off unless `listen` is set.
+    pub metrics: MetricsConfig,
+    /// The fleet store the agent syncs its ledger to.
+    pub fleet: crate::fleet::FleetSettings,
     /// What events show of a process's command line.
     pub process: crate::redact::ProcessSettings,
+}
+
+/// `[events]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// The schema of outputs that name none: `native` or `ocsf`.
+    pub format: Format,
 }
 
 /// `[agent]`.
@@ -91,6 +115,10 @@ pub struct CaptureSettings {
     /// inventoried yet: `{ name = "sa.json" }`, `{ prefix = "id_", parent =
     /// ".ssh", not_suffix = ".pub" }`, `{ suffix = ".jks" }`.
     pub name_rules: Vec<crate::name_rules::NameRuleSpec>,
+    /// How many secret files the kernel watches by inode at most; past it,
+    /// secrets are watched by priority (system first) and the rest
+    /// reported.
+    pub max_watched: crate::watch_map::MaxWatched,
 }
 
 impl Default for CaptureSettings {
@@ -100,7 +128,18 @@ impl Default for CaptureSettings {
             ring_buffer_size: DEFAULT_RING_BUFFER,
             env_names: Vec::new(),
             name_rules: Vec::new(),
+            max_watched: const { crate::watch_map::MaxWatched::from_const(65_536) },
         }
+    }
+}
+
+impl CaptureSettings {
+    /// The kernel map's size: one more than `max_watched`, so that a
+    /// rotated file's new inode is watched before its old one is dropped
+    /// even when the map is full.
+    pub fn map_entries(&self) -> u32 {
+        // At most 1_048_577: fits.
+        (self.max_watched.get() + 1) as u32
     }
 }
 
@@ -235,10 +274,13 @@ policy = "/etc/p.toml"
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.identity.kubelet_root, PathBuf::from("/srv/kubelet"));
         assert_eq!(
-            c.ledger.retention,
+            c.ledger.retention.get(),
             std::time::Duration::from_secs(7 * 86_400)
         );
-        assert_eq!(c.findings.baseline, std::time::Duration::from_secs(3600));
+        assert_eq!(
+            c.findings.baseline.get(),
+            std::time::Duration::from_secs(3600)
+        );
     }
 
     #[test]
@@ -265,6 +307,27 @@ policy = "/etc/p.toml"
         assert!(check_ring_buffer_size(1 << 40).is_err());
         let err = parse("[capture]\nring_buffer_size = 5000").unwrap_err();
         assert!(err.to_string().contains("power of two"), "{err}");
+    }
+
+    #[test]
+    fn outputs_events_and_metrics() {
+        let c = parse(
+            "[[output]]\nurl = \"syslog+tls://siem.example:6514\"\nformat = \"ocsf\"\n\
+             kinds = [\"finding\"]\n[[output]]\nurl = \"/var/log/secretmon.json\"\n\
+             [events]\nformat = \"ocsf\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.output.len(), 2);
+        assert_eq!(c.output[0].kinds, ["finding"]);
+        assert_eq!(c.events.format, Format::Ocsf);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        for bad in [
+            "[metrics]\nlisten = \"nope\"\n",
+            "[[output]]\nurl = \"-\"\nfromat = \"ocsf\"\n",
+            "[events]\nformat = \"cef\"\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -300,6 +363,9 @@ mod every_setting {
             "inventory.scan_timeout" | "inventory.near_expiry" => "5s".into(),
             "inventory.static_after_days" => 30.into(),
             "findings.policy" => "/etc/secretmon/policy.toml".into(),
+            "metrics.listen" => "127.0.0.1:9464".into(),
+            "fleet.url" => "postgres://secretmon@db.example/fleet?sslmode=verify-full".into(),
+            "fleet.password_file" => "/etc/secretmon/fleet.password".into(),
             other => panic!("no sample value for unset setting {other}: add one"),
         }
     }
@@ -323,8 +389,11 @@ mod every_setting {
     }
 
     fn toml_line(key: &str, value: &toml::Value) -> String {
-        let (section, name) = key.rsplit_once('.').unwrap();
-        format!("[{section}]\n{name} = {value}\n")
+        match key.rsplit_once('.') {
+            Some((section, name)) => format!("[{section}]\n{name} = {value}\n"),
+            // A top-level key (`output`), on line 2 as well.
+            None => format!("# top level\n{key} = {value}\n"),
+        }
     }
 
     fn origin(main: &Path, command_line: Vec<Layer>, key: &str) -> String {

@@ -98,7 +98,12 @@ pub fn write_text(loaded: &Loaded, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "# files read, later wins: {}", files.join(", "))?;
     }
     let mut section = String::new();
-    for e in entries(loaded) {
+    // Top-level keys (`output`) before the first section, where TOML wants
+    // them.
+    let (top, sectioned): (Vec<Entry>, Vec<Entry>) = entries(loaded)
+        .into_iter()
+        .partition(|e| !e.key.contains('.'));
+    for e in top.into_iter().chain(sectioned) {
         let (head, name) = e.key.rsplit_once('.').unwrap_or(("", e.key.as_str()));
         if head != section {
             section = head.to_string();

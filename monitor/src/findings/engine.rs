@@ -6,11 +6,9 @@
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::{Finding, Settings, liveness::Liveness, rules};
 use crate::{
-    event::{Event, Host},
     inventory::Inventory,
     ledger::{
         self, Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, StateLock, Writer,
@@ -18,7 +16,7 @@ use crate::{
         facts::{file_exists, secret_facts},
         to_ns,
     },
-    sink::Sink,
+    watch_map::{self, Overflow},
 };
 
 pub use super::rules::Scope;
@@ -65,9 +63,7 @@ impl Engine {
             serde_json::to_string(&settings).expect("settings serialize"),
         )];
         rows.extend(key_rows(&ledger, &mut snapshot, key_id, now)?);
-        if let Ok(span) = chrono::Duration::from_std(retention) {
-            rows.push(snapshot.prune(now - span));
-        }
+        rows.push(snapshot.prune(crate::bounded::before(now, retention)));
         // Written before the writer starts, so `report` sees the inventory
         // as soon as the agent says it started.
         ledger.write(&rows)?;
@@ -144,10 +140,10 @@ impl Engine {
         if now - self.last_prune < DAY {
             return;
         }
-        if let Ok(span) = chrono::Duration::from_std(self.retention) {
-            let row = self.snapshot.prune(now - span);
-            self.writer.send(row);
-        }
+        let row = self
+            .snapshot
+            .prune(crate::bounded::before(now, self.retention));
+        self.writer.send(row);
         self.last_prune = now;
     }
 
@@ -158,8 +154,28 @@ impl Engine {
             return Vec::new();
         }
         self.dirty = false;
+        let found = rules::evaluate(&self.snapshot, &self.settings, now, scope);
+        self.fire_new(found, now)
+    }
+
+    /// Findings the agent raises itself (the watch map overflowing):
+    /// emitted the first time they hold, as the rules' are.
+    pub fn raise(&mut self, found: Vec<Finding>, now: DateTime<Utc>) -> Vec<Finding> {
+        self.fire_new(found, now)
+    }
+
+    /// Leave the watch map's overflow in the ledger for `report`.
+    pub fn record_overflow(&mut self, overflow: &Overflow) {
+        if let Ok(json) = serde_json::to_string(overflow) {
+            self.writer
+                .send(Row::Meta(watch_map::LEDGER_META.into(), json));
+        }
+    }
+
+    /// Those of `found` that have not fired before, recorded as fired.
+    fn fire_new(&mut self, found: Vec<Finding>, now: DateTime<Utc>) -> Vec<Finding> {
         let mut new = Vec::new();
-        for f in rules::evaluate(&self.snapshot, &self.settings, now, scope) {
+        for f in found {
             if self.snapshot.fired.contains_key(&f.id) {
                 continue;
             }
@@ -211,20 +227,6 @@ fn key_rows(
             ]
         }
     })
-}
-
-#[derive(Serialize)]
-struct FindingBody<'a> {
-    finding: &'a Finding,
-}
-
-/// Emit each finding as a `finding` event.
-pub fn emit(sink: &mut Sink, host: &Host, findings: &[Finding]) -> std::io::Result<()> {
-    let now = Utc::now();
-    for finding in findings {
-        sink.emit(&Event::new("finding", now, host, FindingBody { finding }))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

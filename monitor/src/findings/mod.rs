@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use self::policy::{Policy, PolicyError, PolicyRule};
+use crate::bounded::{Period, Span, Window};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +31,9 @@ pub enum FindingType {
     UnexpectedReader,
     WeakPermissions,
     StaticDespiteFederation,
+    /// The kernel's watch map is full: secrets in a directory are not
+    /// watched by inode (see `watch_map`).
+    WatchOverflow,
 }
 
 impl FindingType {
@@ -46,6 +50,7 @@ impl FindingType {
             Self::UnexpectedReader => "unexpected_reader",
             Self::WeakPermissions => "weak_permissions",
             Self::StaticDespiteFederation => "static_despite_federation",
+            Self::WatchOverflow => "watch_overflow",
         }
     }
 
@@ -58,6 +63,8 @@ impl FindingType {
             Self::HumanUse => &["NHI10"],
             Self::UnexpectedReader => &["NHI2", "NHI3"],
             Self::StaticDespiteFederation => &["NHI4"],
+            // About the monitor, not an identity.
+            Self::WatchOverflow => &[],
             Self::DuplicatedSecret
             | Self::SecretInArgv
             | Self::SecretInEnv
@@ -75,6 +82,7 @@ impl FindingType {
                 | Self::DuplicatedSecret
                 | Self::LongLivedSecret
                 | Self::WeakPermissions
+                | Self::WatchOverflow
         )
     }
 
@@ -82,7 +90,10 @@ impl FindingType {
     /// than group-readable).
     pub fn severity(self) -> Severity {
         match self {
-            Self::SecretInArgv | Self::EnvironRead | Self::UnexpectedReader => Severity::High,
+            Self::SecretInArgv
+            | Self::EnvironRead
+            | Self::UnexpectedReader
+            | Self::WatchOverflow => Severity::High,
             Self::OrphanedSecret | Self::DuplicatedSecret | Self::StaticDespiteFederation => {
                 Severity::Low
             }
@@ -284,16 +295,12 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FindingsConfig {
-    #[serde(with = "crate::ledger::duration")]
-    pub orphan_window: Duration,
-    #[serde(with = "crate::ledger::duration")]
-    pub max_age: Duration,
-    #[serde(with = "crate::ledger::duration")]
-    pub baseline: Duration,
+    pub orphan_window: Window,
+    pub max_age: Window,
+    pub baseline: Span,
     /// How often the clock-driven rules (orphaned, long-lived, duplicated,
     /// permissions, federation) and the inventory refresh run.
-    #[serde(with = "crate::ledger::duration")]
-    pub interval: Duration,
+    pub interval: Period,
     /// The TOML policy: which identities may read which secrets.
     pub policy: Option<std::path::PathBuf>,
 }
@@ -302,10 +309,10 @@ impl Default for FindingsConfig {
     fn default() -> Self {
         const DAY: u64 = 86_400;
         Self {
-            orphan_window: Duration::from_secs(30 * DAY),
-            max_age: Duration::from_secs(90 * DAY),
-            baseline: Duration::from_secs(DAY),
-            interval: Duration::from_secs(60),
+            orphan_window: const { Window::from_secs(30 * DAY) },
+            max_age: const { Window::from_secs(90 * DAY) },
+            baseline: const { Span::from_secs(DAY) },
+            interval: const { Period::from_secs(60) },
             policy: None,
         }
     }
@@ -317,7 +324,12 @@ impl FindingsConfig {
             Some(path) => policy::load(path)?,
             None => Vec::new(),
         };
-        Settings::new(self.orphan_window, self.max_age, self.baseline, rules)
+        Settings::new(
+            self.orphan_window.get(),
+            self.max_age.get(),
+            self.baseline.get(),
+            rules,
+        )
     }
 }
 
@@ -329,10 +341,40 @@ mod tests {
     fn config_durations_and_typos() {
         let c: FindingsConfig =
             toml::from_str("orphan_window = \"7d\"\nbaseline = \"90s\"\n").unwrap();
-        assert_eq!(c.orphan_window, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.baseline, Duration::from_secs(90));
+        assert_eq!(c.orphan_window.get(), Duration::from_secs(7 * 86_400));
+        assert_eq!(c.baseline.get(), Duration::from_secs(90));
         assert_eq!(c.max_age, FindingsConfig::default().max_age);
         assert!(toml::from_str::<FindingsConfig>("orphan_windw = \"7d\"").is_err());
+    }
+
+    #[test]
+    fn out_of_range_durations_are_refused_with_the_range() {
+        let err = |text: &str| {
+            toml::from_str::<FindingsConfig>(text)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
+        assert_eq!(
+            err("interval = \"0s\""),
+            "`0s` is out of range: from 1s to 1d"
+        );
+        assert_eq!(
+            err("interval = \"1ns\""),
+            "`1ns` is out of range: from 1s to 1d"
+        );
+        for (key, min) in [
+            ("orphan_window", "1s"),
+            ("max_age", "1s"),
+            ("baseline", "0s"),
+        ] {
+            assert_eq!(
+                err(&format!("{key} = \"99999999999d\"")),
+                format!("`99999999999d` is out of range: from {min} to 36500d"),
+            );
+        }
+        let c: FindingsConfig = toml::from_str("baseline = \"0s\"").unwrap();
+        assert_eq!(c.baseline.get(), Duration::ZERO, "no learning is allowed");
     }
 
     #[test]

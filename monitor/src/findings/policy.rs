@@ -35,10 +35,15 @@ struct PolicyFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy {path}: {}", crate::errors::error_text(err))]
-    Read { path: String, err: std::io::Error },
     #[error("policy {path}: {err}")]
-    Parse { path: String, err: toml::de::Error },
+    Read {
+        path: String,
+        err: crate::secure_fs::TrustError,
+    },
+    #[error("policy {path}: not UTF-8")]
+    Encoding { path: String },
+    #[error("policy {path}: {message}")]
+    Parse { path: String, message: String },
     #[error("policy: `{pattern}`: {err}")]
     Glob {
         pattern: String,
@@ -54,12 +59,19 @@ pub struct Policy {
 
 pub fn load(path: &Path) -> Result<Vec<PolicyRule>, PolicyError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| PolicyError::Read {
-        path: shown.clone(),
-        err,
+    let bytes = crate::secure_fs::read_trusted(path, crate::secure_fs::POLICY).map_err(|err| {
+        PolicyError::Read {
+            path: shown.clone(),
+            err,
+        }
     })?;
-    let file: PolicyFile =
-        toml::from_str(&text).map_err(|err| PolicyError::Parse { path: shown, err })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| PolicyError::Encoding {
+        path: shown.clone(),
+    })?;
+    let file: PolicyFile = toml::from_str(text).map_err(|err| PolicyError::Parse {
+        message: crate::errors::toml_error(text, &err),
+        path: shown,
+    })?;
     Policy::compile(&file.secret)?;
     Ok(file.secret)
 }

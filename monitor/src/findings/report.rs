@@ -3,7 +3,7 @@
 //! with it. A table for people (coloured on a terminal, worst first), or
 //! one JSON document for machines.
 
-use std::{io::Write, path::Path, time::Duration};
+use std::{collections::HashMap, io::Write, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
@@ -12,7 +12,12 @@ use serde::Serialize;
 use super::{
     Finding, FindingType, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules,
 };
-use crate::ledger::{ExposureKind, Ledger, LedgerError, Snapshot};
+use crate::{
+    bounded::Window,
+    ledger::{ExposureKind, Ledger, LedgerError, Snapshot},
+    terminal::escape,
+    watch_map::{self, Overflow},
+};
 
 pub const SCHEMA: &str = "secretmon/report/v1";
 const NON_TERMINAL_WIDTH: u16 = 160;
@@ -20,8 +25,8 @@ const NON_TERMINAL_WIDTH: u16 = 160;
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
     /// Overrides the orphaned (and, without `max_age`, the long-lived) window.
-    pub window: Option<Duration>,
-    pub max_age: Option<Duration>,
+    pub window: Option<Window>,
+    pub max_age: Option<Window>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,17 +148,36 @@ pub fn build(
             .expect("the default settings have no policy to fail"),
     };
     if let Some(w) = opts.window {
-        settings.orphan_window = w;
-        settings.max_age = w;
+        settings.orphan_window = w.get();
+        settings.max_age = w.get();
     }
     if let Some(m) = opts.max_age {
-        settings.max_age = m;
+        settings.max_age = m.get();
     }
-    Ok(assemble(&snapshot, &settings, now, ledger.path()))
+    let mut report = assemble(&snapshot, &settings, now, ledger.path());
+    // The agent's own blind spot, as it last saw it, first.
+    let overflow: Option<Overflow> = ledger
+        .meta(watch_map::LEDGER_META)?
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(o) = overflow {
+        let mut findings = o.findings();
+        findings.append(&mut report.findings);
+        report.findings = findings;
+    }
+    Ok(report)
 }
 
 fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) -> Report {
     let findings = rules::evaluate(s, settings, now, rules::Scope::All);
+    // Which findings name each secret, by id or by path, indexed once: a
+    // host with tens of thousands of secrets has as many findings.
+    let mut about_index: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, x) in findings.iter().enumerate() {
+        about_index.entry(x.secret.id.as_str()).or_default().push(i);
+        for path in &x.evidence.paths {
+            about_index.entry(path.as_str()).or_default().push(i);
+        }
+    }
     let mut secrets: Vec<SecretEntry> = s
         .secrets
         .values()
@@ -182,9 +206,17 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                     }
                 })
                 .collect();
-            let about = findings
+            let mut about_ids: Vec<usize> = [f.id.as_str(), f.path.as_str()]
                 .iter()
-                .filter(|x| x.secret.id == f.id || x.evidence.paths.contains(&f.path))
+                .filter_map(|k| about_index.get(k))
+                .flatten()
+                .copied()
+                .collect();
+            about_ids.sort_unstable();
+            about_ids.dedup();
+            let about = about_ids
+                .into_iter()
+                .map(|i| &findings[i])
                 .map(|x| FindingRef {
                     id: x.id.clone(),
                     finding_type: x.finding_type,
@@ -196,7 +228,10 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                 .range((f.id.clone(), String::new())..)
                 .take_while(|((id, _), _)| *id == f.id)
                 .collect();
-            fingerprints.sort_by_key(|(_, span)| span.first_seen);
+            // A value seen under two fingerprint keys keeps its first
+            // sighting: those spans start together, the earlier key's ends
+            // first.
+            fingerprints.sort_by_key(|(_, span)| (span.first_seen, span.last_seen));
             SecretEntry {
                 fingerprints: fingerprints
                     .into_iter()
@@ -278,7 +313,7 @@ fn reader_text(r: &Reader) -> String {
     } else {
         did.join(", ")
     };
-    format!("{} {did}, last {}", r.identity, r.last_seen)
+    format!("{} {did}, last {}", escape(&r.identity), r.last_seen)
 }
 
 fn severity_cell(s: Severity) -> Cell {
@@ -303,12 +338,15 @@ fn table(header: &[&str], terminal: bool) -> Table {
     t
 }
 
-/// The tables for people; `terminal`: fit its width, and colour.
+/// The tables for people; `terminal`: fit its width, and colour. Every
+/// text that came from the host (paths, identities, executables, hints,
+/// reasons naming them) is escaped: a file name must not drive the
+/// reader's terminal or forge a row.
 pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std::io::Result<()> {
     writeln!(
         out,
         "secretmon report of {}: observing since {}; orphaned after {} without a read, long-lived after {} unrotated",
-        report.ledger,
+        escape(&report.ledger),
         report.observing_since,
         human_duration(Duration::from_secs(report.orphan_window_secs)),
         human_duration(Duration::from_secs(report.max_age_secs)),
@@ -346,9 +384,9 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
                 .iter()
                 .map(|i| {
                     if i.gone {
-                        format!("{} (gone)", i.id)
+                        format!("{} (gone)", escape(&i.id))
                     } else {
-                        i.id.clone()
+                        escape(&i.id).into_owned()
                     }
                 })
                 .collect::<Vec<_>>()
@@ -360,10 +398,14 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
                     f.finding_type.as_str(),
                     f.owasp.join(", ")
                 )),
-                Cell::new(secret),
+                Cell::new(escape(&secret)),
                 Cell::new(ids),
-                Cell::new(format!("{} (×{})", f.evidence.reason, f.evidence.count)),
-                Cell::new(&f.recommendation),
+                Cell::new(format!(
+                    "{} (×{})",
+                    escape(&f.evidence.reason),
+                    f.evidence.count
+                )),
+                Cell::new(escape(&f.recommendation)),
             ]);
         }
         writeln!(out, "{t}")?;
@@ -371,7 +413,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
     writeln!(out, "\nSECRETS ({})", report.secrets.len())?;
     let mut t = table(&["SECRET", "TYPE", "READERS", "FINDINGS"], terminal);
     for s in &report.secrets {
-        let mut name = s.path.clone();
+        let mut name = escape(&s.path).into_owned();
         if let Some(r) = &s.removed {
             name.push_str(&format!("\n(removed {r})"));
         } else if let Some(u) = &s.unwatched {
@@ -394,7 +436,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
             .join("\n");
         t.add_row(vec![
             Cell::new(name),
-            Cell::new(&s.secret_type),
+            Cell::new(escape(&s.secret_type)),
             Cell::new(readers),
             Cell::new(findings),
         ]);
@@ -410,8 +452,8 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
             };
             t.add_row(vec![
                 e.kind.as_str().to_string(),
-                what,
-                e.identity.clone(),
+                escape(&what).into_owned(),
+                escape(&e.identity).into_owned(),
                 format!("×{}, last {}", e.count, e.last_seen),
             ]);
         }
@@ -429,25 +471,43 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
     }
 
+    /// `/srv/NAME`, unchanged since t=0.
+    fn secret(name: &str, mode: u32, fingerprint: &str) -> SecretFacts {
+        SecretFacts {
+            id: format!("sec-{name}"),
+            path: format!("/srv/{name}"),
+            secret_type: "generic".into(),
+            fingerprint: Some(fingerprint.into()),
+            lifetime: Some("static".into()),
+            hint: None,
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(mode),
+            mtime: Some(t(0)),
+            expires: None,
+        }
+    }
+
+    fn json_of(r: &Report) -> serde_json::Value {
+        let mut json = Vec::new();
+        write_json(r, &mut json).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
+    /// The report's entry of the secret at `path`.
+    fn secret_entry<'a>(v: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+        v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap()
+    }
+
     fn fixture() -> Snapshot {
         let mut s = Snapshot::new(t(0));
         for (name, mode) in [("a", 0o600), ("b", 0o644)] {
-            s.observe_secret(
-                SecretFacts {
-                    id: format!("sec-{name}"),
-                    path: format!("/srv/{name}"),
-                    secret_type: "generic".into(),
-                    fingerprint: Some(format!("hmac-sha256:{name}")),
-                    lifetime: Some("static".into()),
-                    hint: None,
-                    uid: Some(0),
-                    gid: Some(0),
-                    mode: Some(mode),
-                    mtime: Some(t(0)),
-                    expires: None,
-                },
-                t(0),
-            );
+            s.observe_secret(secret(name, mode, &format!("hmac-sha256:{name}")), t(0));
         }
         for who in ["systemd:app.service", "user:ana:/usr/bin/cat"] {
             s.observe(&Observation::Read {
@@ -523,6 +583,123 @@ mod tests {
         );
     }
 
+    /// One value under two fingerprint keys: the earlier key's span first,
+    /// whatever the order of the fingerprints' text.
+    #[test]
+    fn the_earlier_keys_fingerprint_is_listed_first() {
+        let mut s = fixture();
+        s.key_changed = Some(t(20));
+        s.observe_secret(secret("a", 0o600, "hmac-sha256:0-sorts-first"), t(20));
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(30), Path::new("/state/ledger.db"));
+        let v = json_of(&r);
+        let spans = secret_entry(&v, "/srv/a")["fingerprints"]
+            .as_array()
+            .unwrap();
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        assert_eq!(spans[0]["first_seen"], spans[1]["first_seen"]);
+        assert_eq!(spans[0]["fingerprint"], "hmac-sha256:a");
+        assert_eq!(spans[0]["earlier_key"], true);
+        assert_eq!(spans[1]["fingerprint"], "hmac-sha256:0-sorts-first");
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_text() {
+        let hostile_path = "/srv/evil\u{1b}[2J\nHIGH weak_permissions /etc/shadow\r";
+        let hostile_id = "user:root:/tmp/\u{1b}]0;pwned\u{7}cat";
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(
+            SecretFacts {
+                id: "sec-evil".into(),
+                path: hostile_path.into(),
+                secret_type: "generic".into(),
+                fingerprint: Some("hmac-sha256:e".into()),
+                lifetime: Some("static".into()),
+                hint: None,
+                uid: Some(0),
+                gid: Some(0),
+                mode: Some(0o644),
+                mtime: Some(t(0)),
+                expires: None,
+            },
+            t(0),
+        );
+        for who in [hostile_id, "systemd:app.service"] {
+            s.observe(&Observation::Read {
+                at: t(10),
+                secret_id: "sec-evil".into(),
+                who: Seen {
+                    id: who.into(),
+                    kind: "user".into(),
+                    spiffe_id: String::new(),
+                    unit: None,
+                    user_manager: false,
+                    cgroup_id: 0,
+                    exe: Some("/tmp/\u{1b}[31mred".into()),
+                    human: false,
+                },
+                pid: 3,
+                uid: 0,
+                count: 1,
+                denied: false,
+                mode: OpenMode::Read,
+            });
+        }
+        s.observe(&Observation::Exposure {
+            at: t(11),
+            kind: ExposureKind::Env,
+            subject: "EVIL\u{1b}[8m_TOKEN".into(),
+            detail: None,
+            who: Seen {
+                id: hostile_id.into(),
+                kind: "user".into(),
+                spiffe_id: String::new(),
+                unit: None,
+                user_manager: false,
+                cgroup_id: 0,
+                exe: None,
+                human: false,
+            },
+            pid: 4,
+        });
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(20), Path::new("/state/\u{1b}[1mledger.db"));
+        for terminal in [false, true] {
+            let mut text = Vec::new();
+            write_text(&r, &mut text, terminal).unwrap();
+            let text = String::from_utf8(text).unwrap();
+            // Colours are the table's own; none of the names' escapes.
+            let raw = text.replace("\u{1b}[38;5;", "").replace("\u{1b}[39m", "");
+            for bad in [
+                "\u{1b}[2J",
+                "\u{1b}]0;",
+                "\u{1b}[1m",
+                "\u{1b}[8m",
+                "\u{7}",
+                "\r",
+            ] {
+                assert!(!raw.contains(bad), "{bad:?} printed raw:\n{text}");
+            }
+            assert!(text.contains("/srv/evil\\x1b[2J\\nHIGH"), "{text}");
+            assert!(
+                text.contains("user:root:/tmp/\\x1b]0;pwned\\x07cat"),
+                "{text}"
+            );
+            assert!(text.contains("EVIL\\x1b[8m_TOKEN"), "{text}");
+            assert!(
+                !text
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("HIGH weak_permissions /etc")),
+                "a forged row:\n{text}"
+            );
+        }
+        // JSON keeps the names as they are, escaped by JSON itself.
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["secrets"][0]["path"], hostile_path);
+    }
+
     /// Writers, unwatched secrets and a fingerprint key change, as the
     /// report says them.
     #[test]
@@ -562,16 +739,9 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
-        let mut json = Vec::new();
-        write_json(&r, &mut json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let v = json_of(&r);
         assert!(v["fingerprint_key_changed"].is_string());
-        let a = v["secrets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["path"] == "/srv/a")
-            .unwrap();
+        let a = secret_entry(&v, "/srv/a");
         assert_eq!(a["fingerprints"][0]["earlier_key"], true);
         let touch = a["readers"]
             .as_array()

@@ -89,13 +89,30 @@ fn known_readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)>
 /// the person `user:ana`: a user identity whose every read came from a
 /// human session. Any other identity is a workload of its own (a cron
 /// script and a daemon of one uid are two consumers of the credential).
-fn principal(s: &Snapshot, who: &str, a: &AccessRow) -> String {
-    let user = s.identities.get(who).is_some_and(|i| i.kind == "user");
+/// The fleet's sharing rule asks the same of its readers.
+pub fn principal(who: &str, kind: &str, reads: u64, human: u64) -> String {
     match who.strip_prefix("user:").and_then(|r| r.split_once(':')) {
         // A user name holds no `:` (it is the passwd file's separator).
-        Some((name, _)) if user && a.human == a.reads => format!("user:{name}"),
+        Some((name, _)) if kind == "user" && human == reads => format!("user:{name}"),
         _ => who.to_string(),
     }
+}
+
+/// Principals by name; a person by the programs they used too.
+pub fn principal_names(principals: &BTreeMap<String, BTreeSet<&str>>) -> Vec<String> {
+    principals
+        .iter()
+        .map(|(p, behind)| {
+            if behind.len() == 1 && behind.contains(p.as_str()) {
+                return p.clone();
+            }
+            let programs: Vec<&str> = behind
+                .iter()
+                .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
+                .collect();
+            format!("{p} (by hand: {})", programs.join(", "))
+        })
+        .collect()
 }
 
 fn identity(s: &Snapshot, id: &str) -> FindingIdentity {
@@ -183,28 +200,16 @@ fn shared_secret(s: &Snapshot, out: &mut Vec<Finding>) {
         // Principal → the identities behind it.
         let mut principals: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
         for (who, a) in &reads {
+            let kind = s.identities.get(*who).map_or("", |i| i.kind.as_str());
             principals
-                .entry(principal(s, who, a))
+                .entry(principal(who, kind, a.reads, a.human))
                 .or_default()
                 .insert(who);
         }
         if principals.len() < 2 {
             continue;
         }
-        // Named by principal; a person by the programs they used too.
-        let named: Vec<String> = principals
-            .iter()
-            .map(|(p, behind)| {
-                if behind.len() == 1 && behind.contains(p.as_str()) {
-                    return p.clone();
-                }
-                let programs: Vec<&str> = behind
-                    .iter()
-                    .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
-                    .collect();
-                format!("{p} (by hand: {})", programs.join(", "))
-            })
-            .collect();
+        let named = principal_names(&principals);
         let first = group[0];
         let paths: Vec<String> = group.iter().map(|r| r.facts.path.clone()).collect();
         let reason = format!(
@@ -284,10 +289,7 @@ fn duplicated_secret(s: &Snapshot, out: &mut Vec<Finding>) {
 /// until the ledger has watched the secret for a whole window.
 fn orphaned_secret(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let window = settings.orphan_window;
-    let Ok(span) = chrono::Duration::from_std(window) else {
-        return;
-    };
-    let since = now - span;
+    let since = crate::bounded::before(now, window);
     for r in live_secrets(s) {
         // Not watched now: nobody can vouch that it was not read.
         if r.unwatched.is_some() {
@@ -341,18 +343,16 @@ fn long_lived_secret(
     now: DateTime<Utc>,
     out: &mut Vec<Finding>,
 ) {
-    let (Ok(window), Ok(max_age)) = (
-        chrono::Duration::from_std(settings.orphan_window),
-        chrono::Duration::from_std(settings.max_age),
-    ) else {
+    let Ok(max_age) = chrono::Duration::from_std(settings.max_age) else {
         return;
     };
+    let since = crate::bounded::before(now, settings.orphan_window);
     for r in live_secrets(s) {
         if r.facts.lifetime.as_deref() != Some("static") {
             continue;
         }
         let reads = readers(s, &r.facts.id);
-        if !reads.iter().any(|(_, a)| a.last_seen >= now - window) {
+        if !reads.iter().any(|(_, a)| a.last_seen >= since) {
             continue;
         }
         // The value's age: since the file last changed, or since the
@@ -510,11 +510,8 @@ fn exposures(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) {
 /// A reader the policy does not list, or, where no policy rule covers the
 /// secret, one first seen after the secret's baseline period.
 fn unexpected_reader(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) {
-    let Ok(baseline) = chrono::Duration::from_std(settings.baseline) else {
-        return;
-    };
     for r in live_secrets(s) {
-        let baseline_end = s.created.max(r.first_seen) + baseline;
+        let baseline_end = crate::bounded::after(s.created.max(r.first_seen), settings.baseline);
         for (who, a) in known_readers(s, &r.facts.id) {
             let reason = match settings.policy().allows(&r.facts.path, who) {
                 Some(true) => continue,

@@ -4,10 +4,8 @@
 //! the state dir, or comes from config so that a fleet's fingerprints match.
 
 use std::{
-    fmt,
-    fs::{self, OpenOptions},
+    fmt, fs,
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -16,6 +14,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::settings::Settings;
+use crate::secure_fs::{self, TrustError};
 
 const KEY_FILE: &str = "fingerprint.key";
 const KEY_LEN: usize = 32;
@@ -26,14 +25,23 @@ const SHOWN_HEX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("fleet_key_file {path}: {}", crate::errors::error_text(err))]
-    FleetFile { path: String, err: io::Error },
+    #[error("fleet_key_file {path}: {err}")]
+    FleetFile { path: String, err: TrustError },
     #[error("the fleet key is shorter than {MIN_FLEET_KEY} bytes")]
     FleetTooShort,
-    #[error("{path}: {}", crate::errors::error_text(err))]
-    HostKey { path: String, err: io::Error },
+    #[error("state dir {path}: {err}")]
+    StateDir { path: String, err: TrustError },
+    #[error("{path}: {err}")]
+    HostKey { path: String, err: TrustError },
     #[error("{path}: not a {KEY_LEN}-byte key; remove it to make a new one")]
     HostKeyCorrupt { path: String },
+}
+
+impl KeyError {
+    /// The state dir or the key is refused, as opposed to unwritable.
+    fn is_refusal(&self) -> bool {
+        matches!(self, Self::StateDir { err, .. } | Self::HostKey { err, .. } if !err.is_io())
+    }
 }
 
 /// The HMAC key. Never printed; wiped when dropped.
@@ -60,19 +68,22 @@ impl Key {
     /// in `state_dir` (made on first use), else a one-time key.
     pub fn load(settings: &Settings, state_dir: &Path) -> Result<(Self, KeySource), KeyError> {
         if let Some(path) = &settings.fleet_key_file {
-            let bytes = fs::read(path).map_err(|err| KeyError::FleetFile {
-                path: path.display().to_string(),
-                err,
+            let bytes = secure_fs::read_trusted(path, secure_fs::KEY).map_err(|err| {
+                KeyError::FleetFile {
+                    path: path.display().to_string(),
+                    err,
+                }
             })?;
-            let key = Zeroizing::new(bytes.trim_ascii().to_vec());
-            drop(Zeroizing::new(bytes));
-            return Self::fleet(key);
+            return Self::fleet(Zeroizing::new(bytes.trim_ascii().to_vec()));
         }
         if let Some(fleet) = &settings.fleet_key {
             return Self::fleet(Zeroizing::new(fleet.0.as_bytes().to_vec()));
         }
         match host_key(state_dir) {
             Ok((key, path)) => Ok((key, KeySource::Host(path))),
+            // A key or a dir another user could have written is refused,
+            // never worked around.
+            Err(e) if e.is_refusal() => Err(e),
             Err(e) => Ok((Self::random(), KeySource::Ephemeral(e))),
         }
     }
@@ -108,40 +119,31 @@ impl Key {
 }
 
 /// The host key at `<state_dir>/fingerprint.key`, made atomically when
-/// missing so that concurrent runs agree on one key.
+/// missing so that concurrent runs agree on one key. The state dir and the
+/// key are checked first (see [`secure_fs`]): a key another user could
+/// have written or read is refused.
 fn host_key(state_dir: &Path) -> Result<(Key, PathBuf), KeyError> {
-    let path = state_dir.join(KEY_FILE);
+    let shown = state_dir.join(KEY_FILE);
     let err = |err| KeyError::HostKey {
-        path: path.display().to_string(),
+        path: shown.display().to_string(),
         err,
     };
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            if bytes.len() != KEY_LEN {
-                return Err(KeyError::HostKeyCorrupt {
-                    path: path.display().to_string(),
-                });
-            }
-            // Keep it private even if someone loosened it.
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(err)?;
-            return Ok((Key(Zeroizing::new(bytes.to_vec())), path));
+    let dir = secure_fs::state_dir(state_dir).map_err(|err| KeyError::StateDir {
+        path: state_dir.display().to_string(),
+        err,
+    })?;
+    let path = dir.join(KEY_FILE);
+    if let Some(bytes) = secure_fs::read_in(&path, secure_fs::KEY).map_err(err)? {
+        if bytes.len() != KEY_LEN {
+            return Err(KeyError::HostKeyCorrupt {
+                path: path.display().to_string(),
+            });
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+        return Ok((Key(bytes), path));
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(err)?;
     let key = Key::random();
-    let tmp = state_dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
+    let tmp = dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
+    let written = secure_fs::create_new(&tmp, 0o600)
         .and_then(|mut f| {
             f.write_all(&key.0)?;
             f.sync_all()
@@ -152,13 +154,13 @@ fn host_key(state_dir: &Path) -> Result<(Key, PathBuf), KeyError> {
     match written {
         Ok(()) => Ok((key, path)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => host_key(state_dir),
-        Err(e) => Err(err(e)),
+        Err(e) => Err(err(e.into())),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
     use super::*;
 
@@ -214,12 +216,64 @@ mod tests {
             key_file.to_str().unwrap()
         ))
         .unwrap();
+        // A key others can read protects nothing: refused, as ssh does.
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Key::load(&from_file, dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("open to its group or others (mode 0644)"),
+            "{err}"
+        );
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
         let (c, _) = Key::load(&from_file, dir.path()).unwrap();
         assert_eq!(a.fingerprint(b"x"), c.fingerprint(b"x"));
 
         let short: Settings = toml::from_str("fleet_key = \"short\"").unwrap();
         let err = Key::load(&short, dir.path()).unwrap_err().to_string();
         assert!(!err.contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn planted_or_loosened_host_keys_are_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        let path = state.join(KEY_FILE);
+        fs::write(&path, [b'k'; KEY_LEN]).unwrap();
+        for mode in [0o666, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Key::load(&Settings::default(), &state)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("(mode {mode:04o}); refused")),
+                "{err}"
+            );
+            assert_eq!(
+                fs::metadata(&path).unwrap().mode() & 0o777,
+                mode,
+                "no chmod"
+            );
+        }
+        fs::remove_file(&path).unwrap();
+        let elsewhere = dir.path().join("planted");
+        fs::write(&elsewhere, [b'k'; KEY_LEN]).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let err = Key::load(&Settings::default(), &state)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("a symbolic link; refused"), "{err}");
+        // A state dir others can write is refused as a whole.
+        fs::remove_file(&path).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Key::load(&Settings::default(), &state)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("writable by its group or others (mode 0777)"),
+            "{err}"
+        );
+        assert!(!path.exists(), "no key made there");
     }
 
     #[test]

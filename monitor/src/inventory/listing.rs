@@ -12,6 +12,8 @@ use chrono::{SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::terminal::escape;
+
 use super::{
     Record,
     catalog::Catalog,
@@ -160,13 +162,17 @@ fn write_table(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
     let rows: Vec<[String; 6]> = records
         .iter()
         .map(|r| {
+            // Names and hints come from whoever made the file: escaped, so
+            // they cannot drive the terminal or forge a row.
             [
-                r.path.to_string_lossy().into_owned(),
+                escape(&r.path.to_string_lossy()).into_owned(),
                 r.secret_type.to_string(),
                 r.lifetime.to_string(),
                 approx((now - r.mtime).to_std().unwrap_or_default()),
                 format!("{:04o}", r.mode),
-                r.hint.clone().unwrap_or_else(|| "-".into()),
+                r.hint
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |h| escape(h).into_owned()),
             ]
         })
         .collect();
@@ -189,4 +195,32 @@ fn write_table(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
         writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn hostile_names_and_hints_are_escaped_in_the_table() {
+        let mut evil = super::super::test_record(
+            Path::new("/home/ana/\u{1b}[2J\u{1b}[31mred\n/root/.ssh/id_rsa ssh_private_key\r.env"),
+            1,
+        );
+        evil.hint = Some("GITHUB_TOKEN\u{1b}]0;pwned\u{7}".into());
+        let mut out = Vec::new();
+        write_table(&mut out, &[evil]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
+        assert_eq!(text.lines().count(), 2, "a header and one row:\n{text}");
+        assert!(
+            text.contains(
+                "/home/ana/\\x1b[2J\\x1b[31mred\\n/root/.ssh/id_rsa ssh_private_key\\r.env"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("GITHUB_TOKEN\\x1b]0;pwned\\x07"), "{text}");
+    }
 }

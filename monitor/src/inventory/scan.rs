@@ -141,8 +141,8 @@ impl Scanner {
             } else if let Some(parent) = path.parent() {
                 plan.dirs.push(parent.to_path_buf());
             }
-            walk.tree(path);
         }
+        plan.trees.extend(self.catalog.bases().iter().cloned());
         for home in &self.homes {
             plan.dirs.push(home.clone());
             for rel in self.catalog.home_dirs() {
@@ -150,11 +150,9 @@ impl Scanner {
                     plan.planned.push(home.join(dir));
                 }
             }
-            walk.tree(home);
         }
-        for base in self.catalog.bases() {
-            plan.trees.push(base.clone());
-            walk.tree(base);
+        for top in self.walk_order() {
+            walk.tree(top);
         }
         plan.dirs.extend(
             walk.records
@@ -169,6 +167,24 @@ impl Scanner {
         walk.stats.elapsed_ms = start.elapsed().as_millis();
         progress.finish_and_clear();
         (walk.records, walk.stats, plan)
+    }
+
+    /// What a scan walks, in order: `--watch` paths, the catalog's system
+    /// places, root's home, then the other homes. A user who fills their
+    /// home with files uses up the scan's time, not the time it takes to
+    /// find the system's secrets.
+    fn walk_order(&self) -> Vec<&Path> {
+        let (root, others): (Vec<&PathBuf>, Vec<&PathBuf>) = self
+            .homes
+            .iter()
+            .partition(|h| h.as_path() == Path::new("/root"));
+        self.user
+            .iter()
+            .chain(self.catalog.bases())
+            .chain(root)
+            .chain(others)
+            .map(PathBuf::as_path)
+            .collect()
     }
 
     /// The rule for a file as shown, and whether it is inventoried even
@@ -202,6 +218,11 @@ impl Scanner {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Homes as shown, deepest first (`/root` among them).
+    pub fn homes(&self) -> &[PathBuf] {
+        &self.homes
     }
 
     /// The id of the key fingerprints are made with.
@@ -599,6 +620,19 @@ mod tests {
         let (records, stats, _) =
             scanner(dir.path(), state.path(), limits).scan(&ProgressBar::hidden());
         assert!(stats.timed_out && records.is_empty(), "{stats:?}");
+    }
+
+    #[test]
+    fn system_places_are_walked_before_homes() {
+        let dir = odd_fixture();
+        let state = tempfile::tempdir().unwrap();
+        let s = scanner(dir.path(), state.path(), Settings::default().limits());
+        let order = s.walk_order();
+        let at = |p: &str| order.iter().position(|o| *o == Path::new(p)).unwrap();
+        assert!(at("/etc") < at("/root"), "{order:?}");
+        assert!(at("/var/run/secrets") < at("/root"), "{order:?}");
+        assert!(at("/root") < at("/home/ana"), "{order:?}");
+        assert!(at("/var/lib/kubelet/pods") < at("/home/bob"), "{order:?}");
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash

@@ -3,17 +3,26 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::catalog::FileRule;
+
+use crate::bounded::{Bounded, Period, Span};
 
 /// Files larger than this are counted, never read.
 const MAX_FILE_SIZE: u64 = 1024 * 1024;
 /// Directory levels below a home or a catalog base.
-const MAX_DEPTH: usize = 8;
-const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_DEPTH: u64 = 8;
+const SCAN_TIMEOUT: Period = Period::from_secs(60);
 const STATIC_AFTER_DAYS: u64 = 90;
-const NEAR_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+const NEAR_EXPIRY: Span = Span::from_secs(7 * 24 * 3600);
+
+/// `max_file_size`: a file is read whole into memory to fingerprint it.
+pub type FileSize = Bounded<1, { 64 * 1024 * 1024 }>;
+/// `max_depth`: directory levels.
+pub type Depth = Bounded<1, 64>;
+/// `static_after_days`: up to a century.
+pub type Days = Bounded<1, 36_500>;
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,15 +36,13 @@ pub struct Settings {
     pub fleet_key: Option<FleetKey>,
     /// A file holding the fleet key (wins over `fleet_key`).
     pub fleet_key_file: Option<PathBuf>,
-    pub max_file_size: Option<u64>,
-    pub max_depth: Option<usize>,
-    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
-    pub scan_timeout: Option<Duration>,
+    pub max_file_size: Option<FileSize>,
+    pub max_depth: Option<Depth>,
+    pub scan_timeout: Option<Period>,
     /// A private key unchanged for longer than this is static.
-    pub static_after_days: Option<u64>,
+    pub static_after_days: Option<Days>,
     /// An expiry closer than this makes a token or certificate dynamic.
-    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
-    pub near_expiry: Option<Duration>,
+    pub near_expiry: Option<Span>,
 }
 
 /// A fleet key from the config file; never shown.
@@ -72,35 +79,25 @@ pub struct Policy {
 }
 
 impl Settings {
+    /// Fingerprints are keyed by the fleet key (loading fails otherwise).
+    pub fn has_fleet_key(&self) -> bool {
+        self.fleet_key_file.is_some() || self.fleet_key.is_some()
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
-            max_file_size: self.max_file_size.unwrap_or(MAX_FILE_SIZE),
-            max_depth: self.max_depth.unwrap_or(MAX_DEPTH),
-            timeout: self.scan_timeout.unwrap_or(SCAN_TIMEOUT),
+            max_file_size: self.max_file_size.map_or(MAX_FILE_SIZE, FileSize::get),
+            max_depth: self.max_depth.map_or(MAX_DEPTH, Depth::get) as usize,
+            timeout: self.scan_timeout.unwrap_or(SCAN_TIMEOUT).get(),
         }
     }
 
     pub fn policy(&self) -> Policy {
-        let days = self.static_after_days.unwrap_or(STATIC_AFTER_DAYS);
+        let days = self.static_after_days.map_or(STATIC_AFTER_DAYS, Days::get);
         Policy {
             static_after: Duration::from_secs(days * 24 * 3600),
-            near_expiry: self.near_expiry.unwrap_or(NEAR_EXPIRY),
+            near_expiry: self.near_expiry.unwrap_or(NEAR_EXPIRY).get(),
         }
-    }
-}
-
-/// `"90s"`, `"7d"`, `"1h 30m"`: humantime's syntax.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
-}
-
-fn show_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_str(&crate::config::duration_text(*d)),
-        None => s.serialize_none(),
     }
 }
 
@@ -122,5 +119,36 @@ mod tests {
         assert!(!format!("{s:?}").contains("fleet-secret-1234"));
         let err = toml::from_str::<Settings>("near_expiry = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations_out_of_range_are_refused() {
+        let err = |text: &str| {
+            toml::from_str::<Settings>(text)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
+        assert_eq!(
+            err("max_file_size = 0"),
+            "`0` is out of range: from 1 to 67108864"
+        );
+        assert_eq!(
+            err("max_file_size = 4294967296000"),
+            "`4294967296000` is out of range: from 1 to 67108864"
+        );
+        assert_eq!(err("max_depth = 0"), "`0` is out of range: from 1 to 64");
+        assert_eq!(
+            err("static_after_days = 18446744073709551615"),
+            "`18446744073709551615` is out of range: from 1 to 36500"
+        );
+        assert_eq!(
+            err("scan_timeout = \"0s\""),
+            "`0s` is out of range: from 1s to 1d"
+        );
+        assert_eq!(
+            err("near_expiry = \"99999999999d\""),
+            "`99999999999d` is out of range: from 0s to 36500d"
+        );
     }
 }

@@ -15,8 +15,6 @@ mod snapshot;
 mod writer;
 
 use std::{
-    fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,6 +22,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::Deserialize;
+
+use crate::secure_fs;
 
 pub use self::{
     lock::StateLock,
@@ -42,8 +42,16 @@ pub const KEY_CHANGED: &str = "fingerprint_key_changed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("state dir {path}: {}", crate::errors::error_text(err))]
-    StateDir { path: String, err: std::io::Error },
+    #[error("state dir {path}: {err}")]
+    StateDir {
+        path: String,
+        err: crate::secure_fs::TrustError,
+    },
+    #[error("ledger {path}: {err}")]
+    Untrusted {
+        path: String,
+        err: crate::secure_fs::TrustError,
+    },
     #[error("no ledger at {0}: has `secretmon run --state {1}` run here?")]
     Missing(String, String),
     #[error("ledger {path}: {}", crate::errors::error_text(err))]
@@ -70,35 +78,39 @@ pub enum LedgerError {
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
     /// Rows last seen longer ago than this are deleted.
-    #[serde(with = "crate::ledger::duration")]
-    pub retention: Duration,
+    pub retention: crate::bounded::Window,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
-            retention: Duration::from_secs(90 * 86_400),
+            retention: const { crate::bounded::Window::from_secs(90 * 86_400) },
         }
     }
 }
 
-/// `"90d"`, `"24h"`, `"10s"` in TOML.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    /// As a person writes it: `90d`, `36h`.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::duration_text(*d))
+fn untrusted(path: &Path) -> impl Fn(secure_fs::TrustError) -> LedgerError + '_ {
+    move |err| LedgerError::Untrusted {
+        path: path.display().to_string(),
+        err,
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}`: {e} (write e.g. \"90d\", \"24h\")"))
-        })
+/// Open the ledger at `path` (checked) with SQLite, after checking the
+/// write-ahead log and shared-memory files SQLite keeps beside it; SQLite
+/// itself refuses a link at `path`.
+fn open_checked(path: &Path, access: OpenFlags) -> Result<Connection, LedgerError> {
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        secure_fs::check_existing(&side).map_err(untrusted(&side))?;
     }
+    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    Connection::open_with_flags(path, flags).map_err(|err| LedgerError::Open {
+        path: path.display().to_string(),
+        err,
+    })
 }
 
 /// An open ledger file.
@@ -109,24 +121,19 @@ pub struct Ledger {
 
 impl Ledger {
     /// Open (and create, and migrate) the ledger in `state_dir`, which is
-    /// made 0700 when missing.
+    /// made 0700 when missing. The dir and the files in it are checked
+    /// first ([`secure_fs`](crate::secure_fs)): SQLite follows links and
+    /// chmods what it opens, so nobody else may have been able to plant
+    /// one.
     pub fn open(state_dir: &Path) -> Result<Self, LedgerError> {
-        let dir_err = |err| LedgerError::StateDir {
+        let dir = secure_fs::state_dir(state_dir).map_err(|err| LedgerError::StateDir {
             path: state_dir.display().to_string(),
             err,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(dir_err)?;
-        let path = state_dir.join(FILE);
-        let mut conn = Connection::open(&path).map_err(|err| LedgerError::Open {
-            path: path.display().to_string(),
-            err,
         })?;
-        // Ledger rows name secrets and workloads: keep them private.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(dir_err)?;
+        let path = dir.join(FILE);
+        // Ledger rows name secrets and workloads: private from the start.
+        secure_fs::ensure_private_file(&path).map_err(untrusted(&path))?;
+        let mut conn = open_checked(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         // WAL: readers (`report`) never block the writer, and a crash
         // leaves the last committed transaction intact. NORMAL skips the
         // fsync per commit; a power loss may lose the last commits, never
@@ -145,21 +152,27 @@ impl Ledger {
     /// Open the ledger in `state_dir` for reading only, as `report` does
     /// while the agent may be writing.
     pub fn open_read_only(state_dir: &Path) -> Result<Self, LedgerError> {
-        let path = state_dir.join(FILE);
-        if !path.exists() {
-            return Err(LedgerError::Missing(
-                path.display().to_string(),
+        let missing = || {
+            LedgerError::Missing(
+                state_dir.join(FILE).display().to_string(),
                 state_dir.display().to_string(),
-            ));
+            )
+        };
+        let dir = match secure_fs::existing_state_dir(state_dir) {
+            Err(e) if e.is_not_found() => return Err(missing()),
+            other => other.map_err(|err| LedgerError::StateDir {
+                path: state_dir.display().to_string(),
+                err,
+            })?,
+        };
+        let path = dir.join(FILE);
+        if secure_fs::check_existing(&path)
+            .map_err(untrusted(&path))?
+            .is_none()
+        {
+            return Err(missing());
         }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|err| LedgerError::Open {
-            path: path.display().to_string(),
-            err,
-        })?;
+        let conn = open_checked(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let found = schema::version(&conn)?;
         let known = schema::MIGRATIONS.len() as u32;
@@ -497,6 +510,8 @@ pub fn from_ns(ns: i64) -> DateTime<Utc> {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
     use super::*;
 
     pub(crate) fn at(secs: i64) -> DateTime<Utc> {
@@ -630,12 +645,67 @@ mod tests {
     }
 
     #[test]
+    fn planted_files_and_open_state_dirs_are_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Ledger::open(&state).unwrap());
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&state.join(FILE)), 0o600, "made private, not chmodded");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "x").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        // SQLite's own files beside the ledger.
+        for side in ["ledger.db-wal", "ledger.db-shm"] {
+            let link = state.join(side);
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            for result in [
+                Ledger::open(&state).err(),
+                Ledger::open_read_only(&state).err(),
+            ] {
+                let err = result.expect("refused").to_string();
+                assert!(
+                    err.ends_with(&format!("{side}: a symbolic link; refused")),
+                    "{err}"
+                );
+            }
+            fs::remove_file(&link).unwrap();
+        }
+        fs::remove_file(state.join(FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(FILE)).unwrap();
+        for result in [
+            Ledger::open(&state).err(),
+            Ledger::open_read_only(&state).err(),
+        ] {
+            let err = result.expect("refused").to_string();
+            assert!(
+                err.ends_with("ledger.db: a symbolic link; refused"),
+                "{err}"
+            );
+        }
+        assert_eq!(mode(&victim), 0o644);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "x");
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(err) = Ledger::open_read_only(&state) else {
+            panic!("read a ledger others could have written");
+        };
+        assert!(
+            err.to_string()
+                .ends_with("writable by its group or others (mode 0777); refused"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn retention_parses_human_durations() {
         let c: LedgerConfig = toml::from_str("retention = \"30d\"").unwrap();
-        assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.retention.get(), Duration::from_secs(30 * 86_400));
         let err = toml::from_str::<LedgerConfig>("retention = \"soon\"")
             .unwrap_err()
             .to_string();
         assert!(err.contains("soon"), "{err}");
+        let err = toml::from_str::<LedgerConfig>("retention = \"99999999999d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range: from 1s to 36500d"), "{err}");
     }
 }

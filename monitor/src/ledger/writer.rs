@@ -244,6 +244,7 @@ fn run(mut store: impl Store, rx: &mpsc::Receiver<Row>, batching: Batching) -> W
         let started = Instant::now();
         let result = store.write(&batch.rows);
         stats.busy += started.elapsed();
+        crate::metrics::LEDGER_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 if backoff.failures > 0 {
