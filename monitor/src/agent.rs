@@ -617,6 +617,8 @@ fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
     outputs.route([ev]);
 }
 
+// One call per `agent` event, each field named where it is made.
+#[allow(clippy::too_many_arguments)]
 fn emit_agent(
     outputs: &mut Outputs,
     host: &Host,
