@@ -91,11 +91,12 @@ pub enum OutputError {
     Config(#[from] OutputConfigError),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("output `{name}`: cannot open {what}: {}", error_text(.source))]
+    // `err`, not `source`: said once, in this line, not again as its cause.
+    #[error("output `{name}`: cannot open {what}: {}", error_text(.err))]
     Open {
         name: String,
         what: String,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -268,7 +269,7 @@ fn start_one(
     let m = metrics.output(&spec.name);
     let open_err = |what: String| {
         let name = spec.name.clone();
-        move |source| OutputError::Open { name, what, source }
+        move |err| OutputError::Open { name, what, err }
     };
     let spawn_err = open_err("a thread".into());
     let spool_dropped = Arc::new(AtomicU64::new(0));
