@@ -17,11 +17,26 @@ pub const PASSWORD: &str = "fleet-test-password-not-a-secret";
 pub const DATABASE: &str = "fleet";
 
 pub struct Postgres {
-    dir: tempfile::TempDir,
+    dir: Dir,
     bin: PathBuf,
     /// uid and gid to run as, when we are root.
     run_as: Option<(u32, u32)>,
     pub port: u16,
+}
+
+/// Where the cluster lives: removed with it, or kept for the next run.
+enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temp(dir) => dir.path(),
+            Self::Kept(path) => path,
+        }
+    }
 }
 
 /// TLS files for the server.
@@ -66,7 +81,20 @@ impl Postgres {
     /// A cluster that also accepts TLS with this certificate; `durable`:
     /// with fsync, as a real store (tests go faster without).
     pub fn start_with(tls: Option<ServerTls<'_>>, durable: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(Dir::Temp(tempfile::tempdir().unwrap()), tls, durable)
+    }
+
+    /// The same, in `dir`, kept when dropped (the server stopped): the
+    /// cluster found there is started again, with its data. Also says
+    /// whether it was there.
+    pub fn keep_in(dir: &Path, tls: Option<ServerTls<'_>>, durable: bool) -> (Self, bool) {
+        std::fs::create_dir_all(dir).unwrap();
+        let existed = dir.join("data").join("PG_VERSION").exists();
+        let pg = Self::start_in(Dir::Kept(dir.to_path_buf()), tls, durable);
+        (pg, existed)
+    }
+
+    fn start_in(dir: Dir, tls: Option<ServerTls<'_>>, durable: bool) -> Self {
         let run_as = nix::unistd::geteuid().is_root().then(|| {
             let user = nix::unistd::User::from_name("postgres")
                 .unwrap()
@@ -79,20 +107,23 @@ impl Postgres {
             port: free_port(),
             dir,
         };
+        let fresh = !pg.data().join("PG_VERSION").exists();
         let pwfile = pg.file("pwfile", PASSWORD, 0o600);
         pg.own(pg.dir.path());
-        pg.run(
-            Command::new(pg.bin.join("initdb"))
-                .arg("-D")
-                .arg(pg.data())
-                .args([
-                    "-U",
-                    USER,
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                ])
-                .arg(format!("--pwfile={}", pwfile.display())),
-        );
+        if fresh {
+            pg.run(
+                Command::new(pg.bin.join("initdb"))
+                    .arg("-D")
+                    .arg(pg.data())
+                    .args([
+                        "-U",
+                        USER,
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                    ])
+                    .arg(format!("--pwfile={}", pwfile.display())),
+            );
+        }
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = {}\n",
             pg.port,
@@ -112,13 +143,23 @@ impl Postgres {
         std::fs::write(&conf_path, conf).unwrap();
         pg.own(&conf_path);
         pg.start_server();
-        pg.run(
-            Command::new(pg.bin.join("createdb"))
-                .arg("-h")
-                .arg(pg.dir.path())
-                .args(["-p", &pg.port.to_string(), "-U", USER, DATABASE]),
-        );
+        if fresh {
+            pg.run(
+                Command::new(pg.bin.join("createdb"))
+                    .arg("-h")
+                    .arg(pg.dir.path())
+                    .args(["-p", &pg.port.to_string(), "-U", USER, DATABASE]),
+            );
+        }
         pg
+    }
+
+    /// A kept cluster shuts down cleanly, a throwaway one at once.
+    fn stop_mode(&self) -> &'static str {
+        match self.dir {
+            Dir::Temp(_) => "immediate",
+            Dir::Kept(_) => "fast",
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -229,11 +270,12 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let log = self.dir.path().join("server.log");
         let mut cmd = Command::new(self.bin.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-m", "immediate", "stop"]);
+        cmd.arg("-D").arg(self.data()).arg("-l").arg(&log).args([
+            "-w",
+            "-m",
+            self.stop_mode(),
+            "stop",
+        ]);
         self.as_server(&mut cmd);
         // Already stopped is fine.
         let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();

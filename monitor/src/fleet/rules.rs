@@ -847,9 +847,7 @@ mod tests {
             first_seen: t(35 * DAY),
             last_seen: t(39 * DAY),
             reads: 5,
-            denied: 0,
             human,
-            gone: false,
         }
     }
 

@@ -2,7 +2,11 @@
 //! copies of secrets present in the window, and who read them in it. Plain
 //! data, so that the rules are pure functions of it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt as _;
@@ -59,15 +63,14 @@ pub struct CopyView {
 pub struct ReaderView {
     /// Index into [`FleetView::copies`].
     pub copy: usize,
-    pub identity: String,
-    pub kind: String,
+    /// A fleet has millions of readers and few identities: each name is
+    /// held once.
+    pub identity: Arc<str>,
+    pub kind: Arc<str>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub reads: u64,
-    pub denied: u64,
     pub human: u64,
-    /// Its workload has left that host.
-    pub gone: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -130,13 +133,16 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             });
         }
     }
-    // host id → secret id → index into the copies.
+    // host id → secret id → index into the copies. Each copy's value is
+    // joined by hashing both tables: `OFFSET 0` keeps the planner from an
+    // index probe per copy (2.1 s for 300,000 copies, against 1.0 s).
     let mut copy_index: HashMap<i32, HashMap<String, usize>> = HashMap::new();
     for row in c
         .query(
             "SELECT s.host_id, s.id, s.path, s.type, s.fingerprint, s.lifetime, s.hint, s.mode, \
              s.first_seen, s.removed, s.mtime, f.first_seen, s.unwatched \
-             FROM fleet_secret s LEFT JOIN fleet_fingerprint f \
+             FROM fleet_secret s LEFT JOIN \
+             (SELECT host_id, secret_id, fingerprint, first_seen FROM fleet_fingerprint OFFSET 0) f \
              ON f.host_id = s.host_id AND f.secret_id = s.id AND f.fingerprint = s.fingerprint \
              WHERE s.removed IS NULL OR s.removed >= $1",
             &[&since],
@@ -168,36 +174,69 @@ pub async fn load(store: &Store, since: DateTime<Utc>) -> Result<FleetView, Stor
             unwatched: row.get(12),
         });
     }
-    // Millions of rows on a large fleet: streamed, never all in memory.
+    // Few identities per host: their kinds are looked up here rather than
+    // joined to each of the millions of reader rows (half the query's time).
+    let mut names = Names::default();
+    let mut kinds: HashMap<i32, HashMap<String, Arc<str>>> = HashMap::new();
+    for row in c
+        .query("SELECT host_id, id, kind FROM fleet_identity", &[])
+        .await?
+    {
+        let kind = names.get(row.get(2));
+        kinds
+            .entry(row.get(0))
+            .or_default()
+            .insert(row.get(1), kind);
+    }
+    let no_kind = names.get("");
+    // Millions of rows on a large fleet: streamed, never all in memory;
+    // only reads count (an identity that only wrote is no reader).
     let readers = c
         .query_raw(
-            "SELECT r.host_id, r.secret_id, r.identity, coalesce(i.kind, ''), r.first_seen, \
-             r.last_seen, r.reads, r.denied, r.human, i.gone_since IS NOT NULL \
-             FROM fleet_reader r LEFT JOIN fleet_identity i \
-             ON i.host_id = r.host_id AND i.id = r.identity \
-             WHERE r.last_seen >= $1",
+            "SELECT host_id, secret_id, identity, first_seen, last_seen, reads, human \
+             FROM fleet_reader WHERE last_seen >= $1 AND reads > 0",
             [&since],
         )
         .await?;
     let mut readers = std::pin::pin!(readers);
     while let Some(row) = readers.try_next().await? {
-        let copy = copy_index
-            .get(&row.get::<_, i32>(0))
-            .and_then(|by_id| by_id.get(row.get::<_, &str>(1)));
-        let Some(&copy) = copy else {
+        let host_id: i32 = row.get(0);
+        let Some(&copy) = copy_index
+            .get(&host_id)
+            .and_then(|by_id| by_id.get(row.get::<_, &str>(1)))
+        else {
             continue;
         };
+        let identity: &str = row.get(2);
+        let kind = kinds
+            .get(&host_id)
+            .and_then(|by_id| by_id.get(identity))
+            .unwrap_or(&no_kind)
+            .clone();
         view.readers.push(ReaderView {
             copy,
-            identity: row.get(2),
-            kind: row.get(3),
-            first_seen: row.get(4),
-            last_seen: row.get(5),
-            reads: row.get::<_, i64>(6).max(0) as u64,
-            denied: row.get::<_, i64>(7).max(0) as u64,
-            human: row.get::<_, i64>(8).max(0) as u64,
-            gone: row.get(9),
+            identity: names.get(identity),
+            kind,
+            first_seen: row.get(3),
+            last_seen: row.get(4),
+            reads: row.get::<_, i64>(5).max(0) as u64,
+            human: row.get::<_, i64>(6).max(0) as u64,
         });
     }
     Ok(view)
+}
+
+/// Each distinct name once.
+#[derive(Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(held) = self.0.get(name) {
+            return held.clone();
+        }
+        let held: Arc<str> = name.into();
+        self.0.insert(held.clone());
+        held
+    }
 }

@@ -24,10 +24,15 @@ use crate::{
     fleet::rules::{CopyStatus, FleetReport, NextStep},
 };
 
-/// Secrets shown with their graphs; the rest as table rows.
-const CARDS: usize = 200;
-/// Table rows of secrets beyond the cards; the JSON report has them all.
-const ROWS: usize = 5_000;
+/// Secrets shown with their graphs (the worst first); the rest as table
+/// rows. A page of a large fleet stays one people can open (a few MiB):
+/// the JSON report has everything.
+const CARDS: usize = 100;
+/// Table rows of secrets beyond the cards.
+const ROWS: usize = 1_000;
+/// Findings listed one by one, per finding type (the widest first); every
+/// finding is counted.
+const FINDINGS_PER_TYPE: usize = 50;
 /// Identities and hosts drawn per graph.
 const GRAPH_NODES: usize = 8;
 
@@ -83,6 +88,8 @@ pub struct PageReader {
 pub struct PageFinding {
     pub severity: Severity,
     pub finding_type: String,
+    /// How many hosts it is about.
+    pub hosts: usize,
     /// Index into [`Page::secrets`], when it is about one of them.
     pub secret: Option<usize>,
     pub subject: String,
@@ -128,6 +135,7 @@ impl Page {
             .map(|f| PageFinding {
                 severity: f.severity,
                 finding_type: f.finding_type.as_str().to_string(),
+                hosts: 1,
                 secret: index(&f.secret.id),
                 subject: f
                     .secret
@@ -168,10 +176,14 @@ impl Page {
                 h.blind_spot.as_deref().unwrap_or("not observed")
             ));
         }
+        // Past the cards and rows, a secret is only counted: its copies
+        // and readers (millions on a large fleet) are left in the report.
         let secrets: Vec<PageSecret> = r
             .secrets
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
+                let shown = i < CARDS + ROWS;
                 let lifetime = s
                     .lifetimes
                     .iter()
@@ -186,6 +198,7 @@ impl Page {
                     copies: s
                         .copies
                         .iter()
+                        .take_while(|_| shown)
                         .map(|c| PageCopy {
                             host: c.host.clone(),
                             path: c.path.clone(),
@@ -201,6 +214,7 @@ impl Page {
                     readers: s
                         .readers
                         .iter()
+                        .take_while(|_| shown)
                         .map(|rd| PageReader {
                             identity: rd.identity.clone(),
                             hosts: rd.hosts.clone(),
@@ -230,6 +244,7 @@ impl Page {
             .map(|f| PageFinding {
                 severity: f.severity,
                 finding_type: f.finding_type.as_str().to_string(),
+                hosts: f.hosts.len(),
                 secret: by_key.get(f.secret.key.as_str()).copied(),
                 subject: title(&f.secret.paths),
                 reason: f.evidence.reason.clone(),

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
-use super::{CARDS, GRAPH_NODES, Page, PageSecret, ROWS};
+use super::{CARDS, FINDINGS_PER_TYPE, GRAPH_NODES, Page, PageFinding, PageSecret, ROWS};
 use crate::{
     findings::{Severity, rfc3339},
     fleet::rules::NextStep,
@@ -72,6 +72,7 @@ fn severity_class(s: Severity) -> &'static str {
 
 /// Write `page` as one HTML document.
 pub fn write(page: &Page, out: &mut impl io::Write) -> io::Result<()> {
+    let started = std::time::Instant::now();
     let mut h = String::with_capacity(64 * 1024);
     let _ = write!(
         h,
@@ -98,7 +99,13 @@ pub fn write(page: &Page, out: &mut impl io::Write) -> io::Result<()> {
     findings(page, &mut h);
     secrets(page, &mut h);
     let _ = writeln!(h, "<script>{SCRIPT}</script></body></html>");
-    out.write_all(h.as_bytes())
+    out.write_all(h.as_bytes())?;
+    tracing::debug!(
+        "report page: {} bytes made in {:.2?}",
+        h.len(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// Bar charts: the secrets by lifetime, and by finding.
@@ -176,8 +183,9 @@ fn findings(page: &Page, h: &mut String) {
         .map(|(s, n)| format!("<span class=\"step\">{}</span> ×{n}", esc(s.as_str())))
         .collect();
     h.push_str(&parts.join(", "));
+    let (shown, left_out) = listed(&page.findings);
     h.push_str("</p>\n<table><tr><th>severity</th><th>finding</th><th>secret</th><th>why</th><th>next step</th></tr>\n");
-    for f in &page.findings {
+    for f in shown {
         let subject = match f.secret {
             Some(i) if i < CARDS + ROWS => {
                 format!("<a href=\"#{}\">{}</a>", anchor(i), esc(&f.subject))
@@ -196,6 +204,38 @@ fn findings(page: &Page, h: &mut String) {
         );
     }
     h.push_str("</table>\n");
+    if !left_out.is_empty() {
+        let counts: Vec<String> = left_out.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        let _ = writeln!(
+            h,
+            "<p>{} more findings not listed ({}); the widest {FINDINGS_PER_TYPE} of each type are. The same report with <code>--json</code> has every one.</p>",
+            left_out.values().sum::<usize>(),
+            esc(&counts.join(", "))
+        );
+    }
+}
+
+/// The findings listed one by one: of each type, the ones about the most
+/// hosts, up to [`FINDINGS_PER_TYPE`], in the page's order; and how many
+/// of each type are left out.
+fn listed(findings: &[PageFinding]) -> (Vec<&PageFinding>, BTreeMap<&str, usize>) {
+    let mut by_type: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, f) in findings.iter().enumerate() {
+        by_type.entry(f.finding_type.as_str()).or_default().push(i);
+    }
+    let mut keep = Vec::new();
+    let mut left_out = BTreeMap::new();
+    for (t, mut of_type) in by_type {
+        // Stable: among equally wide ones, the page's order.
+        of_type.sort_by_key(|&i| std::cmp::Reverse(findings[i].hosts));
+        if of_type.len() > FINDINGS_PER_TYPE {
+            left_out.insert(t, of_type.len() - FINDINGS_PER_TYPE);
+            of_type.truncate(FINDINGS_PER_TYPE);
+        }
+        keep.extend(of_type);
+    }
+    keep.sort_unstable();
+    (keep.into_iter().map(|i| &findings[i]).collect(), left_out)
 }
 
 fn secrets(page: &Page, h: &mut String) {
@@ -523,6 +563,7 @@ mod tests {
             findings: vec![PageFinding {
                 severity: Severity::Medium,
                 finding_type: "human_use".into(),
+                hosts: 1,
                 secret: Some(0),
                 subject: HOSTILE.into(),
                 reason: "by <u>ana</u>".into(),
@@ -575,5 +616,37 @@ mod tests {
         let html = String::from_utf8(out).unwrap();
         assert_eq!(html.matches("<section class=\"secret\"").count(), CARDS);
         assert!(html.contains("10 more not shown"));
+    }
+
+    /// Of each finding type, the widest are listed, in the page's order;
+    /// the rest are counted.
+    #[test]
+    fn findings_are_listed_up_to_a_cap_per_type() {
+        let one = page().findings[0].clone();
+        let finding = |finding_type: &str, hosts: usize| PageFinding {
+            finding_type: finding_type.into(),
+            hosts,
+            subject: format!("/srv/{finding_type}/{hosts}"),
+            ..one.clone()
+        };
+        let mut findings = vec![finding("human_use", 1)];
+        findings.extend((0..FINDINGS_PER_TYPE + 5).map(|n| finding("shared_secret", n)));
+        let (shown, left_out) = listed(&findings);
+        assert_eq!(shown.len(), 1 + FINDINGS_PER_TYPE);
+        assert_eq!(shown[0].finding_type, "human_use");
+        let widest: Vec<usize> = shown[1..].iter().map(|f| f.hosts).collect();
+        assert_eq!(widest, (5..FINDINGS_PER_TYPE + 5).collect::<Vec<_>>());
+        assert_eq!(left_out, BTreeMap::from([("shared_secret", 5)]));
+
+        let mut p = page();
+        p.findings = findings;
+        let mut out = Vec::new();
+        write(&p, &mut out).unwrap();
+        let html = String::from_utf8(out).unwrap();
+        assert!(html.contains("5 more findings not listed (5 shared_secret)"));
+        assert!(
+            !html.contains("/srv/shared_secret/4<"),
+            "a narrow one is left out"
+        );
     }
 }
