@@ -10,7 +10,7 @@ use monitor_common::{
 
 use crate::{
     emit::{emit, run},
-    kernel::{self, File, ReadError},
+    kernel::{self, FileFacts, ReadError},
     maps::{NAME_FILTER, NAME_RULES, NAME_SCRATCH},
     path_walk::walk_path,
 };
@@ -18,8 +18,8 @@ use crate::{
 /// Report the open of `file` by `program` if its name matches a rule. Not
 /// inlined (the programs' stack), so at most five arguments.
 #[inline(never)]
-pub fn name_rule_open(program: Program, file: File, key: &FileKey, ret: i64, via: u32) {
-    run(program, try_name_rule_open(file, key, ret, via));
+pub fn name_rule_open(program: Program, facts: &FileFacts, key: &FileKey, ret: i64, via: u32) {
+    run(program, try_name_rule_open(facts, key, ret, via));
 }
 
 /// The last 8 bytes of `name`, `len` long, as a little-endian word (the
@@ -42,13 +42,11 @@ fn ends_with(tail: u64, bytes: [u8; 8], n: u32) -> bool {
 }
 
 #[inline(always)]
-fn try_name_rule_open(file: File, key: &FileKey, ret: i64, via: u32) -> kernel::Result<()> {
-    let dentry = file.dentry()?;
-    let len = dentry.name_len()?;
+fn try_name_rule_open(facts: &FileFacts, key: &FileKey, ret: i64, via: u32) -> kernel::Result<()> {
+    let (file, dentry, len, name) = (facts.file, facts.dentry, facts.name_len, facts.name);
     if len == 0 || len > 255 {
         return Ok(());
     }
-    let name = dentry.name()?;
     let [first] = name.bytes::<1>()?;
     // Field by field: a copy of the filter would take a quarter of the
     // stack. SAFETY: field projections of the global's own pointer.
