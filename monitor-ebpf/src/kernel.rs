@@ -299,6 +299,9 @@ impl File {
             name: dentry.name()?,
             dev: sb.dev()?,
             name_len: dentry.name_len()?,
+            name_tail: 0,
+            name_first: 0,
+            name_read: 0,
         })
     }
 
@@ -355,6 +358,11 @@ pub struct FileFacts {
     /// The superblock's `s_dev`.
     pub dev: u32,
     pub name_len: u32,
+    /// The name's last 8 bytes and first byte, when `name_read` is 1
+    /// (`file_facts.c` loads them from a name kept in the dentry).
+    pub name_tail: u64,
+    pub name_first: u32,
+    pub name_read: u32,
 }
 
 impl FileFacts {
@@ -370,23 +378,30 @@ impl FileFacts {
 // `file_facts.c`'s results.
 const FACTS_READ: i32 = 0;
 const NO_FILE: i32 = 1;
+const FILE_ONLY: i32 = 2;
 
 unsafe extern "C" {
     fn secretmon_fd_file_facts(fd: u32, out: *mut FileFacts) -> i32;
 }
 
-/// The facts of the current task's open file `fd`, by direct loads where
-/// its fd table allows (`file_facts.c`), else by probe; `None` when `fd` is
-/// not open. Needs `bpf_get_current_task_btf` (5.11+): only programs the
-/// agent loads where the kernel has it may call this.
+/// The facts of the current task's open file `fd`; `None` when `fd` is not
+/// open. `file_facts.c` walks the fd table by direct loads, and the file
+/// too where the kernel has `bpf_rdonly_cast` (6.2+); otherwise the file's
+/// fields are read here by probe. Needs `bpf_get_current_task_btf` (5.11+):
+/// only programs the agent loads where the kernel has it may call this.
 #[inline(always)]
 pub fn current_file_facts(fd: u32) -> Result<Option<FileFacts>> {
     let mut facts = MaybeUninit::<FileFacts>::uninit();
-    // SAFETY: the C function writes all of `facts` when it says so.
+    // SAFETY: the C function writes all of `facts` for FACTS_READ, and its
+    // `file` for FILE_ONLY.
     match unsafe { secretmon_fd_file_facts(fd, facts.as_mut_ptr()) } {
         FACTS_READ => Ok(Some(unsafe { facts.assume_init() })),
         NO_FILE => Ok(None),
-        _ => Task::current().file(fd)?.map(File::facts).transpose(),
+        FILE_ONLY => {
+            let file = unsafe { (*facts.as_ptr()).file };
+            file.facts().map(Some)
+        }
+        _ => Err(ReadError),
     }
 }
 

@@ -47,13 +47,16 @@ fn try_name_rule_open(facts: &FileFacts, key: &FileKey, ret: i64, via: u32) -> k
     if len == 0 || len > 255 {
         return Ok(());
     }
-    let [first] = name.bytes::<1>()?;
+    let (first, tail) = if facts.name_read != 0 {
+        (facts.name_first as u8, facts.name_tail)
+    } else {
+        (name.bytes::<1>()?[0], tail(name, len)?)
+    };
     // Field by field: a copy of the filter would take a quarter of the
     // stack. SAFETY: field projections of the global's own pointer.
     let word = usize::from(first >> 6);
     let first_bits = NAME_FILTER.field(|f| unsafe { &raw const (*f).first_bytes[word] });
     let by_name = first_bits & (1u64 << (first & 63)) != 0;
-    let tail = tail(name, len)?;
     let mut rule_id = u32::MAX;
     for i in 0..SUFFIX_RULES_MAX {
         // SAFETY: as above.

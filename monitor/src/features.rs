@@ -130,6 +130,9 @@ pub struct KernelFeatures {
     pub missing_caps: Vec<Capability>,
     /// The struct offsets the programs walk, from the kernel's BTF.
     pub offsets: Result<KernelOffsets, OffsetsError>,
+    /// The kfunc `bpf_rdonly_cast` (6.2+), with which the open programs
+    /// read the file just opened by direct loads instead of probe reads.
+    pub rdonly_cast: bool,
     pub tracefs: Option<PathBuf>,
     pub ring_buffer: Support,
     /// Tracepoint programs load and the syscall tracepoints exist.
@@ -159,7 +162,9 @@ impl KernelFeatures {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
-        let offsets = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF));
+        let btf = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF));
+        let rdonly_cast = btf.as_ref().is_ok_and(|b| b.rdonly_cast);
+        let offsets = btf.map(|b| b.offsets);
         let tracefs = tracefs_dir();
         let io_uring = tracefs.as_deref().and_then(io_uring_tracepoint);
         let ring_buffer = probed(privileged, || {
@@ -214,6 +219,7 @@ impl KernelFeatures {
             release,
             missing_caps,
             offsets,
+            rdonly_cast,
             tracefs,
             ring_buffer,
             tracepoints,
@@ -428,6 +434,7 @@ pub(crate) mod tests {
             release: "6.1.0-56-cloud-amd64".into(),
             missing_caps: vec![],
             offsets: Ok(offsets),
+            rdonly_cast: false,
             tracefs: Some("/sys/kernel/tracing".into()),
             ring_buffer: Support::Yes("BPF_MAP_TYPE_RINGBUF".into()),
             tracepoints: Support::Yes("x".into()),
