@@ -21,6 +21,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// an older LLVM, so the install points at this prefix explicitly.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_DEB: &str = "llvm-22-dev";
+/// The clang of the same LLVM: monitor-ebpf/build.rs compiles the kernel
+/// object's C part (direct reads with CO-RE relocations) to bitcode for
+/// bpf-linker.
+const CLANG_DEB: [&str; 1] = ["clang-22"];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -41,8 +45,8 @@ pub const OCSF_PYTHON_ENV: &str = "SECRETMON_OCSF_PYTHON";
 /// How much of the bootstrap a subcommand needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Toolchain and bpf-linker: enough to compile (monitor/build.rs links
-    /// the eBPF objects with bpf-linker).
+    /// Toolchain, bpf-linker and clang: enough to compile (monitor/build.rs
+    /// links the eBPF objects with bpf-linker).
     Build,
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
@@ -76,6 +80,7 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
         "setup step `bpf-linker` failed; see the output above, install LLVM 22 \
          (apt package llvm-22-dev) and retry",
     )?;
+    ensure_debs("C compiler", &CLANG_DEB).context("setup step `C compiler` failed")?;
     if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
     }
