@@ -29,6 +29,7 @@ pub enum OffsetsError {
 }
 
 /// What the programs need of the kernel's BTF besides CO-RE's relocations.
+#[derive(Debug)]
 pub struct BtfFacts {
     pub offsets: KernelOffsets,
     /// The kfunc `bpf_rdonly_cast` (6.2+): the open programs then load the
