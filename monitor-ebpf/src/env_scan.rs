@@ -56,8 +56,10 @@ pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Resul
             let watched =
                 unsafe { WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>()) }
                     .is_some()
-                    || unsafe { suffix_watched(scratch, last_us) }
-                    || unsafe { suffix_watched(scratch, prev_us) };
+                    || (last_us < ENV_NAME_LEN as u64
+                        && unsafe { suffix_watched(scratch, last_us) })
+                    || (prev_us < ENV_NAME_LEN as u64
+                        && unsafe { suffix_watched(scratch, prev_us) });
             if watched {
                 let count = unsafe { (*ev).env_count } as usize;
                 if count >= ENV_NAMES_MAX {
@@ -121,6 +123,13 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
         last_us: max,
         prev_us: max,
     };
+    // The scan stops at the name's end: the padding is written first, as
+    // whole words, instead of byte by byte for every entry.
+    for w in 0..NAME_SCRATCH_LEN / 8 {
+        unsafe {
+            core::ptr::write_volatile((*scratch).name.as_mut_ptr().cast::<u64>().add(w), 0);
+        }
+    }
     for w in 0..ENV_NAME_LEN / 4 {
         let base = w * 4;
         for k in [0, 1, 2, 3] {
@@ -132,6 +141,9 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
         unsafe {
             core::ptr::write_volatile(&raw mut (*scratch).state, st);
             st = core::ptr::read_volatile(&raw const (*scratch).state);
+        }
+        if st.found != 0 {
+            break;
         }
     }
     (st.name_len, st.has_eq, st.last_us, st.prev_us)
@@ -160,11 +172,14 @@ unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
     unsafe { core::ptr::write_volatile(&raw mut (*scratch).name[j], (b * in_name) as u8) };
 }
 
-/// Is the name from `from` on a watched suffix? `from` is a `_` position,
-/// or `ENV_NAME_LEN` for none, which reads only padding and matches nothing.
+/// Is the name from `from` on a watched suffix? `from` is a `_` position:
+/// a name without one is not looked up.
 /// Inlined: a call from `exec_args` would stack its frame on that one's.
 #[inline(always)]
 unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
+    // Hidden from the compiler, which knows `from < ENV_NAME_LEN` from the
+    // caller and would drop the mask below; older verifiers need the mask.
+    let from = unsafe { core::ptr::read_volatile(&from) };
     for t in 0..ENV_SUFFIX_LEN {
         let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
         unsafe { (*scratch).suffix[t] = (*scratch).name[i] };
