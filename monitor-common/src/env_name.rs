@@ -51,7 +51,7 @@ impl NameScan {
         let ends = eqs | zero_bytes(word);
         // The first end's high bit, and every byte before it (all of them
         // when the word has no end).
-        let first = ends & ends.wrapping_neg();
+        let first = ends.isolate_lowest_one();
         let before = (first >> 7).wrapping_sub(1);
         let ended = nonzero(first) & live;
         let at = w * 8;
