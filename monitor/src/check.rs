@@ -1,7 +1,9 @@
 //! `secretmon check`: what this kernel supports, what is missing, and how to
-//! fix each gap.
+//! fix each gap, as text or as one JSON document.
 
 use std::{io::Write, path::Path};
+
+use serde::Serialize;
 
 use aya::{
     maps::MapType,
@@ -11,14 +13,15 @@ use aya::{
 
 use crate::{offsets, preflight};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     Missing,
     Unknown,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Item {
     pub name: &'static str,
     /// Without it the agent cannot run.
@@ -46,6 +49,9 @@ impl Item {
         self
     }
 }
+
+/// What an optional item's fix says besides its own.
+const OPTIONAL: &str = "optional: secretmon uses tracepoints without it";
 
 /// Probe everything. Probes that load programs need privileges; without
 /// them they say `unknown` rather than a misleading `missing`.
@@ -177,24 +183,12 @@ pub fn probe() -> Vec<Item> {
     };
     items.push(tp.fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"));
 
-    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
-    let bpf_active = lsm_list.as_deref().is_some_and(lists_bpf);
-    let lsm = match (privileged, lsm_list) {
-        (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root"),
-        (true, Some(list)) if !lists_bpf(&list) => item(
-            "BPF LSM",
-            false,
-            Status::Missing,
-            format!("`bpf` is not an active LSM ({})", list.trim()),
-        ),
-        (true, list) => match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
-            Ok(true) if list.is_some() => item("BPF LSM", false, Status::Ok, "active"),
-            Ok(true) => item(
-                "BPF LSM",
-                false,
-                Status::Unknown,
-                "program type loads; active LSMs unknown (securityfs not mounted)",
-            ),
+    let lsm = match (privileged, bpf_lsm_listed()) {
+        (false, _) => item("BPF LSM", false, Status::Unknown, "probing needs root")
+            .fix("run `secretmon check` as root to probe it"),
+        (true, Err((gap, why))) => item("BPF LSM", false, Status::Missing, why).fix(gap.fix()),
+        (true, Ok(())) => match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
+            Ok(true) => item("BPF LSM", false, Status::Ok, "active"),
             Ok(false) => item("BPF LSM", false, Status::Missing, "program type refused"),
             Err(e) => item(
                 "BPF LSM",
@@ -202,14 +196,10 @@ pub fn probe() -> Vec<Item> {
                 Status::Missing,
                 format!("load refused: {}", crate::errors::error_text(&e)),
             ),
-        },
+        }
+        .fix(LsmGap::Refused.fix()),
     };
-    items.push(lsm.fix(if bpf_active {
-        "optional: `bpf` is an active LSM but this kernel refuses BPF LSM programs \
-         (a hardened or hypervisor-restricted build); secretmon uses tracepoints without it"
-    } else {
-        "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it"
-    }));
+    items.push(lsm);
 
     let fentry = if privileged {
         match is_program_supported(ProgramType::Tracing) {
@@ -231,14 +221,69 @@ pub fn probe() -> Vec<Item> {
         item("fentry/fexit", false, Status::Unknown, "probing needs root")
     };
     items.push(fentry.fix(
-        "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; secretmon uses tracepoints without it",
+        "needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal",
     ));
     items
 }
 
-/// Whether `bpf` is in a list of active LSMs (`/sys/kernel/security/lsm`).
-pub fn lists_bpf(lsm_list: &str) -> bool {
-    lsm_list.split(',').any(|l| l.trim() == "bpf")
+/// The active LSMs, in securityfs.
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// Why BPF LSM programs cannot watch opens here. Its [`LsmGap::fix`] is
+/// the one text `check` and `run --opens lsm` give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LsmGap {
+    /// The list of active LSMs cannot be read.
+    NoSecurityfs,
+    /// `bpf` is not among the active LSMs: programs would load and never run.
+    NotActive,
+    /// `bpf` is active, yet the kernel refuses the program.
+    Refused,
+}
+
+impl LsmGap {
+    pub fn fix(self) -> &'static str {
+        match self {
+            Self::NoSecurityfs => {
+                "mount securityfs (`mount -t securityfs securityfs /sys/kernel/security`) \
+                 so that the active LSMs can be read"
+            }
+            Self::NotActive => {
+                "boot with `bpf` in the kernel's `lsm=` list (e.g. \
+                 lsm=lockdown,capability,landlock,yama,apparmor,bpf) on a kernel built with \
+                 CONFIG_BPF_LSM=y"
+            }
+            Self::Refused => {
+                "this kernel refuses BPF LSM programs although `bpf` is an active LSM \
+                 (a hardened or hypervisor-restricted build): use --opens auto, or another \
+                 kernel"
+            }
+        }
+    }
+}
+
+/// Whether `bpf` is among the active LSMs, as `check` and `run --opens lsm`
+/// both decide it first: without it a BPF LSM program may load and attach
+/// and yet never run. The gap and why, when it is not.
+pub fn bpf_lsm_listed() -> Result<(), (LsmGap, String)> {
+    let list = std::fs::read_to_string(LSM_LIST);
+    lsm_gap(list.as_deref().ok()).map_err(|gap| {
+        let why = match &list {
+            Err(e) => format!("cannot read {LSM_LIST}: {}", crate::errors::error_text(e)),
+            Ok(list) => format!("`bpf` is not an active LSM ({})", list.trim()),
+        };
+        (gap, why)
+    })
+}
+
+/// Whether BPF LSM can be active, from the list in `LSM_LIST` (`None` when
+/// it cannot be read).
+pub fn lsm_gap(lsm_list: Option<&str>) -> Result<(), LsmGap> {
+    match lsm_list {
+        None => Err(LsmGap::NoSecurityfs),
+        Some(list) if list.split(',').any(|l| l.trim() == "bpf") => Ok(()),
+        Some(_) => Err(LsmGap::NotActive),
+    }
 }
 
 /// What `secretmon run --opens auto` will see opens with, from the probes:
@@ -273,9 +318,36 @@ pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     matches!((ma, mi), (Some(a), Some(b)) if (a, b) >= (major, minor))
 }
 
+/// Whether `secretmon run` can work: every required item is there.
+pub fn ready(items: &[Item]) -> bool {
+    items.iter().all(|i| !i.required || i.status == Status::Ok)
+}
+
+/// `check --json`: one document, `ready`, the open hooks `run` will use
+/// and every item with its status, detail and fix.
+pub fn write_json(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
+    #[derive(Serialize)]
+    struct Report<'a> {
+        schema: &'static str,
+        ready: bool,
+        opens: &'static str,
+        items: &'a [Item],
+    }
+    let ready = ready(items);
+    let report = Report {
+        schema: "secretmon/check/v1",
+        ready,
+        opens: open_hooks(items),
+        items,
+    };
+    serde_json::to_writer(&mut *out, &report)?;
+    writeln!(out)?;
+    Ok(ready)
+}
+
 /// Print the report; `true` when every required item is present.
 pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
-    let mut ready = true;
+    let ready = ready(items);
     for it in items {
         let status = match it.status {
             Status::Ok => "ok",
@@ -283,13 +355,13 @@ pub fn print(items: &[Item], out: &mut impl Write) -> std::io::Result<bool> {
             Status::Missing => "absent",
             Status::Unknown => "unknown",
         };
-        if it.required && it.status != Status::Ok {
-            ready = false;
-        }
         let kind = if it.required { "required" } else { "optional" };
         writeln!(out, "{status:<8} {:<13} {kind:<9} {}", it.name, it.detail)?;
         if let Some(fix) = &it.fix {
             writeln!(out, "{:<8} {:<13} {:<9} fix: {fix}", "", "", "")?;
+            if !it.required {
+                writeln!(out, "{:<8} {:<13} {:<9} ({OPTIONAL})", "", "", "")?;
+            }
         }
     }
     let path = open_hooks(items);
@@ -335,11 +407,32 @@ mod tests {
 
     #[test]
     fn bpf_in_lsm_lists() {
-        assert!(lists_bpf("lockdown,capability,landlock,bpf\n"));
-        assert!(!lists_bpf(
-            "lockdown,capability,landlock,yama,apparmor,tomoyo"
-        ));
-        assert!(!lists_bpf("bpf_not,ebpf"));
+        assert_eq!(lsm_gap(Some("lockdown,capability,landlock,bpf\n")), Ok(()));
+        assert_eq!(
+            lsm_gap(Some("lockdown,capability,landlock,yama,apparmor,tomoyo")),
+            Err(LsmGap::NotActive)
+        );
+        assert_eq!(lsm_gap(Some("bpf_not,ebpf")), Err(LsmGap::NotActive));
+        assert_eq!(lsm_gap(None), Err(LsmGap::NoSecurityfs));
+    }
+
+    #[test]
+    fn json_has_every_item_and_the_verdict() {
+        let items = vec![
+            item("kernel", true, Status::Ok, "Linux 6.1.0"),
+            item("BPF LSM", false, Status::Missing, "refused").fix(LsmGap::Refused.fix()),
+        ];
+        let mut out = Vec::new();
+        assert!(write_json(&items, &mut out).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["schema"], "secretmon/check/v1");
+        assert_eq!(v["ready"], true);
+        assert_eq!(v["opens"], "tracepoints");
+        assert_eq!(v["items"][0]["status"], "ok");
+        assert_eq!(v["items"][0]["fix"], serde_json::Value::Null);
+        assert_eq!(v["items"][1]["status"], "missing");
+        assert_eq!(v["items"][1]["required"], false);
+        assert_eq!(v["items"][1]["fix"], LsmGap::Refused.fix());
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub enum Command {
     /// Report what this kernel supports, what is missing, and how to fix it.
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
-    Check,
+    Check(CheckArgs),
     /// Print the effective configuration and where each value came from.
     ///
     /// Takes the same setting flags as `run`, so `secretmon config --opens
@@ -149,6 +149,15 @@ pub struct RunArgs {
     /// Append events to FILE instead of stdout ("-" is stdout).
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// One JSON document (schema `secretmon/check/v1`): `ready`, the open
+    /// hooks `run` will use, and each item's `name`, `required`, `status`
+    /// (ok, missing, unknown), `detail` and `fix`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -59,10 +59,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => {
+        Command::Check(args) => {
             logging::init(&config::LogSettings::default());
             let items = check::probe();
-            let ready = check::print(&items, &mut std::io::stdout().lock())?;
+            let mut out = std::io::stdout().lock();
+            let ready = if args.json {
+                check::write_json(&items, &mut out)?
+            } else {
+                check::print(&items, &mut out)?
+            };
             Ok(if ready {
                 ExitCode::SUCCESS
             } else {

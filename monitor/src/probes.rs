@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{env_names::EnvPattern, name_rules::CompiledRules};
+use crate::{check, env_names::EnvPattern, name_rules::CompiledRules};
 use monitor_common::{
     CAPTURE_LSM_OPENS, COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
     EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
@@ -418,13 +418,25 @@ fn attach_trampoline(
             // attach and yet never run: opens would go unseen.
             bpf_lsm_active()?;
             let program: &mut Lsm = program(ebpf, LSM_HOOK)?;
-            program
+            return program
                 .load(LSM_HOOK, &btf)
                 .and_then(|()| program.attach().map(drop))
+                .map_err(|e| {
+                    format!(
+                        "{}; fix: {}",
+                        load_refusal(hooks, e),
+                        check::LsmGap::Refused.fix()
+                    )
+                });
         }
         ActiveHooks::Tracepoints => Ok(()),
     };
-    result.map_err(|e| match e {
+    result.map_err(|e| load_refusal(hooks, e))
+}
+
+/// Why the kernel refused a program, from its verifier log's verdict.
+fn load_refusal(hooks: ActiveHooks, e: aya::programs::ProgramError) -> String {
+    match e {
         // The verifier's log is long and, on a refusal, empty: its last line
         // says why when there is one.
         aya::programs::ProgramError::LoadError {
@@ -445,19 +457,13 @@ fn attach_trampoline(
             }
         }
         e => crate::errors::error_text(&e),
-    })
+    }
 }
 
-/// Whether `bpf` is among the active LSMs, from securityfs.
+/// Whether `bpf` is among the active LSMs: the reason and fix `check`
+/// gives when it is not.
 fn bpf_lsm_active() -> Result<(), String> {
-    const LSM_LIST: &str = "/sys/kernel/security/lsm";
-    let list = std::fs::read_to_string(LSM_LIST)
-        .map_err(|e| format!("cannot read {LSM_LIST} ({e}): mount securityfs to use BPF LSM"))?;
-    if crate::check::lists_bpf(&list) {
-        Ok(())
-    } else {
-        Err(format!("`bpf` is not an active LSM ({})", list.trim()))
-    }
+    check::bpf_lsm_listed().map_err(|(gap, why)| format!("{why}; fix: {}", gap.fix()))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

@@ -40,6 +40,11 @@ pub enum LedgerError {
     StateDir { path: String, err: std::io::Error },
     #[error("no ledger at {0}: has `secretmon run --state {1}` run here?")]
     Missing(String, String),
+    #[error(
+        "ledger {path}: permission denied (uid {uid}): run `sudo secretmon report`, \
+         or as a member of the group the state dir is shared with"
+    )]
+    Denied { path: String, uid: u32 },
     #[error("ledger {path}: {}", crate::errors::error_text(err))]
     Open { path: String, err: rusqlite::Error },
     #[error("the ledger's schema is v{found}, newer than this secretmon knows (v{known})")]
@@ -133,11 +138,22 @@ impl Ledger {
     /// while the agent may be writing.
     pub fn open_read_only(state_dir: &Path) -> Result<Self, LedgerError> {
         let path = state_dir.join(FILE);
-        if !path.exists() {
-            return Err(LedgerError::Missing(
-                path.display().to_string(),
-                state_dir.display().to_string(),
-            ));
+        // `exists()` is false on EACCES too: a ledger in a 0700 state dir
+        // is there, just not readable by this user. Opening says which.
+        match fs::File::open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(LedgerError::Denied {
+                    path: path.display().to_string(),
+                    uid: nix::unistd::geteuid().as_raw(),
+                });
+            }
+            Err(_) => {
+                return Err(LedgerError::Missing(
+                    path.display().to_string(),
+                    state_dir.display().to_string(),
+                ));
+            }
         }
         let conn = Connection::open_with_flags(
             &path,
