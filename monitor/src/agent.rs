@@ -1,18 +1,28 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
-//! events until SIGINT or SIGTERM, and drain what is left before exiting.
+//! events until SIGINT, SIGTERM or SIGQUIT, and drain what is left before
+//! exiting. SIGHUP reopens the output and reloads what can change without
+//! reattaching probes ([`crate::reload`]); SIGUSR1 logs a status line.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use crate::{
-    event::{Agent, AgentStatus, Capture, Event},
+    event::{Agent, AgentStatus, Capture, Event, ReloadSummary},
     findings::engine::{self, Engine, Scope},
     identity::{CacheStats, IdentityResolver},
     inventory::{
-        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        Inventory, InventoryChange, MapEdit, Record,
+        catalog::Catalog,
+        fingerprint::Key,
+        listing,
+        scan::{Scanner, WatchPlan},
         sync::Follower,
     },
     offsets,
@@ -20,16 +30,20 @@ use crate::{
     plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
+    reload::{Candidate, Reloader},
+    service::Notifier,
     sink::Sink,
 };
 
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
-    let scanner = host_scanner(&plan)?;
+    // One key for every scanner of this run, a one-time key included.
+    let key = listing::load_key(&plan.inventory, &plan.state_dir)?;
+    let scanner = host_scanner(&plan, key.clone())?;
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(plan.output.as_deref()).with_context(|| {
@@ -62,14 +76,10 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
-    if sync.unwatched > 0 {
-        tracing::warn!(
-            "{} directories cannot be watched for new or rotated secrets",
-            sync.unwatched
-        );
-    }
-    tracing::debug!("following {} directories", sync.watched());
+    // What the inventory's rules covered, to tell on reload which secrets
+    // a changed configuration no longer covers.
+    let mut scanned = host_scanner(&plan, key.clone())?;
+    let sync = follower(scanner, scan_plan, &records).context("cannot start inotify")?;
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
@@ -81,8 +91,8 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
     }
-    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
-    tokio::spawn(sync.run(changes_tx));
+    let (changes_tx, mut changes) = mpsc::channel(CHANGES_QUEUE);
+    let mut sync_task = tokio::spawn(sync.run(changes_tx.clone()));
     for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
@@ -92,7 +102,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         .context("cannot poll the ring buffer")?;
     let watched = watch.len();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
-    let discoverer = host_scanner(&plan)?;
+    let discoverer = host_scanner(&plan, key.clone())?;
     let mut pipeline =
         Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
     tracing::info!("watching {watched} files");
@@ -119,14 +129,28 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             io_uring_opens: io_uring,
         }),
     )?;
+    let mut service = Notifier::from_env();
+    service.ready(&format!("watching {watched} files"));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(plan.findings_interval);
+    let mut findings_interval = plan.findings_interval;
+    let mut periodic = tokio::time::interval(findings_interval);
+    // The watchdog's keep-alive, from this loop: a stalled drain stops it.
+    let keepalive = service.keepalive_period();
+    let mut watchdog = tokio::time::interval(keepalive.unwrap_or(Duration::from_secs(3600)));
+    // A reload reads and rescans off this loop, which keeps draining; its
+    // result comes back here to be applied.
+    let (reload_tx, mut reloads) = mpsc::channel(1);
+    let mut reload_running = false;
+    let mut reload_again = false;
     let mut lost_reported = 0;
     let reason = loop {
         tokio::select! {
@@ -151,10 +175,73 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 record(&mut pipeline, &mut engine, Scope::All)?;
                 pipeline.sink.flush()?;
             }
+            _ = watchdog.tick(), if keepalive.is_some() => service.alive(),
+            _ = sighup.recv() => {
+                service.reloading();
+                reopen(&mut pipeline.sink);
+                if reload_running {
+                    reload_again = true;
+                } else {
+                    reload_running = true;
+                    start_reload(&reloader, &key, &reload_tx);
+                }
+            }
+            Some(prepared) = reloads.recv() => {
+                reload_running = false;
+                match prepared {
+                    Ok(prepared) => {
+                        let summary = apply_reload(
+                            prepared,
+                            Reload {
+                                probes: &mut probes,
+                                pipeline: &mut pipeline,
+                                engine: &mut engine,
+                                scanned: &mut scanned,
+                                sync_task: &mut sync_task,
+                                changes_tx: &changes_tx,
+                                reloader: &mut reloader,
+                                key: &key,
+                            },
+                        )?;
+                        if summary.findings_interval != findings_interval {
+                            findings_interval = summary.findings_interval;
+                            periodic = tokio::time::interval(findings_interval);
+                        }
+                        emit_reloaded(&mut pipeline, summary.summary)?;
+                    }
+                    Err(e) => {
+                        let why = crate::errors::error_text(e.as_ref());
+                        tracing::warn!("reload failed, the running configuration stays: {why}");
+                        emit_agent(
+                            &mut pipeline,
+                            AgentStatus::ReloadFailed,
+                            format!("reload failed, the running configuration stays: {why}"),
+                            lost_reported,
+                            None,
+                            None,
+                        )?;
+                    }
+                }
+                if reload_again {
+                    reload_again = false;
+                    reload_running = true;
+                    start_reload(&reloader, &key, &reload_tx);
+                } else {
+                    service.ready(&format!("watching {} files", pipeline.watch.len()));
+                }
+            }
+            _ = sigusr1.recv() => {
+                let line = status_line(&probes, &pipeline);
+                tracing::info!("status: {line}");
+                service.status(&line);
+            }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sigquit.recv() => break "SIGQUIT",
         }
     };
+    service.stopping(&format!("stopping on {reason}: draining the ring buffer"));
+    sync_task.abort();
 
     drain(ring.get_mut(), &mut pipeline, &mut probes)?;
     pipeline.flush_folds().context("writing events")?;
@@ -193,15 +280,208 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
 }
 
 /// The inventory's scanner of the whole host, as the plan configures it.
-fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+fn host_scanner(plan: &RunPlan, key: Key) -> anyhow::Result<Scanner> {
     Ok(Scanner::new(
         std::path::Path::new("/"),
         Catalog::new(&plan.inventory)?,
         plan.watch.clone(),
-        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        key,
         plan.inventory.limits(),
         plan.inventory.policy(),
     ))
+}
+
+/// inotify on what a scan planned, saying what it cannot watch.
+fn follower(scanner: Scanner, plan: WatchPlan, records: &[Record]) -> std::io::Result<Follower> {
+    let sync = Follower::new(scanner, plan, records)?;
+    if sync.unwatched > 0 {
+        tracing::warn!(
+            "{} directories cannot be watched for new or rotated secrets",
+            sync.unwatched
+        );
+    }
+    tracing::debug!("following {} directories", sync.watched());
+    Ok(sync)
+}
+
+/// SIGHUP, first: what was written so far stays in the file logrotate
+/// moved; from now on events go to a new file at the configured path. A
+/// file that cannot be opened again leaves the old one in use.
+fn reopen(sink: &mut Sink) {
+    match sink.reopen() {
+        Ok(Some(path)) => tracing::info!("reopened {}", path.display()),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "cannot reopen the output, still writing to the old file: {}",
+            crate::errors::error_text(&e)
+        ),
+    }
+}
+
+/// A configuration read again and the host scanned with it, ready to apply.
+struct Prepared {
+    candidate: Candidate,
+    scanner: Scanner,
+    records: Vec<Record>,
+    watch_plan: WatchPlan,
+}
+
+/// Read the configuration and rescan in a blocking task; the result comes
+/// back on `done`.
+fn start_reload(reloader: &Reloader, key: &Key, done: &mpsc::Sender<anyhow::Result<Prepared>>) {
+    let reloader = reloader.clone();
+    let key = key.clone();
+    let done = done.clone();
+    tokio::task::spawn_blocking(move || {
+        let prepared = reloader
+            .read()
+            .map_err(anyhow::Error::from)
+            .and_then(|candidate| {
+                let scanner = host_scanner(&candidate.plan, key)?;
+                let (records, stats, watch_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+                tracing::info!("reload: inventory: {}", listing::summary(&stats));
+                Ok(Prepared {
+                    candidate,
+                    scanner,
+                    records,
+                    watch_plan,
+                })
+            });
+        // The agent is gone when no one receives: nothing to reload.
+        let _ = done.blocking_send(prepared);
+    });
+}
+
+/// What applying a reload touches.
+struct Reload<'a> {
+    probes: &'a mut Probes,
+    pipeline: &'a mut Pipeline,
+    engine: &'a mut Engine,
+    /// The scanner of the running configuration (its rules).
+    scanned: &'a mut Scanner,
+    sync_task: &'a mut JoinHandle<()>,
+    changes_tx: &'a mpsc::Sender<InventoryChange>,
+    reloader: &'a mut Reloader,
+    key: &'a Key,
+}
+
+struct Applied {
+    summary: ReloadSummary,
+    findings_interval: Duration,
+}
+
+/// Watch what the new scan found, unwatch what the new rules no longer
+/// cover, follow the new places, and give the findings their new settings.
+fn apply_reload(prepared: Prepared, at: Reload<'_>) -> anyhow::Result<Applied> {
+    let Prepared {
+        candidate,
+        scanner,
+        records,
+        watch_plan,
+    } = prepared;
+    let scanned = &*at.scanned;
+    let changes = at
+        .pipeline
+        .watch
+        .rescan_changes(records.clone(), |p| scanned.rule_for(p).is_some());
+    let mut summary = ReloadSummary {
+        reopened: at.pipeline.sink.path().map(|p| p.display().to_string()),
+        ..ReloadSummary::default()
+    };
+    for change in changes {
+        match &change {
+            InventoryChange::Upsert(r) if !at.pipeline.watch.has_path(&r.path) => {
+                summary.added += 1
+            }
+            InventoryChange::Remove(_) => summary.removed += 1,
+            InventoryChange::Upsert(_) => {}
+        }
+        apply(at.probes, at.pipeline, change);
+    }
+    summary.watched = at.pipeline.watch.len();
+    match follower(scanner, watch_plan, &records) {
+        Ok(sync) => {
+            at.sync_task.abort();
+            *at.sync_task = tokio::spawn(sync.run(at.changes_tx.clone()));
+        }
+        Err(e) => tracing::warn!(
+            "reload: cannot follow the new places, the old ones stay followed: {}",
+            crate::errors::error_text(&e)
+        ),
+    }
+    let plan = &candidate.plan;
+    *at.scanned = host_scanner(plan, at.key.clone())?;
+    at.engine
+        .reconfigure(plan.findings.clone(), plan.ledger.retention);
+    at.engine.refresh(&at.pipeline.watch, chrono::Utc::now());
+    at.reloader.applied(&candidate);
+    summary.applied = candidate.changes.applied;
+    summary.restart_needed = candidate.changes.restart_needed;
+    Ok(Applied {
+        summary,
+        findings_interval: candidate.plan.findings_interval,
+    })
+}
+
+/// The `reloaded` event and its log line.
+fn emit_reloaded(pipeline: &mut Pipeline, summary: ReloadSummary) -> anyhow::Result<()> {
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    let message = format!(
+        "reloaded: {}policy read again, inventory rescanned \
+         ({} watched, {} added, {} removed); changed and applied: {}; \
+         changed, applied at the next restart: {}",
+        match &summary.reopened {
+            Some(path) => format!("{path} reopened, "),
+            None => String::new(),
+        },
+        summary.watched,
+        summary.added,
+        summary.removed,
+        list(&summary.applied),
+        list(&summary.restart_needed),
+    );
+    tracing::info!("{message}");
+    if !summary.restart_needed.is_empty() {
+        tracing::warn!(
+            "restart secretmon for these to take effect: {}",
+            summary.restart_needed.join(", ")
+        );
+    }
+    let body = Agent {
+        status: AgentStatus::Reloaded,
+        message,
+        lost: 0,
+        identity_cache: None,
+        capture: None,
+        reload: Some(summary),
+    };
+    let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
+    pipeline.sink.emit(&ev).context("writing events")?;
+    pipeline.sink.flush().context("writing events")
+}
+
+/// SIGUSR1's line: what the agent has done so far.
+fn status_line(probes: &Probes, pipeline: &Pipeline) -> String {
+    let stats = &pipeline.stats;
+    let cache = pipeline.identities.cache_stats();
+    format!(
+        "watching {} files; {} records, {} secret reads, {} malformed, {} lost; \
+         identity cache {}/{} entries, {:.0}% hits",
+        pipeline.watch.len(),
+        stats.records,
+        stats.secret_reads,
+        stats.malformed,
+        probes.lost().unwrap_or_default(),
+        cache.size,
+        cache.capacity,
+        cache.hit_rate * 100.0,
+    )
 }
 
 /// Follow a created, rotated or removed secret: watch its new inode before
@@ -289,6 +569,7 @@ fn emit_agent(
         lost,
         identity_cache,
         capture,
+        reload: None,
     };
     let ev = Event::new("agent", chrono::Utc::now(), &pipeline.host, body);
     pipeline.sink.emit(&ev).context("writing events")?;

@@ -220,9 +220,7 @@ pub fn probe() -> Vec<Item> {
     } else {
         item("fentry/fexit", false, Status::Unknown, "probing needs root")
     };
-    items.push(fentry.fix(
-        "needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal",
-    ));
+    items.push(fentry.fix("needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal"));
     items
 }
 

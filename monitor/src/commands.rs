@@ -9,17 +9,21 @@ use crate::{
     config::{self, Loaded, load::Origin},
     findings, inventory, logging,
     plan::RunPlan,
+    reload::Reloader,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let loaded = load(&args.common, args.agent.layers())?;
+            let sources = args.common.sources(args.agent.layers());
+            let loaded = load_from(&sources)?;
+            // SIGHUP reads the same sources again.
+            let reloader = Reloader::new(sources, args.output.clone(), &loaded);
             let plan = RunPlan::resolve(loaded.settings, args.output)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(agent::run(plan))?;
+            rt.block_on(agent::run(plan, reloader))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory(args) => {
@@ -93,7 +97,11 @@ fn load(
     common: &CommonArgs,
     layers: Vec<config::load::Layer>,
 ) -> Result<Loaded, config::ConfigError> {
-    let loaded = common.sources(layers).load()?;
+    load_from(&common.sources(layers))
+}
+
+fn load_from(sources: &config::Sources) -> Result<Loaded, config::ConfigError> {
+    let loaded = sources.load()?;
     logging::init(&loaded.settings.log);
     Ok(loaded)
 }

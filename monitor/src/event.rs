@@ -45,6 +45,10 @@ pub struct Host {
 pub enum AgentStatus {
     Started,
     Lost,
+    /// SIGHUP: outputs reopened, the configuration read again.
+    Reloaded,
+    /// SIGHUP with a configuration that does not load: the old one runs on.
+    ReloadFailed,
     Stopped,
 }
 
@@ -59,6 +63,24 @@ pub struct Agent {
     /// On `started`: which kernel hooks see what.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// On `reloaded`: which settings changed, and which of them wait for a
+    /// restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadSummary>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadSummary {
+    /// The output file opened again at its path (after logrotate moved it).
+    pub reopened: Option<String>,
+    /// Changed settings now in effect (dotted keys).
+    pub applied: Vec<String>,
+    /// Changed settings that take effect only at the next start.
+    pub restart_needed: Vec<String>,
+    /// Secrets watched after the rescan, and how many came and went.
+    pub watched: usize,
+    pub added: usize,
+    pub removed: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,6 +269,7 @@ mod tests {
                 lost: 0,
                 identity_cache: None,
                 capture: None,
+                reload: None,
             },
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

@@ -27,5 +27,7 @@ pub mod preflight;
 pub mod probes;
 pub mod process;
 pub mod redact;
+pub mod reload;
 pub mod secret;
+pub mod service;
 pub mod sink;

@@ -52,6 +52,11 @@ impl Sink {
         self.out.flush()
     }
 
+    /// The file events are appended to; `None` for stdout.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// After logrotate moved the file away: flush what is buffered into
     /// the old file, then append to a new one at the same path. Returns
     /// the path reopened, if any.

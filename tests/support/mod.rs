@@ -52,9 +52,14 @@ impl Agent {
     /// `secretmon run ARGS`; with a state dir of its own unless ARGS name one,
     /// so that tests do not share a ledger.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Agent::start`], with `env` set for the agent.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let state = (!args.contains(&"--state")).then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").args(args);
+        cmd.arg("run").args(args).envs(env.iter().copied());
         if let Some(dir) = &state {
             cmd.arg("--state").arg(dir.path());
         }
@@ -138,7 +143,7 @@ impl Agent {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).unwrap();
     }

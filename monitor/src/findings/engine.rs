@@ -52,10 +52,7 @@ impl Engine {
         let mut ledger = Ledger::open(state_dir)?;
         let mut snapshot = ledger.snapshot()?;
         let now = Utc::now();
-        let mut rows = vec![Row::Meta(
-            "settings".into(),
-            serde_json::to_string(&settings).expect("settings serialize"),
-        )];
+        let mut rows = vec![settings_row(&settings)];
         if let Ok(span) = chrono::Duration::from_std(retention) {
             rows.push(snapshot.prune(now - span));
         }
@@ -73,6 +70,15 @@ impl Engine {
         };
         engine.refresh(watch, now);
         Ok(engine)
+    }
+
+    /// A reloaded configuration's windows, policy and retention, from now
+    /// on; recorded for `report` as at start.
+    pub fn reconfigure(&mut self, settings: Settings, retention: Duration) {
+        self.writer.send(settings_row(&settings));
+        self.settings = settings;
+        self.retention = retention;
+        self.dirty = true;
     }
 
     pub fn observe(&mut self, o: &Observation) {
@@ -165,6 +171,14 @@ impl Engine {
     pub fn close(self) -> WriterStats {
         self.writer.close()
     }
+}
+
+/// The settings `report` reads back from the ledger.
+fn settings_row(settings: &Settings) -> Row {
+    Row::Meta(
+        "settings".into(),
+        serde_json::to_string(settings).expect("settings serialize"),
+    )
 }
 
 #[derive(Serialize)]
