@@ -39,6 +39,13 @@ use crate::{
 const CHANGES_QUEUE: usize = 1024;
 
 pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
+    // First of all: a signal during the seconds of start-up (a stop, a
+    // logrotate's SIGHUP) waits for the loop instead of killing the agent.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     preflight::check()?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     // One key for every scanner of this run, a one-time key included.
@@ -132,11 +139,6 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     let mut service = Notifier::from_env();
     service.ready(&format!("watching {watched} files"));
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     // Folded reads go out on this tick, so within a second of the first.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is

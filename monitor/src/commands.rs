@@ -4,7 +4,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use crate::{
-    agent, check,
+    agent, assets, check,
     cli::{Cli, Command, CommonArgs},
     config::{self, Loaded, load::Origin},
     findings, inventory, logging,
@@ -77,6 +77,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Assets { dir } => {
+            for path in assets::write(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(args) => {
             let loaded = load(&args.common, args.agent.layers())?;

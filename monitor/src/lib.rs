@@ -7,6 +7,7 @@
 //! binary (`main.rs`) only sets up the process around it.
 
 pub mod agent;
+pub mod assets;
 pub mod check;
 pub mod cli;
 pub mod commands;
