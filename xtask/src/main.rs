@@ -5,6 +5,7 @@
 
 mod bench;
 mod cargo;
+mod package;
 mod toolchain;
 mod vm;
 
@@ -63,7 +64,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run `cargo test --workspace [ARGS...]`.
+    /// Set up, then build the .deb into target/debian (cargo-deb, installed
+    /// when missing): the release binary, the systemd unit, the default
+    /// config, man pages and shell completions generated from the binary.
+    Package,
+    /// Set up, build the .deb (as `package` does), then run
+    /// `cargo test --workspace [ARGS...]`.
     ///
     /// ARGS are passed to `cargo test --workspace` as is, e.g.
     /// `cargo xtask test --release -- --nocapture`. A leading `--` is eaten by
@@ -108,6 +114,10 @@ fn try_main() -> Result<()> {
             build(release)
         }
         Cmd::Run { release, args } => run(release, args),
+        Cmd::Package => {
+            toolchain::setup(Scope::Build)?;
+            package::package().map(drop)
+        }
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
         Cmd::Bench => {
@@ -185,6 +195,8 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     let kernel = toolchain::setup(Scope::Test)?;
     let start = Instant::now();
+    // tests/package.rs installs it.
+    package::package()?;
     let mut cmd = cargo::cargo()?;
     cmd.args(["test", "--workspace"]).args(args);
     if let Some(kernels) = kernel {

@@ -33,7 +33,9 @@ pub enum Scope {
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
-    /// second-kernel tests (`tests/vm.rs`) boot.
+    /// second-kernel tests (`tests/vm.rs`) boot, and what the packaging
+    /// tests (`tests/package.rs`) run: cargo-deb, systemd-analyze, strace,
+    /// kubernetes-validate and hadolint.
     Test,
 }
 
@@ -55,6 +57,7 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     }
     let mut kernel = None;
     if scope == Scope::Test {
+        crate::package::ensure_tools().context("setup step `packaging test tools` failed")?;
         match vm::ensure() {
             Ok(k) => kernel = Some(k),
             // CI must run them; elsewhere they skip and say why.
@@ -230,4 +233,44 @@ fn ensure_tracefs() -> Result<()> {
         bail!("mounted tracefs but {} is still missing", events.display());
     }
     Ok(())
+}
+
+/// Whether dpkg has `package` installed: a `busybox` on PATH may be the
+/// dynamically linked one.
+pub fn installed(package: &str) -> bool {
+    cargo::output(std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// Install the Debian `packages` that are missing, with apt-get (as root).
+pub fn ensure_apt(what: &str, packages: &[&str]) -> Result<()> {
+    let label = format!("{what} ({})", packages.join(", "));
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: {label}: present");
+        return Ok(());
+    }
+    if !cargo::is_root() {
+        bail!(
+            "{} not installed and installing needs root; run `sudo apt-get update && \
+             sudo apt-get install -y {}` and retry",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: {label}: missing {}, installing with apt-get ...",
+        missing.join(", ")
+    );
+    cargo::run(cargo::command("apt-get")?.arg("update"))?;
+    cargo::run(
+        cargo::command("apt-get")?
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

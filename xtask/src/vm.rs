@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cargo;
+use crate::{cargo, toolchain};
 
 /// Debian packages: the emulator, the guest's userland (static: the
 /// initramfs has no libraries for it), the archiver.
@@ -46,7 +46,7 @@ pub struct Kernels {
 
 /// Install the packages and fetch the kernels.
 pub fn ensure() -> Result<Kernels> {
-    ensure_packages()?;
+    toolchain::ensure_apt("VM tools", &PACKAGES)?;
     Ok(Kernels {
         current: ensure_kernel()?,
         old: ensure_old_kernel()?,
@@ -83,45 +83,6 @@ fn ensure_old_kernel() -> Result<PathBuf> {
         bail!("{OLD_KERNEL_URL}: SHA-256 is not {OLD_KERNEL_SHA256} (got {sum:?})");
     }
     unpack_boot(&deb, &unpack, &dir)
-}
-
-/// Whether dpkg has `package` installed: a `busybox` on PATH may be the
-/// dynamically linked one.
-fn installed(package: &str) -> bool {
-    cargo::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_some_and(|status| status.trim() == "install ok installed")
-}
-
-fn ensure_packages() -> Result<()> {
-    let label = format!("VM tools ({})", PACKAGES.join(", "));
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| !installed(package))
-        .collect();
-    if missing.is_empty() {
-        eprintln!("xtask: {label}: present");
-        return Ok(());
-    }
-    if !cargo::is_root() {
-        bail!(
-            "{} not installed and installing needs root; run `sudo apt-get update && \
-             sudo apt-get install -y {}` and retry",
-            missing.join(", "),
-            missing.join(" ")
-        );
-    }
-    eprintln!(
-        "xtask: {label}: missing {}, installing with apt-get ...",
-        missing.join(", ")
-    );
-    cargo::run(cargo::command("apt-get")?.arg("update"))?;
-    cargo::run(
-        cargo::command("apt-get")?
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 /// The package `linux-image-cloud-amd64` depends on, e.g.
