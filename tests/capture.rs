@@ -13,21 +13,11 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Agent, PLANTED, assert_no_planted, can_load_probes, plant_secret, which};
+use support::{
+    Agent, PLANTED, assert_no_planted, can_load_probes, is_read_by, plant_secret, run_ok, which,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn run_ok(cmd: &mut Command) -> u32 {
-    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed");
-    pid
-}
-
-fn is_read_by(v: &Value, pid: u32) -> bool {
-    v["kind"] == "secret_read" && v["process"]["pid"] == pid
-}
 
 #[test]
 fn every_path_form_reaches_the_same_secret() {

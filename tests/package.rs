@@ -54,7 +54,7 @@ fn unit_setting(key: &str) -> String {
     let text = std::fs::read_to_string(workspace().join(UNIT)).unwrap();
     text.lines()
         .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("{UNIT} sets no {key}"))
         .to_string()
 }

@@ -25,6 +25,7 @@ use crate::{
         scan::{Scanner, WatchPlan},
         sync::Follower,
     },
+    ledger::StateLock,
     offsets,
     pipeline::Pipeline,
     plan::RunPlan,
@@ -47,10 +48,13 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     preflight::check()?;
+    // One agent per state dir, checked before any work.
+    let lock = StateLock::acquire(&plan.state_dir)?;
     let offsets = offsets::from_btf_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
     // One key for every scanner of this run, a one-time key included.
     let key = listing::load_key(&plan.inventory, &plan.state_dir)?;
     let scanner = host_scanner(&plan, key.clone())?;
+    let key_id = scanner.key_id();
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
     tracing::info!("inventory: {}", listing::summary(&stats));
     let sink = Sink::open(plan.output.as_deref()).with_context(|| {
@@ -91,9 +95,11 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
         &plan.state_dir,
+        lock,
         plan.findings.clone(),
         plan.ledger.retention,
         &watch,
+        &key_id,
     )?;
     for record in watch.records() {
         probes.watch(record.key, record.slot)?;
@@ -154,11 +160,12 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     let mut reload_running = false;
     let mut reload_again = false;
     let mut lost_reported = 0;
+    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut losses)?;
                 guard.clear_ready();
                 pipeline.sink.flush()?;
             }
@@ -245,7 +252,7 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     service.stopping(&format!("stopping on {reason}: draining the ring buffer"));
     sync_task.abort();
 
-    drain(ring.get_mut(), &mut pipeline, &mut probes)?;
+    drain(ring.get_mut(), &mut pipeline, &mut probes, &mut losses)?;
     pipeline.flush_folds().context("writing events")?;
     record(&mut pipeline, &mut engine, Scope::Events)?;
     lost_reported = report_lost(&probes, &mut pipeline, lost_reported)?;
@@ -259,7 +266,7 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
             "stopped on {reason}: {} records, {} secret reads, {} malformed, \
              {} denied opens unresolved, {} environments partly scanned; \
              identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed",
+             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
             stats.records,
             stats.secret_reads,
             stats.malformed,
@@ -272,6 +279,7 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
             ledger.batches,
             ledger.dropped,
             ledger.failed,
+            ledger.lost,
         ),
         lost_reported,
         Some(cache),
@@ -489,7 +497,7 @@ fn status_line(probes: &Probes, pipeline: &Pipeline) -> String {
 /// Follow a created, rotated or removed secret: watch its new inode before
 /// unwatching the old one. A full map only loses that one file.
 fn apply(probes: &mut Probes, pipeline: &mut Pipeline, change: InventoryChange) {
-    let edit = pipeline.watch.apply(change);
+    let edit = pipeline.inventory_change(change);
     apply_edit(probes, edit);
 }
 
@@ -512,13 +520,49 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
+/// Records handled between two looks at the kernel's loss counter. A loss
+/// is noticed before each drain and then every this many records: a loss
+/// in the middle of a drain leaves at most these records attributed from
+/// what the process table knew before it.
+const LOSS_CHECK_EVERY: usize = 16;
+
+/// What the drain knows of the kernel's lost events.
+#[derive(Default)]
+struct Losses {
+    seen: u64,
+}
+
+impl Losses {
+    /// Tell the pipeline when the kernel lost events since the last look:
+    /// before the records after the loss are handled, since a lost exec
+    /// or fork makes what the process table knows stale.
+    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let total = probes.lost()?;
+        if total > self.seen {
+            self.seen = total;
+            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
+            pipeline.events_lost(boot_ns);
+        }
+        Ok(())
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
+    losses: &mut Losses,
 ) -> anyhow::Result<()> {
+    losses.check(probes, pipeline)?;
+    let mut handled = 0;
     while let Some(record) = ring.next() {
         pipeline.handle(&record).context("writing events")?;
+        handled += 1;
+        if handled % LOSS_CHECK_EVERY == 0 {
+            losses.check(probes, pipeline)?;
+        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

@@ -127,6 +127,11 @@ pub struct Secret {
     /// host (a container's mount namespace, a chroot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_path: Option<String>,
+    /// `path` is not the whole path: the kernel keeps 16 names of 31 bytes
+    /// each, and this file's path is deeper or a name longer. `id` is then
+    /// the file's (device and inode), not the path's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
     #[serde(rename = "type")]
     pub secret_type: SecretType,
     /// `hmac-sha256:` and a hex prefix: keyed, so it reveals nothing.

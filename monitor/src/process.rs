@@ -1,6 +1,14 @@
 //! The process table: what the agent knows of each process, fed by the
 //! kernel's fork, exec and exit events, so that a process that is gone by the
 //! time its event is read is still attributed, with its ancestry.
+//!
+//! When the ring buffer lost events, an exec, fork or exit may be among
+//! them: what the table knew of every process may then be stale (the
+//! parent's image for a child whose exec was lost, another process behind
+//! a reused pid). Such an entry is no longer *vouched* for until an exec or
+//! fork seen after the loss, or `/proc` for the same live process, says
+//! again what runs; until then the reader's identity is unknown, never a
+//! guess.
 
 use std::{
     collections::HashMap,
@@ -37,6 +45,10 @@ pub struct ProcessInfo {
     pub cgroup_id: u64,
     /// The kernel reported its exit; kept a while for its children's ancestry.
     pub exited: bool,
+    /// `exe` and `args` are known to be this process's: learned from an
+    /// exec or fork seen since the last loss of events, or from `/proc`
+    /// while the process (same start time) was alive.
+    pub vouched: bool,
 }
 
 impl ProcessInfo {
@@ -56,6 +68,7 @@ impl ProcessInfo {
             start_ns: h.start_ns,
             cgroup_id: h.cgroup_id,
             exited: false,
+            vouched: false,
         }
     }
 }
@@ -71,6 +84,11 @@ pub struct ProcessTable {
     procs: LruCache<u32, ProcessInfo>,
     users: HashMap<u32, String>,
     proc_root: PathBuf,
+    /// Events up to this boot time may have been lost: an exec or fork
+    /// stamped no later proves nothing about what followed it.
+    suspect_until: Option<u64>,
+    /// `/proc/<pid>/stat` counts start time in these.
+    ticks_per_second: u64,
 }
 
 impl ProcessTable {
@@ -81,7 +99,23 @@ impl ProcessTable {
             procs: LruCache::new(capacity),
             users: HashMap::new(),
             proc_root: proc_root.into(),
+            suspect_until: None,
+            ticks_per_second: procfs::ticks_per_second().max(1),
         }
+    }
+
+    /// The kernel lost events, the last of them at or before `boot_ns`:
+    /// nothing the table knows is vouched for any more.
+    pub fn on_loss(&mut self, boot_ns: u64) {
+        self.suspect_until = Some(self.suspect_until.unwrap_or(0).max(boot_ns));
+        for (_, p) in self.procs.iter_mut() {
+            p.vouched = false;
+        }
+    }
+
+    /// An exec or fork stamped `boot_ns` came after every known loss.
+    fn after_losses(&self, boot_ns: u64) -> bool {
+        self.suspect_until.is_none_or(|t| boot_ns > t)
     }
 
     /// `parent` (the header's process) forked `child`: the child runs the
@@ -92,6 +126,7 @@ impl ProcessTable {
             pid: child,
             ppid: parent.pid,
             exited: false,
+            vouched: parent_info.vouched && self.after_losses(parent.boot_ns),
             ..parent_info
         };
         self.procs.put(child, info);
@@ -119,6 +154,7 @@ impl ProcessTable {
             exe,
             args,
             args_truncated,
+            vouched: self.after_losses(h.boot_ns),
             ..ProcessInfo::from_header(h)
         };
         self.procs.put(h.pid, info.clone());
@@ -132,23 +168,49 @@ impl ProcessTable {
     }
 
     /// Record what `h` says of its process and return all that is known of
-    /// it, learning the executable from /proc on first sight.
+    /// it, learning the executable from /proc on first sight, or again when
+    /// what was known is no longer vouched for.
     pub fn observe(&mut self, h: &EventHeader) -> ProcessInfo {
         let known = self.procs.get(&h.pid).filter(|p| !p.exited).cloned();
         let info = match known {
-            Some(p) => ProcessInfo {
+            Some(p) if p.vouched => ProcessInfo {
                 exe: p.exe,
                 args: p.args,
                 args_truncated: p.args_truncated,
+                vouched: true,
                 ..ProcessInfo::from_header(h)
             },
-            None => ProcessInfo {
-                exe: self.read_exe(h.pid),
-                ..ProcessInfo::from_header(h)
+            stale => match self.read_live_exe(h) {
+                // The live process says what runs; argv seen at an exec
+                // that may not be its last is dropped.
+                Some(exe) => ProcessInfo {
+                    exe: Some(exe),
+                    vouched: true,
+                    ..ProcessInfo::from_header(h)
+                },
+                None => ProcessInfo {
+                    exe: stale.and_then(|p| p.exe),
+                    ..ProcessInfo::from_header(h)
+                },
             },
         };
         self.procs.put(h.pid, info.clone());
         info
+    }
+
+    /// The executable of the header's process while it is alive: the pid
+    /// must still name the process that made the event (its start time).
+    /// A kernel that gave no start time cannot be checked against.
+    fn read_live_exe(&self, h: &EventHeader) -> Option<String> {
+        let proc = self.proc(h.pid)?;
+        if h.start_ns != 0 {
+            let started = proc.stat().ok()?.starttime;
+            if started != h.start_ns / (1_000_000_000 / self.ticks_per_second) {
+                return None;
+            }
+        }
+        let exe = proc.exe().ok()?;
+        Some(exe.to_string_lossy().into_owned())
     }
 
     /// The executable of `pid` if known, without touching recency.
@@ -370,6 +432,73 @@ mod tests {
         assert_eq!(pids, [50, 40, 1]);
         assert_eq!(anc[0].exe.as_deref(), Some("/usr/sbin/sshd"));
         assert_eq!(t.ancestors(50, 2).len(), 2);
+    }
+
+    /// A fake `/proc/<pid>` started at `ticks` after boot, running `exe`.
+    fn fake_proc(root: &Path, pid: u32, ticks: u64, exe: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!(
+                "{pid} (x) S 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {ticks} 1000000 100 \
+                 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0"
+            ),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(exe, d.join("exe")).unwrap();
+    }
+
+    #[test]
+    fn after_lost_events_only_a_later_exec_or_the_live_process_vouches() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_proc(dir.path(), 60, 1000, "/usr/bin/less");
+        let mut t = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let ns_per_tick = 1_000_000_000 / t.ticks_per_second;
+        let at = |pid, boot_ns| EventHeader {
+            boot_ns,
+            ..header(pid, 1)
+        };
+        t.on_exec(&at(50, 100), b"/no/such/sh", Vec::new(), false);
+        t.on_fork(&at(50, 120), 51);
+        assert!(t.observe(&at(51, 130)).vouched);
+        t.on_loss(200);
+        // 51 may have exec'd meanwhile: gone from /proc, it is not vouched
+        // for, whatever the table knew.
+        let stale = t.observe(&at(51, 210));
+        assert!(!stale.vouched);
+        assert_eq!(
+            stale.exe.as_deref(),
+            Some("/no/such/sh"),
+            "kept, not trusted"
+        );
+        // A fork of a process not vouched for is not either.
+        t.on_fork(&at(51, 220), 54);
+        assert!(!t.observe(&at(54, 230)).vouched);
+        // An exec stamped before the loss was noticed proves nothing...
+        t.on_exec(&at(52, 150), b"/usr/bin/cat", Vec::new(), false);
+        assert!(!t.observe(&at(52, 160)).vouched);
+        // ...one after it does, and so do its forks.
+        t.on_exec(&at(52, 300), b"/usr/bin/cat", Vec::new(), false);
+        assert!(t.observe(&at(52, 310)).vouched);
+        t.on_fork(&at(52, 320), 53);
+        assert!(t.observe(&at(53, 330)).vouched);
+        // A live process with the event's start time: /proc vouches.
+        let live = EventHeader {
+            start_ns: 1000 * ns_per_tick,
+            ..at(60, 400)
+        };
+        let info = t.observe(&live);
+        assert!(info.vouched);
+        assert_eq!(info.exe.as_deref(), Some("/usr/bin/less"));
+        // The same pid with another start: a reused pid, not that process.
+        let mut fresh = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let reused = fresh.observe(&EventHeader {
+            start_ns: 2000 * ns_per_tick,
+            ..at(60, 400)
+        });
+        assert!(!reused.vouched);
+        assert_eq!(reused.exe, None);
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub fn secret_id(path: &Path) -> String {
     format!("sec-{}", hex::encode(&digest[..8]))
 }
 
+/// The id of a file known only by its device and inode, when its path is
+/// not known whole (the kernel cut it): two files never share it, as two
+/// cut paths may.
+pub fn file_secret_id(dev: u64, ino: u64) -> String {
+    let digest = Sha256::digest(format!("file:{dev}:{ino}"));
+    format!("sec-{}", hex::encode(&digest[..8]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +146,10 @@ mod tests {
         assert_eq!(a, secret_id(Path::new("/root/.aws/credentials")));
         assert_ne!(a, secret_id(Path::new("/home/ana/.aws/credentials")));
         assert!(a.starts_with("sec-") && a.len() == 4 + 16);
+        let f = file_secret_id(1, 2);
+        assert_eq!(f, file_secret_id(1, 2));
+        assert_ne!(f, file_secret_id(1, 3));
+        assert_ne!(f, file_secret_id(2, 2));
+        assert!(f.starts_with("sec-") && f.len() == 4 + 16);
     }
 }

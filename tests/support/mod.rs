@@ -8,6 +8,7 @@
 pub mod vm;
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -96,6 +97,11 @@ impl Agent {
             v["kind"] == "agent" && v["status"] == "started"
         });
         agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The first new event matching `pred`, or a failure with what was seen.
@@ -219,4 +225,74 @@ pub fn io_uring_open(path: &Path) {
     assert!(fd >= 0, "io_uring open failed: {fd}");
     // SAFETY: the fd was just opened by the ring and is ours.
     unsafe { libc::close(fd) };
+}
+
+/// Write `content` to `path` (its directory made) with `mode`.
+pub fn write(path: &Path, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_path_buf()
+}
+
+/// A path as text (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Run `cmd` to its successful end, its stdout discarded; its pid.
+pub fn run_ok(cmd: &mut Command) -> u32 {
+    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed");
+    pid
+}
+
+/// A `secret_read` event of process `pid`.
+pub fn is_read_by(v: &Value, pid: u32) -> bool {
+    v["kind"] == "secret_read" && v["process"]["pid"] == pid
+}
+
+/// `secretmon report --state STATE ARGS`: (stdout, stderr) of a success.
+pub fn report(state: &Path, args: &[&str]) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["report", "--state", s(state)])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "report {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+pub fn report_json(state: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend(args);
+    serde_json::from_str(&report(state, &all).0).unwrap()
+}
+
+/// (type, secret path or id) of every finding in a JSON report.
+pub fn report_findings(r: &Value) -> BTreeSet<(String, String)> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let secret = &f["secret"];
+            let what = secret["path"].as_str().or(secret["id"].as_str()).unwrap();
+            (f["type"].as_str().unwrap().to_string(), what.to_string())
+        })
+        .collect()
+}
+
+/// Poll `done` until it holds, for at most 20 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

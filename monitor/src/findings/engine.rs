@@ -13,8 +13,10 @@ use crate::{
     event::{Event, Host},
     inventory::Inventory,
     ledger::{
-        Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, Writer, WriterStats,
-        facts::secret_facts,
+        self, Batching, Fired, Ledger, LedgerError, Observation, Row, Snapshot, StateLock, Writer,
+        WriterStats,
+        facts::{file_exists, secret_facts},
+        to_ns,
     },
     sink::Sink,
 };
@@ -37,22 +39,29 @@ pub struct Engine {
     /// Something changed since the event rules last ran.
     dirty: bool,
     last_prune: DateTime<Utc>,
+    /// Held until the engine is dropped, after the writer's last commit.
+    _lock: StateLock,
 }
 
 impl Engine {
-    /// Open the ledger in `state_dir`, record the settings for `report`,
-    /// take the inventory of `watch` and prune what retention expired.
-    /// Call before the probes watch anything: fingerprinting reads the files.
+    /// Open the ledger in `state_dir`, whose `lock` the agent holds (one
+    /// agent per ledger), record the settings for `report`, take the
+    /// inventory of `watch` (fingerprinted with the key whose id is
+    /// `key_id`) and prune what retention expired. Call before the probes
+    /// watch anything: fingerprinting reads the files.
     pub fn start(
         state_dir: &Path,
+        lock: StateLock,
         settings: Settings,
         retention: Duration,
         watch: &Inventory,
+        key_id: &str,
     ) -> Result<Self, EngineError> {
         let mut ledger = Ledger::open(state_dir)?;
         let mut snapshot = ledger.snapshot()?;
         let now = Utc::now();
         let mut rows = vec![settings_row(&settings)];
+        rows.extend(key_rows(&ledger, &mut snapshot, key_id, now)?);
         if let Ok(span) = chrono::Duration::from_std(retention) {
             rows.push(snapshot.prune(now - span));
         }
@@ -67,6 +76,7 @@ impl Engine {
             retention,
             dirty: false,
             last_prune: now,
+            _lock: lock,
         };
         engine.refresh(watch, now);
         Ok(engine)
@@ -89,7 +99,10 @@ impl Engine {
     }
 
     /// Take the inventory again: its facts (mode, owner, a rotation) for
-    /// the files still there, `removed` for those that are not.
+    /// the files it lists. A secret of the ledger it does not list is
+    /// `removed` when its file is gone, and `unwatched` while the file is
+    /// still there: this run may watch other paths than the one that found
+    /// it, which says nothing about the file.
     pub fn refresh(&mut self, watch: &Inventory, now: DateTime<Utc>) {
         let mut present = HashSet::new();
         for record in watch.records() {
@@ -98,15 +111,16 @@ impl Engine {
                 self.writer.send(row);
             }
         }
-        let gone: Vec<String> = self
+        let unlisted: Vec<(String, String)> = self
             .snapshot
             .secrets
-            .keys()
-            .filter(|id| !present.contains(id.as_str()))
-            .cloned()
+            .values()
+            .filter(|r| r.removed.is_none() && !present.contains(r.facts.id.as_str()))
+            .map(|r| (r.facts.id.clone(), r.facts.path.clone()))
             .collect();
-        for id in gone {
-            for row in self.snapshot.remove_secret(&id, now) {
+        for (id, path) in unlisted {
+            let exists = file_exists(Path::new(&path));
+            for row in self.snapshot.secret_gone(&id, exists, now) {
                 self.writer.send(row);
             }
         }
@@ -181,6 +195,38 @@ fn settings_row(settings: &Settings) -> Row {
     )
 }
 
+/// The rows that record which fingerprint key the ledger's fingerprints
+/// are made with. A key that changed (a deleted `fingerprint.key` made
+/// anew, a fleet key configured) makes every fingerprint new without any
+/// value changing: the ledger notes when, so that no rotation is claimed
+/// across it, and says so.
+fn key_rows(
+    ledger: &Ledger,
+    snapshot: &mut Snapshot,
+    key_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Row>, LedgerError> {
+    let id_row = Row::Meta(ledger::KEY_ID.into(), key_id.into());
+    Ok(match ledger.meta(ledger::KEY_ID)? {
+        Some(known) if known == key_id => Vec::new(),
+        // A ledger from before key ids were kept: its fingerprints are
+        // taken to be this key's, as nothing says otherwise.
+        None => vec![id_row],
+        Some(_) => {
+            tracing::warn!(
+                "the fingerprint key is not the one this ledger's fingerprints were made with \
+                 (fingerprint.key made anew, or a fleet key): fingerprints start a new baseline, \
+                 and a new fingerprint is taken for a rotation only where the file changed"
+            );
+            snapshot.key_changed = Some(now);
+            vec![
+                id_row,
+                Row::Meta(ledger::KEY_CHANGED.into(), to_ns(now).to_string()),
+            ]
+        }
+    })
+}
+
 #[derive(Serialize)]
 struct FindingBody<'a> {
     finding: &'a Finding,
@@ -200,8 +246,22 @@ mod tests {
     use super::*;
     use crate::{
         findings::{FindingType, Settings},
-        ledger::Seen,
+        ledger::{OpenMode, Seen},
     };
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// `Engine::start` with the state dir's lock taken.
+    fn start(
+        state: &Path,
+        settings: Settings,
+        retention: Duration,
+        watch: &Inventory,
+        key_id: &str,
+    ) -> Result<Engine, EngineError> {
+        let lock = StateLock::acquire(state)?;
+        Engine::start(state, lock, settings, retention, watch, key_id)
+    }
 
     fn settings() -> Settings {
         Settings::new(
@@ -231,6 +291,7 @@ mod tests {
             uid: 0,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         }
     }
 
@@ -243,7 +304,7 @@ mod tests {
         let state = dir.path().join("state");
         let id = watch.records().next().unwrap().id.clone();
 
-        let mut e = Engine::start(&state, settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         e.observe(&read(&id, "user:b:/bin/b"));
         let now = Utc::now();
@@ -260,7 +321,7 @@ mod tests {
         let stats = e.close();
         assert_eq!(stats.dropped, 0);
 
-        let mut e = Engine::start(&state, settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = start(&state, settings(), DAY, &watch, "key-1").unwrap();
         e.observe(&read(&id, "user:a:/bin/a"));
         assert!(
             e.check(Utc::now(), Scope::Events).is_empty(),
@@ -290,13 +351,110 @@ mod tests {
         std::fs::write(&secret, "value").unwrap();
         let mut watch = Inventory::new(vec![crate::inventory::test_record(&secret, 1)]);
         let id = watch.records().next().unwrap().id.clone();
-        let mut e =
-            Engine::start(dir.path(), settings(), Duration::from_secs(86_400), &watch).unwrap();
+        let mut e = start(dir.path(), settings(), DAY, &watch, "key-1").unwrap();
         std::fs::remove_file(&secret).unwrap();
         watch.apply(crate::inventory::InventoryChange::Remove(secret.clone()));
         e.refresh(&watch, Utc::now());
         let id = &id;
         assert!(e.snapshot.secrets[id].removed.is_some());
         e.close();
+    }
+
+    fn record(path: &Path, ino: u64, fingerprint: &str, mode: u32) -> crate::inventory::Record {
+        crate::inventory::Record {
+            fingerprint: fingerprint.into(),
+            mode,
+            ..crate::inventory::test_record(path, ino)
+        }
+    }
+
+    /// A second run with another `--watch` on the same state dir: the
+    /// first run's secrets are still there, so not removed, and their
+    /// findings stay in the report.
+    #[test]
+    fn another_watch_leaves_the_first_runs_secrets_unwatched_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        let state = dir.path().join("state");
+        let first = Inventory::new(vec![record(&a, 1, "hmac-sha256:aa", 0o644)]);
+        let mut e = start(&state, settings(), DAY, &first, "key-1").unwrap();
+        let weak = e.check(Utc::now(), Scope::All);
+        assert_eq!(weak.len(), 1, "{weak:?}");
+        e.close();
+
+        let second = Inventory::new(vec![record(&b, 2, "hmac-sha256:bb", 0o600)]);
+        let mut e = start(&state, settings(), DAY, &second, "key-1").unwrap();
+        let id_a = crate::secret::secret_id(&a);
+        let row = &e.snapshot.secrets[&id_a];
+        assert_eq!(row.removed, None);
+        assert!(row.unwatched.is_some());
+        let all = rules::evaluate(&e.snapshot, &e.settings, Utc::now(), Scope::All);
+        assert!(all.iter().any(|f| f.id == weak[0].id), "{all:?}");
+        // Its file goes: now it is removed.
+        std::fs::remove_file(&a).unwrap();
+        e.refresh(&second, Utc::now());
+        assert!(e.snapshot.secrets[&id_a].removed.is_some());
+        e.close();
+    }
+
+    /// Found while the agent runs (inotify, the kernel's name rules): a
+    /// secret of the ledger at once, with the file rules' findings.
+    #[test]
+    fn a_secret_found_while_running_gets_its_row_and_findings() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut e = start(&state, settings(), DAY, &Inventory::default(), "key-1").unwrap();
+        let late = dir.path().join("credentials");
+        let r = record(&late, 3, "hmac-sha256:cc", 0o644);
+        e.observe(&Observation::Secret {
+            at: Utc::now(),
+            facts: secret_facts(&r),
+        });
+        e.observe(&read(&r.id, "user:a:/bin/a"));
+        let found = e.check(Utc::now(), Scope::All);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.finding_type == FindingType::WeakPermissions && f.secret.id == r.id),
+            "{found:?}"
+        );
+        e.close();
+        let disk = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert_eq!(disk.secrets[&r.id].facts.mode, Some(0o644));
+    }
+
+    /// `fingerprint.key` deleted between runs: every fingerprint is new,
+    /// no value changed, and the ledger says so instead of a rotation.
+    #[test]
+    fn a_new_fingerprint_key_is_not_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.token");
+        std::fs::write(&file, "value").unwrap();
+        let state = dir.path().join("state");
+        let before = Inventory::new(vec![record(&file, 1, "hmac-sha256:old", 0o600)]);
+        start(&state, settings(), DAY, &before, "key-1")
+            .unwrap()
+            .close();
+        let first = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        let after = Inventory::new(vec![record(&file, 1, "hmac-sha256:new", 0o600)]);
+        let e = start(&state, settings(), DAY, &after, "key-2").unwrap();
+        e.close();
+        let disk = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert!(disk.key_changed.is_some());
+        let id = crate::secret::secret_id(&file);
+        let old = first.fingerprints[&(id.clone(), "hmac-sha256:old".into())];
+        let new = disk.fingerprints[&(id, "hmac-sha256:new".into())];
+        assert_eq!(
+            new.first_seen, old.first_seen,
+            "the same value, not a rotation"
+        );
+        // The same key again: nothing changes.
+        start(&state, settings(), DAY, &after, "key-2")
+            .unwrap()
+            .close();
+        let again = Ledger::open_read_only(&state).unwrap().snapshot().unwrap();
+        assert_eq!(again.key_changed, disk.key_changed);
     }
 }

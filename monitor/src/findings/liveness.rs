@@ -45,6 +45,8 @@ impl Liveness {
 
     pub fn gone(&mut self, i: &IdentityRow) -> bool {
         match i.kind.as_str() {
+            // Many processes, none of them vouched for: never called gone.
+            "unknown" => false,
             "user" => i.exe.as_deref().is_some_and(|exe| !Path::new(exe).exists()),
             "systemd" => {
                 self.cgroup_gone(i.cgroup_id)
@@ -122,5 +124,6 @@ mod tests {
         );
         assert!(!l.gone(&row("user", None, 0, Some("/bin/sh"))));
         assert!(l.gone(&row("user", None, 0, Some("/no/such/exe"))));
+        assert!(!l.gone(&row("unknown", None, removed, Some("/no/such/exe"))));
     }
 }

@@ -207,6 +207,15 @@ impl Finding {
     }
 }
 
+impl Finding {
+    /// List `identities` instead of those the id was keyed by (a person's
+    /// programs instead of the person).
+    fn listing(mut self, identities: Vec<FindingIdentity>) -> Self {
+        self.identities = identities;
+        self
+    }
+}
+
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

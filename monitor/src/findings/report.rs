@@ -30,6 +30,10 @@ pub struct Report {
     pub generated: String,
     pub ledger: String,
     pub observing_since: String,
+    /// When the fingerprint key last changed: fingerprints before it are
+    /// not comparable with later ones, and no rotation is claimed across it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint_key_changed: Option<String>,
     /// The windows the rules used, in seconds.
     pub orphan_window_secs: u64,
     pub max_age_secs: u64,
@@ -52,8 +56,11 @@ pub struct SecretEntry {
     pub mode: Option<String>,
     pub uid: Option<u32>,
     pub first_seen: String,
-    /// When the inventory stopped finding it.
+    /// When its file was found gone.
     pub removed: Option<String>,
+    /// Since when no agent watches it although its file is still there:
+    /// its facts are as last seen then.
+    pub unwatched: Option<String>,
     /// Its values over time, oldest first: a new one is a rotation.
     pub fingerprints: Vec<FingerprintSpan>,
     pub readers: Vec<Reader>,
@@ -66,6 +73,10 @@ pub struct FingerprintSpan {
     pub fingerprint: String,
     pub first_seen: String,
     pub last_seen: String,
+    /// Made with a fingerprint key used before the last key change: not
+    /// comparable with the fingerprints after it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub earlier_key: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,8 +92,15 @@ pub struct Reader {
     pub identity: String,
     pub kind: String,
     pub spiffe_id: String,
+    /// Opens, refused ones included.
     pub count: u64,
     pub denied: u64,
+    /// Successful opens that could read.
+    pub reads: u64,
+    /// Successful opens that could write: a writer, not a reader, when
+    /// it never read.
+    pub writes: u64,
+    /// Reads from a human session.
     pub human: u64,
     pub first_seen: String,
     pub last_seen: String,
@@ -153,6 +171,8 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                         spiffe_id: i.map(|i| i.spiffe_id.clone()).unwrap_or_default(),
                         count: a.count,
                         denied: a.denied,
+                        reads: a.reads,
+                        writes: a.writes,
                         human: a.human,
                         first_seen: rfc3339(a.first_seen),
                         last_seen: rfc3339(a.last_seen),
@@ -184,6 +204,7 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                         fingerprint: fp.clone(),
                         first_seen: rfc3339(span.first_seen),
                         last_seen: rfc3339(span.last_seen),
+                        earlier_key: s.key_changed.is_some_and(|k| span.last_seen < k),
                     })
                     .collect(),
                 id: f.id.clone(),
@@ -196,6 +217,7 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
                 uid: f.uid,
                 first_seen: rfc3339(r.first_seen),
                 removed: r.removed.map(rfc3339),
+                unwatched: r.unwatched.map(rfc3339),
                 readers,
                 findings: about,
             }
@@ -225,6 +247,7 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
         generated: rfc3339(now),
         ledger: path.display().to_string(),
         observing_since: rfc3339(s.created),
+        fingerprint_key_changed: s.key_changed.map(rfc3339),
         orphan_window_secs: settings.orphan_window.as_secs(),
         max_age_secs: settings.max_age.as_secs(),
         secrets,
@@ -236,6 +259,26 @@ fn assemble(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, path: &Path) 
 pub fn write_json(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, report)?;
     writeln!(out)
+}
+
+/// `user:ana:/usr/bin/cat read ×3, wrote ×1, refused ×2, last …`: only
+/// what it did.
+fn reader_text(r: &Reader) -> String {
+    let did: Vec<String> = [
+        ("read", r.reads),
+        ("wrote", r.writes),
+        ("refused", r.denied),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(what, n)| format!("{what} ×{n}"))
+    .collect();
+    let did = if did.is_empty() {
+        format!("opened ×{}", r.count)
+    } else {
+        did.join(", ")
+    };
+    format!("{} {did}, last {}", r.identity, r.last_seen)
 }
 
 fn severity_cell(s: Severity) -> Cell {
@@ -270,6 +313,12 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
         human_duration(Duration::from_secs(report.orphan_window_secs)),
         human_duration(Duration::from_secs(report.max_age_secs)),
     )?;
+    if let Some(at) = &report.fingerprint_key_changed {
+        writeln!(
+            out,
+            "the fingerprint key changed at {at}: fingerprints before it are not comparable with later ones, and no rotation is claimed across it"
+        )?;
+    }
     writeln!(out, "\nFINDINGS ({})", report.findings.len())?;
     if report.findings.is_empty() {
         writeln!(out, "none")?;
@@ -325,13 +374,15 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
         let mut name = s.path.clone();
         if let Some(r) = &s.removed {
             name.push_str(&format!("\n(removed {r})"));
+        } else if let Some(u) = &s.unwatched {
+            name.push_str(&format!("\n(not watched since {u})"));
         }
         let readers = if s.readers.is_empty() {
             "none".to_string()
         } else {
             s.readers
                 .iter()
-                .map(|r| format!("{} ×{}, last {}", r.identity, r.count, r.last_seen))
+                .map(reader_text)
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -372,7 +423,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, terminal: bool) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Observation, SecretFacts, Seen};
+    use crate::ledger::{Observation, OpenMode, SecretFacts, Seen};
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -416,6 +467,7 @@ mod tests {
                 uid: 0,
                 count: 2,
                 denied: false,
+                mode: OpenMode::Read,
             });
         }
         s
@@ -433,7 +485,7 @@ mod tests {
             "weak_permissions",
             "/srv/a",
             "/srv/b",
-            "systemd:app.service ×2",
+            "systemd:app.service read ×2, last",
             "HIGH",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
@@ -469,5 +521,84 @@ mod tests {
                 .unwrap()
                 .contains("own credential")
         );
+    }
+
+    /// Writers, unwatched secrets and a fingerprint key change, as the
+    /// report says them.
+    #[test]
+    fn writers_unwatched_secrets_and_key_changes_are_said() {
+        let mut s = fixture();
+        s.observe(&Observation::Read {
+            at: t(11),
+            secret_id: "sec-a".into(),
+            who: Seen {
+                id: "user:root:/usr/bin/touch".into(),
+                kind: "user".into(),
+                spiffe_id: String::new(),
+                unit: None,
+                user_manager: false,
+                cgroup_id: 0,
+                exe: None,
+                human: false,
+            },
+            pid: 4,
+            uid: 0,
+            count: 1,
+            denied: false,
+            mode: OpenMode::Write,
+        });
+        s.unwatch_secret("sec-b", t(12));
+        s.key_changed = Some(t(5));
+        let settings = FindingsConfig::default().settings().unwrap();
+        let r = assemble(&s, &settings, t(20), Path::new("/state/ledger.db"));
+        let mut text = Vec::new();
+        write_text(&r, &mut text, false).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for want in [
+            "user:root:/usr/bin/touch wrote ×1, last",
+            "/srv/b",
+            "(not watched since",
+            "the fingerprint key changed at",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let mut json = Vec::new();
+        write_json(&r, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["fingerprint_key_changed"].is_string());
+        let a = v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/srv/a")
+            .unwrap();
+        assert_eq!(a["fingerprints"][0]["earlier_key"], true);
+        let touch = a["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["identity"] == "user:root:/usr/bin/touch")
+            .unwrap();
+        assert_eq!(
+            (touch["reads"].as_u64(), touch["writes"].as_u64()),
+            (Some(0), Some(1))
+        );
+        // The writer is no sharer: still the two readers' finding alone.
+        let shared: Vec<_> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["type"] == "shared_secret")
+            .collect();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0]["identities"].as_array().unwrap().len(), 2);
+        let b = v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/srv/b")
+            .unwrap();
+        assert!(b["unwatched"].is_string() && b["removed"].is_null());
+        assert_eq!(b["findings"][0]["type"], "weak_permissions");
     }
 }

@@ -4,6 +4,11 @@
 //!
 //! Windows include their boundary: a read exactly `orphan_window` ago is
 //! within it, an age of exactly `max_age` is not over it.
+//!
+//! A reader is an identity with at least one successful open that could
+//! read: refused opens and opens for writing only (a `touch`) are not
+//! reads. A read by an `unknown` identity is a read (the secret is in
+//! use), but it takes no part in the rules about who reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +18,10 @@ use super::{
     Evidence, Finding, FindingIdentity, FindingSecret, FindingType, Settings, Severity,
     human_duration, rfc3339,
 };
-use crate::ledger::{AccessRow, ExposureKind, SecretRow, Snapshot};
+use crate::{
+    identity::UNKNOWN,
+    ledger::{AccessRow, ExposureKind, SecretRow, Snapshot},
+};
 
 /// Which rules to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +66,8 @@ fn live_secrets(s: &Snapshot) -> impl Iterator<Item = &SecretRow> {
     s.secrets.values().filter(|r| r.removed.is_none())
 }
 
-/// Identities that read secret `id` (at least one open succeeded).
+/// Identities that read secret `id`: at least one open that could read
+/// succeeded.
 fn readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
     s.accesses
         .range((id.to_string(), String::new())..)
@@ -66,6 +75,27 @@ fn readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
         .filter(|(_, a)| a.read())
         .map(|((_, identity), a)| (identity.as_str(), a))
         .collect()
+}
+
+/// Readers whose identity is known: the rules about who reads.
+fn known_readers<'a>(s: &'a Snapshot, id: &str) -> Vec<(&'a str, &'a AccessRow)> {
+    let mut r = readers(s, id);
+    r.retain(|(who, _)| *who != UNKNOWN);
+    r
+}
+
+/// Who stands behind a read, for the sharing rule. A person's own tools
+/// (`user:ana:/usr/bin/cat`, `user:ana:/usr/bin/less`) are one principal,
+/// the person `user:ana`: a user identity whose every read came from a
+/// human session. Any other identity is a workload of its own (a cron
+/// script and a daemon of one uid are two consumers of the credential).
+fn principal(s: &Snapshot, who: &str, a: &AccessRow) -> String {
+    let user = s.identities.get(who).is_some_and(|i| i.kind == "user");
+    match who.strip_prefix("user:").and_then(|r| r.split_once(':')) {
+        // A user name holds no `:` (it is the passwd file's separator).
+        Some((name, _)) if user && a.human == a.reads => format!("user:{name}"),
+        _ => who.to_string(),
+    }
 }
 
 fn identity(s: &Snapshot, id: &str) -> FindingIdentity {
@@ -110,7 +140,7 @@ fn evidence<'a>(reads: impl IntoIterator<Item = &'a AccessRow>, reason: String) 
     let mut first: Option<DateTime<Utc>> = None;
     let mut last: Option<DateTime<Utc>> = None;
     for a in reads {
-        e.count += a.count - a.denied;
+        e.count += a.reads;
         first = Some(first.map_or(a.first_seen, |f| f.min(a.first_seen)));
         last = Some(last.map_or(a.last_seen, |l| l.max(a.last_seen)));
     }
@@ -143,42 +173,78 @@ fn by_value(s: &Snapshot) -> BTreeMap<String, Vec<&SecretRow>> {
     groups
 }
 
-/// One value read by two or more identities, at one path or several.
+/// One value read by two or more principals, at one path or several.
 fn shared_secret(s: &Snapshot, out: &mut Vec<Finding>) {
     for (value, group) in by_value(s) {
-        let reads: Vec<(&str, &AccessRow)> =
-            group.iter().flat_map(|r| readers(s, &r.facts.id)).collect();
-        let ids = identities(s, reads.iter().map(|(i, _)| *i));
-        if ids.len() < 2 {
+        let reads: Vec<(&str, &AccessRow)> = group
+            .iter()
+            .flat_map(|r| known_readers(s, &r.facts.id))
+            .collect();
+        // Principal → the identities behind it.
+        let mut principals: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for (who, a) in &reads {
+            principals
+                .entry(principal(s, who, a))
+                .or_default()
+                .insert(who);
+        }
+        if principals.len() < 2 {
             continue;
         }
+        // Named by principal; a person by the programs they used too.
+        let named: Vec<String> = principals
+            .iter()
+            .map(|(p, behind)| {
+                if behind.len() == 1 && behind.contains(p.as_str()) {
+                    return p.clone();
+                }
+                let programs: Vec<&str> = behind
+                    .iter()
+                    .map(|who| who.splitn(3, ':').nth(2).unwrap_or(who))
+                    .collect();
+                format!("{p} (by hand: {})", programs.join(", "))
+            })
+            .collect();
         let first = group[0];
         let paths: Vec<String> = group.iter().map(|r| r.facts.path.clone()).collect();
-        let mut ev = evidence(
-            reads.iter().map(|(_, a)| *a),
-            format!(
-                "{} identities read the same value: {}",
-                ids.len(),
-                list(&ids)
-            ),
+        let reason = format!(
+            "{} identities read the same value: {}",
+            principals.len(),
+            named.join(", ")
         );
+        let mut ev = evidence(reads.iter().map(|(_, a)| *a), reason);
         if paths.len() > 1 {
             ev.paths = paths;
         }
         let rec = format!(
             "give each of {} its own credential, ideally a workload identity, instead of sharing {}",
-            list(&ids),
+            principals.keys().cloned().collect::<Vec<_>>().join(", "),
             first.facts.path
         );
-        out.push(Finding::new(
-            FindingType::SharedSecret,
-            value,
-            "",
-            secret(first),
-            ids,
-            ev,
-            rec,
-        ));
+        // A person's next program is not a new sharing: the finding is
+        // keyed by principals, and lists every identity behind them.
+        let keyed = principals
+            .keys()
+            .map(|p| FindingIdentity {
+                id: p.clone(),
+                kind: String::new(),
+                spiffe_id: String::new(),
+                gone: false,
+            })
+            .collect();
+        let ids = identities(s, reads.iter().map(|(i, _)| *i));
+        out.push(
+            Finding::new(
+                FindingType::SharedSecret,
+                value,
+                "",
+                secret(first),
+                keyed,
+                ev,
+                rec,
+            )
+            .listing(ids),
+        );
     }
 }
 
@@ -223,6 +289,10 @@ fn orphaned_secret(s: &Snapshot, settings: &Settings, now: DateTime<Utc>, out: &
     };
     let since = now - span;
     for r in live_secrets(s) {
+        // Not watched now: nobody can vouch that it was not read.
+        if r.unwatched.is_some() {
+            continue;
+        }
         let watched_from = s.created.max(r.first_seen);
         if watched_from > since {
             continue;
@@ -445,7 +515,7 @@ fn unexpected_reader(s: &Snapshot, settings: &Settings, out: &mut Vec<Finding>) 
     };
     for r in live_secrets(s) {
         let baseline_end = s.created.max(r.first_seen) + baseline;
-        for (who, a) in readers(s, &r.facts.id) {
+        for (who, a) in known_readers(s, &r.facts.id) {
             let reason = match settings.policy().allows(&r.facts.path, who) {
                 Some(true) => continue,
                 Some(false) => format!("{who} is not on the policy's allow list for this path"),
@@ -554,6 +624,7 @@ fn static_despite_federation(s: &Snapshot, out: &mut Vec<Finding>) {
     for ((secret_id, who), a) in &s.accesses {
         if let Some(r) = s.secrets.get(secret_id)
             && a.read()
+            && who != UNKNOWN
             && federated(r)
         {
             federated_by.entry(who).or_default().push(&r.facts.path);
@@ -604,7 +675,7 @@ mod tests {
     use super::*;
     use crate::{
         findings::policy::PolicyRule,
-        ledger::{ExposureRow, Observation, SecretFacts, Seen},
+        ledger::{ExposureRow, Observation, OpenMode, SecretFacts, Seen},
     };
 
     const DAY: i64 = 86_400;
@@ -663,7 +734,10 @@ mod tests {
             self.0.observe_secret(f, t(0));
             self
         }
-        fn read_as(mut self, secs: i64, name: &str, w: Seen) -> Self {
+        fn read_as(self, secs: i64, name: &str, w: Seen) -> Self {
+            self.open(secs, name, w, OpenMode::Read, false)
+        }
+        fn open(mut self, secs: i64, name: &str, w: Seen, mode: OpenMode, denied: bool) -> Self {
             self.0.observe(&Observation::Read {
                 at: t(secs),
                 secret_id: format!("sec-{name}"),
@@ -671,9 +745,16 @@ mod tests {
                 pid: 10,
                 uid: 0,
                 count: 1,
-                denied: false,
+                denied,
+                mode,
             });
             self
+        }
+        fn found(&self, now: i64, ty: FindingType) -> Vec<Finding> {
+            evaluate(&self.0, &settings(), t(now), Scope::All)
+                .into_iter()
+                .filter(|f| f.finding_type == ty)
+                .collect()
         }
         fn read(self, secs: i64, name: &str, id: &str) -> Self {
             self.read_as(secs, name, who(id))
@@ -794,6 +875,7 @@ mod tests {
             uid: 1000,
             count: 4,
             denied: true,
+            mode: OpenMode::Read,
         });
         assert!(!f.has(3, FindingType::SharedSecret));
     }
@@ -868,6 +950,147 @@ mod tests {
         assert_eq!(h.identities[0].id, "user:root:/usr/bin/cat");
         assert_eq!(h.evidence.count, 1);
         assert_eq!(h.owasp, ["NHI10"]);
+    }
+
+    fn person(id: &str) -> Seen {
+        Seen {
+            kind: "user".into(),
+            human: true,
+            ..who(id)
+        }
+    }
+
+    #[test]
+    fn a_refused_open_from_a_terminal_is_no_human_use() {
+        let f = Fixture::new().secret(facts("a", "01")).open(
+            1,
+            "a",
+            person("user:eve:/usr/bin/cat"),
+            OpenMode::Read,
+            true,
+        );
+        assert!(!f.has(2, FindingType::HumanUse));
+        assert!(f.found(2, FindingType::UnexpectedReader).is_empty());
+    }
+
+    /// `touch` by another identity: a writer, not a second reader.
+    #[test]
+    fn writers_are_not_readers() {
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read(1, "a", "systemd:app.service")
+            .open(
+                DAY + 2,
+                "a",
+                who("user:root:/usr/bin/touch"),
+                OpenMode::Write,
+                false,
+            );
+        assert!(!f.has(DAY + 3, FindingType::SharedSecret));
+        assert!(!f.has(DAY + 3, FindingType::UnexpectedReader));
+        let a = &f.0.accesses[&("sec-a".into(), "user:root:/usr/bin/touch".into())];
+        assert_eq!((a.writes, a.reads), (1, 0));
+        // One that opens it for reading and writing reads it.
+        let f = f.open(
+            DAY + 4,
+            "a",
+            who("user:root:/usr/bin/vi"),
+            OpenMode::ReadWrite,
+            false,
+        );
+        assert!(f.has(DAY + 5, FindingType::SharedSecret));
+    }
+
+    /// An unknown reader proves the secret is in use, and nothing about who.
+    #[test]
+    fn unknown_readers_are_use_but_no_identity() {
+        let unknown = Seen {
+            kind: "unknown".into(),
+            ..who(UNKNOWN)
+        };
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read(1, "a", "systemd:app.service")
+            .read_as(DAY + 1, "a", unknown.clone());
+        for ty in [
+            FindingType::SharedSecret,
+            FindingType::UnexpectedReader,
+            FindingType::OrphanedSecret,
+        ] {
+            assert!(!f.has(DAY + 2, ty), "{ty:?}");
+        }
+        // Read only by an unknown process: in use, so not orphaned even a
+        // window later.
+        let f = Fixture::new()
+            .secret(facts("b", "02"))
+            .read_as(89 * DAY, "b", unknown);
+        assert!(!f.has(89 * DAY + 1, FindingType::OrphanedSecret));
+        assert!(f.has(90 * DAY + 1, FindingType::LongLivedSecret));
+    }
+
+    /// One person's tools are one principal; a person and a workload, or
+    /// two workloads of one uid, are two.
+    #[test]
+    fn a_persons_own_programs_do_not_share_a_secret() {
+        let f = Fixture::new()
+            .secret(facts("a", "01"))
+            .read_as(1, "a", person("user:ana:/usr/bin/cat"))
+            .read_as(2, "a", person("user:ana:/usr/bin/less"));
+        assert!(!f.has(3, FindingType::SharedSecret));
+        let f = f.read(4, "a", "systemd:app.service");
+        let shared = f.found(5, FindingType::SharedSecret);
+        assert_eq!(shared.len(), 1);
+        let listed: Vec<&str> = shared[0].identities.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(
+            listed,
+            [
+                "systemd:app.service",
+                "user:ana:/usr/bin/cat",
+                "user:ana:/usr/bin/less"
+            ]
+        );
+        assert_eq!(
+            shared[0].evidence.reason,
+            "2 identities read the same value: systemd:app.service, user:ana (by hand: /usr/bin/cat, /usr/bin/less)"
+        );
+        // Her next program is the same sharing, not a new finding.
+        let g = Fixture(f.0.clone()).read_as(6, "a", person("user:ana:/usr/bin/vim"));
+        assert_eq!(g.found(7, FindingType::SharedSecret)[0].id, shared[0].id);
+        // A second person is a new one.
+        let g = g.read_as(8, "a", person("user:bob:/usr/bin/cat"));
+        assert_ne!(g.found(9, FindingType::SharedSecret)[0].id, shared[0].id);
+        // Two programs of one uid outside a session: two workloads.
+        let f = Fixture::new()
+            .secret(facts("b", "02"))
+            .read_as(
+                1,
+                "b",
+                Seen {
+                    kind: "user".into(),
+                    ..who("user:root:/opt/a")
+                },
+            )
+            .read_as(
+                2,
+                "b",
+                Seen {
+                    kind: "user".into(),
+                    ..who("user:root:/opt/b")
+                },
+            );
+        assert!(f.has(3, FindingType::SharedSecret));
+    }
+
+    /// Another run's `--watch` leaves a secret unwatched: what the ledger
+    /// knew of it stands, but it cannot be called orphaned.
+    #[test]
+    fn unwatched_secrets_keep_their_findings_but_are_never_orphaned() {
+        let mut loose = facts("a", "01");
+        loose.mode = Some(0o644);
+        let mut f = Fixture::new().secret(loose);
+        f.0.unwatch_secret("sec-a", t(1));
+        assert!(f.has(100 * DAY, FindingType::WeakPermissions));
+        assert!(!f.has(100 * DAY, FindingType::OrphanedSecret));
     }
 
     #[test]
@@ -952,6 +1175,7 @@ mod tests {
             uid: 1000,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         });
         let found = evaluate(&f.0, &settings(), t(2), Scope::All);
         let w = found
@@ -989,6 +1213,7 @@ mod tests {
             first_seen: t(0),
             last_seen: t(0),
             removed: None,
+            unwatched: None,
         }));
     }
 

@@ -46,6 +46,9 @@ impl Default for IdentityConfig {
     }
 }
 
+/// The id, and kind, of an access whose process cannot be told.
+pub const UNKNOWN: &str = "unknown";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityKind {
@@ -53,6 +56,10 @@ pub enum IdentityKind {
     Container,
     Systemd,
     User,
+    /// The process table cannot vouch for the process (events were lost
+    /// since its exec or fork was seen, or its pid was reused): a wrong
+    /// identity would be worse than none.
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,6 +125,11 @@ impl Identity {
             container: None,
             k8s: None,
         }
+    }
+
+    /// `unknown`: who made this access cannot be told. No SPIFFE id.
+    pub fn unknown() -> Self {
+        Self::bare(IdentityKind::Unknown, UNKNOWN.into(), String::new())
     }
 
     /// `user:<name>:<exe>`: a process that belongs to no more specific
@@ -236,7 +248,8 @@ mod tests {
     #[test]
     fn optional_parts_are_left_out() {
         let v = serde_json::to_value(Identity::user(&naming(), "ana", 1000, "/bin/sh")).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
         assert_eq!(keys, ["human", "id", "kind", "spiffe_id"]);
         let v = serde_json::to_value(Identity::systemd(&naming(), "a.service", None)).unwrap();
         assert_eq!(v["systemd"], serde_json::json!({"unit": "a.service"}));

@@ -135,6 +135,12 @@ impl IdentityResolver {
         self.cache.pop(&pid);
     }
 
+    /// Events were lost (an exec among them, maybe): nothing resolved
+    /// before holds for sure.
+    pub fn forget_all(&mut self) {
+        self.cache.clear();
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         let lookups = self.hits + self.misses;
         CacheStats {
@@ -292,6 +298,7 @@ mod tests {
             tty: false,
             start_ns: 500,
             cgroup_id,
+            vouched: true,
             exited: false,
         }
     }

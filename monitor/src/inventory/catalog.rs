@@ -264,6 +264,12 @@ impl Catalog {
             .map(|i| &self.rules[i])
     }
 
+    /// Whether a file (absolute, as shown) is never inventoried: templates,
+    /// public keys.
+    pub fn excludes(&self, path: &Path) -> bool {
+        self.exclude.is_match(path)
+    }
+
     /// Whether a directory (absolute, as shown) is never entered.
     pub fn skips_dir(&self, path: &Path) -> bool {
         self.skip_dirs.is_match(path)

@@ -687,6 +687,53 @@ impl PemKey {
     }
 }
 
+/// OpenSSH public key types, certificates included.
+const SSH_PUBLIC_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// The file holds public keys and nothing else: OpenSSH public key lines
+/// (`ssh-ed25519 AAAA… comment`, with `authorized_keys` options or not,
+/// certificates too), or PEM `PUBLIC KEY` blocks. Public keys are no
+/// secret, whatever the file is called or whoever watches it.
+pub fn public_key_only(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    if text.contains("-----BEGIN ") {
+        let blocks = pem_blocks(text);
+        return !blocks.is_empty() && blocks.iter().all(|b| b.label.ends_with("PUBLIC KEY"));
+    }
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .peekable();
+    lines.peek().is_some() && lines.all(ssh_public_key_line)
+}
+
+fn ssh_public_key_line(line: &str) -> bool {
+    let is_type = |t: &str| {
+        let base = t.strip_suffix("-cert-v01@openssh.com").unwrap_or(t);
+        SSH_PUBLIC_KEY_TYPES
+            .iter()
+            .any(|k| *k == t || k.strip_suffix("@openssh.com").unwrap_or(k) == base)
+    };
+    let tokens: Vec<&str> = line.split_whitespace().take(3).collect();
+    // `type key [comment]`, or `options type key [comment]`.
+    tokens
+        .windows(2)
+        .take(2)
+        .any(|w| is_type(w[0]) && w[1].starts_with("AAAA"))
+}
+
 /// One `-----BEGIN label-----` block; `truncated` when its END is missing.
 struct PemBlock<'a> {
     label: &'a str,
@@ -1163,6 +1210,29 @@ mod tests {
             "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
         ] {
             assert!(rule(&c, path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn public_keys_are_no_secret() {
+        let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPLANTEDpublic ana@laptop\n";
+        let cert = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQ ana\n";
+        let opts = "no-pty ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ backup\n";
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n";
+        for text in [ed, cert, opts, pem, &format!("# keys\n{ed}\n{opts}")] {
+            assert!(public_key_only(text.as_bytes()), "{text}");
+        }
+        let private = String::from_utf8(fixture("/home/ana/.ssh/id_ed25519")).unwrap();
+        for text in [
+            "",
+            "hunter2\n",
+            "ssh-ed25519 not-base64\n",
+            &format!("{ed}{private}"),
+            &private,
+            &format!("{pem}-----BEGIN PRIVATE KEY-----\nMC4\n-----END PRIVATE KEY-----\n"),
+            &format!("{ed}GITHUB_TOKEN=ghp_x\n"),
+        ] {
+            assert!(!public_key_only(text.as_bytes()), "{text}");
         }
     }
 

@@ -93,6 +93,13 @@ impl Key {
         Self(key)
     }
 
+    /// Names this key without revealing it: the fingerprint of a fixed
+    /// label. The ledger keeps it to tell when the key changed, which
+    /// changes every fingerprint without any secret changing.
+    pub fn id(&self) -> String {
+        self.fingerprint(b"secretmon fingerprint key id")
+    }
+
     /// `hmac-sha256:` and the first 16 hex digits of the MAC of `bytes`.
     pub fn fingerprint(&self, bytes: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
@@ -182,6 +189,12 @@ mod tests {
             "no temp file left"
         );
         assert_eq!(format!("{a:?}"), "Key(<redacted>)");
+        assert_eq!(a.id(), b.id(), "the same key, the same id");
+        // A deleted key is made anew: another key, another id.
+        fs::remove_file(state.join(KEY_FILE)).unwrap();
+        let (c, _) = Key::load(&Settings::default(), &state).unwrap();
+        assert_ne!(a.id(), c.id());
+        assert_ne!(a.fingerprint(b"hunter2"), c.fingerprint(b"hunter2"));
     }
 
     #[test]

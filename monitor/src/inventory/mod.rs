@@ -57,6 +57,7 @@ impl Record {
             id: self.id.clone(),
             path: self.path.to_string_lossy().into_owned(),
             container_path: None,
+            path_truncated: false,
             secret_type: self.secret_type,
             fingerprint: self.fingerprint.clone(),
             lifetime: self.lifetime,

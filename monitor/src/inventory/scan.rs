@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::{
     Record,
     catalog::{Catalog, FileRule, Parse},
-    classify::{Classification, Facts, classify},
+    classify::{Classification, Facts, classify, public_key_only},
     fingerprint::Key,
     kernel_dev,
     settings::{Limits, Policy},
@@ -173,8 +173,14 @@ impl Scanner {
 
     /// The rule for a file as shown, and whether it is inventoried even
     /// when its content holds nothing recognizable (a `--watch` path).
+    /// Below a watched directory the catalog's exclusions (templates,
+    /// public keys) hold as everywhere; a file `--watch` names is taken.
     pub fn rule_for(&self, shown: &Path) -> Option<(&FileRule, bool)> {
         if self.user.iter().any(|u| shown.starts_with(u)) {
+            let named = self.user.iter().any(|u| u == shown);
+            if !named && self.catalog.excludes(shown) {
+                return None;
+            }
             let rule = self.catalog.rule_for_tail(shown).unwrap_or(&self.generic);
             return Some((rule, true));
         }
@@ -196,6 +202,11 @@ impl Scanner {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The id of the key fingerprints are made with.
+    pub fn key_id(&self) -> String {
+        self.key.id()
     }
 
     /// Read, classify and fingerprint one candidate. The bytes are wiped
@@ -236,6 +247,10 @@ impl Scanner {
             .map_err(|_| Skip::Unreadable)?;
         if bytes.len() as u64 > max {
             return Err(Skip::TooBig);
+        }
+        // Whatever the name or the rule: a public key is no secret.
+        if public_key_only(&bytes) {
+            return Err(Skip::NoSecret);
         }
         let fingerprint = self.key.fingerprint(&bytes);
         let rotated = rotated || previous.is_some_and(|p| p != fingerprint);
@@ -387,7 +402,15 @@ impl Walk<'_> {
                         self.stats.duplicates += 1;
                     }
                 }
-                Err(Skip::NoSecret) => self.stats.no_secret += 1,
+                Err(Skip::NoSecret) => {
+                    if forced && s.user.contains(&shown) {
+                        tracing::warn!(
+                            "--watch {}: holds no secret (a public key): not watched",
+                            shown.display()
+                        );
+                    }
+                    self.stats.no_secret += 1;
+                }
                 Err(Skip::Unreadable) => self.stats.unreadable += 1,
                 Err(Skip::TooBig) => self.stats.too_big += 1,
                 Err(Skip::Special) => self.stats.special += 1,
@@ -524,6 +547,45 @@ mod tests {
         assert!(plan.dirs.contains(&PathBuf::from("/home/ana/.aws")));
         assert!(plan.trees.contains(&PathBuf::from("/var/run/secrets")));
         assert!(plan.planned.contains(&PathBuf::from("/home/bob/.aws")));
+    }
+
+    /// Public keys are no secret: not below a `--watch` directory, not by
+    /// content under another name, not even named by `--watch`.
+    #[test]
+    fn public_keys_below_a_watched_directory_are_no_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("srv/keys");
+        fs::create_dir_all(&keys).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inventory/home/ana/.ssh/id_ed25519");
+        fs::copy(&fixture, keys.join("id_ed25519")).unwrap();
+        let public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPLANTEDpublic ana@laptop\n";
+        fs::write(keys.join("id_ed25519.pub"), public).unwrap();
+        fs::write(keys.join("deploy_key"), public).unwrap();
+        fs::write(keys.join("authorized_keys"), public).unwrap();
+        fs::write(keys.join("api.token"), "PLANTED-token-value\n").unwrap();
+        let settings = Settings::default();
+        let (key, _) = Key::load(&settings, state.path()).unwrap();
+        let user = vec![
+            PathBuf::from("/srv/keys"),
+            PathBuf::from("/srv/keys/id_ed25519.pub"),
+        ];
+        let s = Scanner::new(
+            dir.path(),
+            Catalog::new(&settings).unwrap(),
+            user,
+            key,
+            settings.limits(),
+            settings.policy(),
+        );
+        let (records, _, _) = s.scan(&ProgressBar::hidden());
+        let mut names: Vec<_> = records
+            .iter()
+            .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["api.token", "id_ed25519"]);
     }
 
     #[test]

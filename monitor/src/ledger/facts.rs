@@ -1,9 +1,21 @@
 //! What the ledger records of an inventoried secret: the inventory's own
 //! facts (type, fingerprint, lifetime, hint, owner, mode, mtime, expiry),
-//! turned into the ledger's row.
+//! turned into the ledger's row; and whether a secret's file is still there.
+
+use std::{io::ErrorKind, path::Path};
 
 use super::SecretFacts;
 use crate::inventory::Record;
+
+/// Whether a file is still at `path` (symlinks followed). Only "no such
+/// file" (or a parent that is no directory any more) is gone: a removal is
+/// claimed only when it is certain.
+pub fn file_exists(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory),
+    }
+}
 
 pub fn secret_facts(r: &Record) -> SecretFacts {
     SecretFacts {
@@ -46,5 +58,15 @@ mod tests {
         );
         assert_eq!(f.mode, Some(0o644));
         assert_eq!(f.hint.as_deref(), Some("AKIA…"));
+    }
+
+    #[test]
+    fn only_a_missing_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "x").unwrap();
+        assert!(file_exists(&file));
+        assert!(!file_exists(&dir.path().join("nothing")));
+        assert!(!file_exists(&file.join("below-a-file")));
     }
 }

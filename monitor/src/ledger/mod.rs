@@ -9,6 +9,7 @@
 //! twice.
 
 pub mod facts;
+mod lock;
 pub mod schema;
 mod snapshot;
 mod writer;
@@ -25,14 +26,19 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::Deserialize;
 
 pub use self::{
+    lock::StateLock,
     snapshot::{
-        AccessRow, ExposureKind, ExposureRow, Fired, IdentityRow, Observation, Row, SecretFacts,
-        SecretRow, Seen, Snapshot, Span,
+        AccessRow, ExposureKind, ExposureRow, Fired, IdentityRow, Observation, OpenMode, Row,
+        SecretFacts, SecretRow, Seen, Snapshot, Span,
     },
-    writer::{Batching, Writer, WriterStats},
+    writer::{Batching, Store, Writer, WriterStats},
 };
 
 const FILE: &str = "ledger.db";
+/// Meta keys: the id of the fingerprint key the ledger's fingerprints were
+/// made with, and when it last changed.
+pub const KEY_ID: &str = "fingerprint_key";
+pub const KEY_CHANGED: &str = "fingerprint_key_changed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -55,6 +61,13 @@ pub enum LedgerError {
     TooOld { found: u32, known: u32 },
     #[error("ledger: {}", crate::errors::error_text(.0))]
     Sql(#[from] rusqlite::Error),
+    #[error("lock {path}: {}", crate::errors::error_text(err))]
+    Lock { path: String, err: std::io::Error },
+    #[error(
+        "another secretmon agent{} runs on state dir {state_dir}: stop it, or give this one another --state",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { state_dir: String, pid: Option<u32> },
 }
 
 /// `[ledger]` of the configuration file.
@@ -219,10 +232,14 @@ impl Ledger {
             .and_then(|v| v.parse().ok())
             .map_or_else(Utc::now, from_ns);
         let mut s = Snapshot::new(created);
+        s.key_changed = self
+            .meta(KEY_CHANGED)?
+            .and_then(|v| v.parse().ok())
+            .map(from_ns);
         let c = &self.conn;
         let mut q = c.prepare(
             "SELECT id, path, type, fingerprint, lifetime, hint, uid, gid, mode, mtime, \
-             expires, first_seen, last_seen, removed FROM secret",
+             expires, first_seen, last_seen, removed, unwatched FROM secret",
         )?;
         let rows = q.query_map([], |r| {
             Ok(SecretRow {
@@ -242,6 +259,7 @@ impl Ledger {
                 first_seen: from_ns(r.get(11)?),
                 last_seen: from_ns(r.get(12)?),
                 removed: r.get::<_, Option<i64>>(13)?.map(from_ns),
+                unwatched: r.get::<_, Option<i64>>(14)?.map(from_ns),
             })
         })?;
         for row in rows {
@@ -288,7 +306,7 @@ impl Ledger {
         }
         let mut q = c.prepare(
             "SELECT secret_id, identity_id, first_seen, last_seen, count, denied, human, \
-             last_pid, last_uid, last_exe FROM access",
+             last_pid, last_uid, last_exe, reads, writes FROM access",
         )?;
         let rows = q.query_map([], |r| {
             Ok((
@@ -298,6 +316,8 @@ impl Ledger {
                     last_seen: from_ns(r.get(3)?),
                     count: r.get::<_, i64>(4)? as u64,
                     denied: r.get::<_, i64>(5)? as u64,
+                    reads: r.get::<_, i64>(10)? as u64,
+                    writes: r.get::<_, i64>(11)? as u64,
                     human: r.get::<_, i64>(6)? as u64,
                     last_pid: r.get(7)?,
                     last_uid: r.get(8)?,
@@ -365,8 +385,8 @@ fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::
             let f = &s.facts;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO secret (id, path, type, fingerprint, lifetime, hint, uid, \
-                 gid, mode, mtime, expires, first_seen, last_seen, removed) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 gid, mode, mtime, expires, first_seen, last_seen, removed, unwatched) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 f.id,
@@ -383,6 +403,7 @@ fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::
                 to_ns(s.first_seen),
                 to_ns(s.last_seen),
                 s.removed.map(to_ns),
+                s.unwatched.map(to_ns),
             ])?;
         }
         Row::Fingerprint(id, fp, span) => {
@@ -419,8 +440,8 @@ fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::
         Row::Access((secret, identity), a) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO access (secret_id, identity_id, first_seen, last_seen, \
-                 count, denied, human, last_pid, last_uid, last_exe) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 count, denied, human, last_pid, last_uid, last_exe, reads, writes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 secret,
@@ -433,6 +454,8 @@ fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::
                 a.last_pid,
                 a.last_uid,
                 a.last_exe,
+                a.reads as i64,
+                a.writes as i64,
             ])?;
         }
         Row::Exposure((kind, subject, identity), e) => {
@@ -466,7 +489,7 @@ fn write_row(tx: &rusqlite::Transaction<'_>, row: &Row) -> Result<(), rusqlite::
                 "DELETE FROM access WHERE last_seen < ?1",
                 "DELETE FROM exposure WHERE last_seen < ?1",
                 "DELETE FROM secret_fingerprint WHERE last_seen < ?1",
-                "DELETE FROM secret WHERE removed IS NOT NULL AND removed < ?1",
+                "DELETE FROM secret WHERE removed < ?1 OR (unwatched IS NOT NULL AND last_seen < ?1)",
                 "DELETE FROM identity WHERE last_seen < ?1 \
                  AND id NOT IN (SELECT identity_id FROM access) \
                  AND id NOT IN (SELECT identity_id FROM exposure)",
@@ -534,6 +557,7 @@ mod tests {
             uid: 0,
             count,
             denied: false,
+            mode: OpenMode::Read,
         }
     }
 
@@ -551,6 +575,13 @@ mod tests {
         rows.extend(mem.observe_secret(facts("a", "hmac-sha256:02"), at(10)));
         rows.extend(mem.observe(&read(1, "a", "systemd:app.service", 3)));
         rows.extend(mem.observe(&read(5, "a", "systemd:app.service", 2)));
+        let mut write = read(6, "a", "systemd:app.service", 1);
+        if let Observation::Read { mode, .. } = &mut write {
+            *mode = OpenMode::Write;
+        }
+        rows.extend(mem.observe(&write));
+        rows.extend(mem.observe_secret(facts("b", "hmac-sha256:03"), at(0)));
+        rows.extend(mem.secret_gone("b", true, at(12)));
         rows.extend(mem.observe(&Observation::Exposure {
             at: at(6),
             kind: ExposureKind::Env,
@@ -573,9 +604,10 @@ mod tests {
         let disk = ledger.snapshot().unwrap();
         assert_eq!(disk, mem);
         let access = &disk.accesses[&("a".into(), "systemd:app.service".into())];
-        assert_eq!(access.count, 5);
-        assert_eq!((access.first_seen, access.last_seen), (at(1), at(5)));
-        assert_eq!(disk.fingerprints.len(), 2, "both fingerprints kept");
+        assert_eq!((access.count, access.reads, access.writes), (6, 5, 1));
+        assert_eq!(disk.secrets["b"].unwatched, Some(at(12)));
+        assert_eq!((access.first_seen, access.last_seen), (at(1), at(6)));
+        assert_eq!(disk.fingerprints.len(), 3, "every fingerprint kept");
         assert_eq!(ledger.integrity().unwrap(), "ok");
     }
 

@@ -8,7 +8,7 @@ use super::LedgerError;
 
 /// Every migration, oldest first. Append only: a released migration is
 /// never edited, a change is a new one.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Times are nanoseconds since the Unix epoch (UTC), so comparisons and
 /// pruning are integer ones.
@@ -92,6 +92,21 @@ CREATE TABLE fired (
 );
 ";
 
+/// Opens told apart by what they could do: `reads` could read (`O_RDONLY`,
+/// `O_RDWR`), `writes` could write (`O_WRONLY`, `O_RDWR`); `count` stays
+/// every open, refused ones included, and `human` becomes the reads from a
+/// human session. v1 took every successful open for a read and counted
+/// refused opens as human: existing rows keep that reading, bounded by it.
+/// `unwatched`: when a run of the agent stopped watching a secret whose
+/// file was still there (another `--watch` or `--config`), which is not a
+/// removal.
+const V2: &str = "
+ALTER TABLE access ADD COLUMN reads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE access ADD COLUMN writes INTEGER NOT NULL DEFAULT 0;
+UPDATE access SET reads = count - denied, human = min(human, count - denied);
+ALTER TABLE secret ADD COLUMN unwatched INTEGER;
+";
+
 /// Bring `conn` up to the last of `migrations`.
 pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), LedgerError> {
     let current = version(conn)?;
@@ -139,6 +154,35 @@ mod tests {
             .query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, "v");
+    }
+
+    /// A v1 ledger's reads survive v2: refused opens stay refused and are
+    /// no longer human.
+    #[test]
+    fn v2_splits_reads_from_refused_opens() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &MIGRATIONS[..1]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO access VALUES ('s', 'user:eve:/bin/cat', 1, 2, 3, 3, 3, 9, 1000, NULL);
+             INSERT INTO access VALUES ('s', 'user:ana:/bin/cat', 1, 2, 5, 1, 5, 9, 1000, NULL);
+             INSERT INTO secret (id, path, type, first_seen, last_seen) VALUES ('s', '/s', 'generic', 1, 2);",
+        )
+        .unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let row = |who: &str| -> (i64, i64, i64) {
+            conn.query_row(
+                "SELECT reads, writes, human FROM access WHERE identity_id = ?1",
+                [who],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(row("user:eve:/bin/cat"), (0, 0, 0), "every open refused");
+        assert_eq!(row("user:ana:/bin/cat"), (4, 0, 4));
+        let unwatched: Option<i64> = conn
+            .query_row("SELECT unwatched FROM secret", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(unwatched, None);
     }
 
     #[test]

@@ -40,8 +40,13 @@ pub struct SecretRow {
     /// First and last time the inventory listed it.
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
-    /// When the inventory stopped finding it.
+    /// When its file was found gone (or, through the inventory, holding
+    /// no secret any more).
     pub removed: Option<DateTime<Utc>>,
+    /// Since when no agent watches it although its file is still there
+    /// (a later run with another `--watch` or `--config`): its facts are as
+    /// last seen, and nobody can vouch that it was not read since.
+    pub unwatched: Option<DateTime<Utc>>,
 }
 
 /// One fingerprint a secret had, and when.
@@ -71,7 +76,7 @@ pub struct IdentityRow {
     pub gone_since: Option<DateTime<Utc>>,
 }
 
-/// Reads of one secret by one identity.
+/// Opens of one secret by one identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRow {
     pub first_seen: DateTime<Utc>,
@@ -80,7 +85,12 @@ pub struct AccessRow {
     pub count: u64,
     /// Opens the kernel refused.
     pub denied: u64,
-    /// Opens from a human session.
+    /// Successful opens that could read (`O_RDONLY`, `O_RDWR`).
+    pub reads: u64,
+    /// Successful opens that could write (`O_WRONLY`, `O_RDWR`): a
+    /// `touch`, an editor saving, a rotation job.
+    pub writes: u64,
+    /// Reads from a human session.
     pub human: u64,
     pub last_pid: u32,
     pub last_uid: u32,
@@ -88,9 +98,43 @@ pub struct AccessRow {
 }
 
 impl AccessRow {
-    /// At least one open succeeded.
+    /// At least one open that could read succeeded.
     pub fn read(&self) -> bool {
-        self.count > self.denied
+        self.reads > 0
+    }
+}
+
+/// What an open could do with the file, from its access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpenMode {
+    Read,
+    Write,
+    ReadWrite,
+    /// `O_PATH`: a handle to the name, neither read nor write.
+    Path,
+}
+
+impl OpenMode {
+    /// From the open's flags (the syscall's or `file->f_flags`, which keep
+    /// the access mode and `O_PATH`).
+    pub fn from_flags(flags: u32) -> Self {
+        let f = flags as i32;
+        if f & libc::O_PATH != 0 {
+            return Self::Path;
+        }
+        match f & libc::O_ACCMODE {
+            libc::O_WRONLY => Self::Write,
+            libc::O_RDWR => Self::ReadWrite,
+            _ => Self::Read,
+        }
+    }
+
+    pub fn reads(self) -> bool {
+        matches!(self, Self::Read | Self::ReadWrite)
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, Self::Write | Self::ReadWrite)
     }
 }
 
@@ -177,6 +221,7 @@ impl Seen {
             IdentityKind::Container => "container",
             IdentityKind::Systemd => "systemd",
             IdentityKind::User => "user",
+            IdentityKind::Unknown => "unknown",
         };
         Self {
             id: identity.id.clone(),
@@ -197,7 +242,8 @@ impl Seen {
 /// What the pipeline saw, as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    /// Opens of a watched file folded into one: same process and result.
+    /// Opens of a watched file folded into one: same process, result and
+    /// mode.
     Read {
         at: DateTime<Utc>,
         secret_id: String,
@@ -206,6 +252,20 @@ pub enum Observation {
         uid: u32,
         count: u64,
         denied: bool,
+        mode: OpenMode,
+    },
+    /// The inventory found a secret while the agent runs (a new file, a
+    /// rotation, a changed mode), or the kernel's name rules did.
+    Secret {
+        at: DateTime<Utc>,
+        facts: SecretFacts,
+    },
+    /// The inventory no longer lists secret `id`; `file_exists`: its file
+    /// is still there (it holds no secret any more, or cannot be read).
+    SecretGone {
+        at: DateTime<Utc>,
+        id: String,
+        file_exists: bool,
     },
     Exposure {
         at: DateTime<Utc>,
@@ -231,6 +291,10 @@ pub struct Snapshot {
     pub exposures: BTreeMap<ExposureKey, ExposureRow>,
     /// Finding key → when it fired.
     pub fired: BTreeMap<String, DateTime<Utc>>,
+    /// When the fingerprint key last changed (a deleted `fingerprint.key`
+    /// made anew, a fleet key configured): fingerprints seen before are
+    /// not comparable with later ones.
+    pub key_changed: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
@@ -243,6 +307,7 @@ impl Snapshot {
             accesses: BTreeMap::new(),
             exposures: BTreeMap::new(),
             fired: BTreeMap::new(),
+            key_changed: None,
         }
     }
 
@@ -250,12 +315,13 @@ impl Snapshot {
     pub fn observe_secret(&mut self, facts: SecretFacts, at: DateTime<Utc>) -> Vec<Row> {
         let mut rows = Vec::new();
         if let Some(fp) = &facts.fingerprint {
+            let first_seen = self.value_seen_under_old_key(&facts).unwrap_or(at);
             let span = self
                 .fingerprints
                 .entry((facts.id.clone(), fp.clone()))
                 .and_modify(|s| s.last_seen = s.last_seen.max(at))
                 .or_insert(Span {
-                    first_seen: at,
+                    first_seen,
                     last_seen: at,
                 });
             rows.push(Row::Fingerprint(facts.id.clone(), fp.clone(), *span));
@@ -266,12 +332,14 @@ impl Snapshot {
                 first_seen: old.first_seen,
                 last_seen: old.last_seen.max(at),
                 removed: None,
+                unwatched: None,
             },
             None => SecretRow {
                 facts,
                 first_seen: at,
                 last_seen: at,
                 removed: None,
+                unwatched: None,
             },
         };
         rows.push(Row::Secret(row.clone()));
@@ -279,7 +347,40 @@ impl Snapshot {
         rows
     }
 
-    /// The inventory no longer finds secret `id`.
+    /// After a change of the fingerprint key, the first fingerprint of a
+    /// secret under the new key is a new string for the same value, not a
+    /// rotation, as long as the file was not modified since the value was
+    /// last seen under the old key: then the value keeps its first sighting.
+    /// A file modified since may have been rotated meanwhile: its value is
+    /// then dated from now, as any new value is.
+    fn value_seen_under_old_key(&self, facts: &SecretFacts) -> Option<DateTime<Utc>> {
+        let changed = self.key_changed?;
+        let spans: Vec<&Span> = self
+            .fingerprints
+            .range((facts.id.clone(), String::new())..)
+            .take_while(|((id, _), _)| *id == facts.id)
+            .map(|(_, span)| span)
+            .collect();
+        if spans.iter().any(|s| s.last_seen >= changed) {
+            return None;
+        }
+        let old = self.secrets.get(&facts.id)?.facts.fingerprint.as_ref()?;
+        let span = self.fingerprints.get(&(facts.id.clone(), old.clone()))?;
+        let unmodified = facts.mtime.is_some_and(|m| m <= span.last_seen);
+        unmodified.then_some(span.first_seen)
+    }
+
+    /// The inventory no longer lists secret `id`: removed when its file is
+    /// gone, unwatched while it is still there.
+    pub fn secret_gone(&mut self, id: &str, file_exists: bool, at: DateTime<Utc>) -> Vec<Row> {
+        if file_exists {
+            self.unwatch_secret(id, at)
+        } else {
+            self.remove_secret(id, at)
+        }
+    }
+
+    /// Secret `id`'s file is gone.
     pub fn remove_secret(&mut self, id: &str, at: DateTime<Utc>) -> Vec<Row> {
         match self.secrets.get_mut(id) {
             Some(row) if row.removed.is_none() => {
@@ -290,9 +391,26 @@ impl Snapshot {
         }
     }
 
+    /// Secret `id`'s file is still there, but no longer watched.
+    pub fn unwatch_secret(&mut self, id: &str, at: DateTime<Utc>) -> Vec<Row> {
+        match self.secrets.get_mut(id) {
+            Some(row) if row.removed.is_none() && row.unwatched.is_none() => {
+                row.unwatched = Some(at);
+                vec![Row::Secret(row.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Record what the pipeline saw. Returns the rows that changed.
     pub fn observe(&mut self, o: &Observation) -> Vec<Row> {
         match o {
+            Observation::Secret { at, facts } => self.observe_secret(facts.clone(), *at),
+            Observation::SecretGone {
+                at,
+                id,
+                file_exists,
+            } => self.secret_gone(id, *file_exists, *at),
             Observation::Read {
                 at,
                 secret_id,
@@ -301,6 +419,7 @@ impl Snapshot {
                 uid,
                 count,
                 denied,
+                mode,
             } => {
                 let identity = self.seen(who, *at);
                 let key = (secret_id.clone(), who.id.clone());
@@ -312,6 +431,8 @@ impl Snapshot {
                         last_seen: *at,
                         count: 0,
                         denied: 0,
+                        reads: 0,
+                        writes: 0,
                         human: 0,
                         last_pid: *pid,
                         last_uid: *uid,
@@ -321,10 +442,18 @@ impl Snapshot {
                 row.last_seen = row.last_seen.max(*at);
                 row.count += count;
                 if *denied {
+                    // A refused open neither read nor wrote anything.
                     row.denied += count;
-                }
-                if who.human {
-                    row.human += count;
+                } else {
+                    if mode.reads() {
+                        row.reads += count;
+                        if who.human {
+                            row.human += count;
+                        }
+                    }
+                    if mode.writes() {
+                        row.writes += count;
+                    }
                 }
                 row.last_pid = *pid;
                 row.last_uid = *uid;
@@ -380,14 +509,17 @@ impl Snapshot {
     }
 
     /// Forget what was last seen before `cutoff`: reads, exposures, past
-    /// fingerprints, removed secrets, identities that made none of what
-    /// is left, and fired findings (which may then fire again).
+    /// fingerprints, removed secrets and unwatched ones last listed before
+    /// it, identities that made none of what is left, and fired findings
+    /// (which may then fire again).
     pub fn prune(&mut self, cutoff: DateTime<Utc>) -> Row {
         self.accesses.retain(|_, a| a.last_seen >= cutoff);
         self.exposures.retain(|_, e| e.last_seen >= cutoff);
         self.fingerprints.retain(|_, s| s.last_seen >= cutoff);
-        self.secrets
-            .retain(|_, s| s.removed.is_none_or(|r| r >= cutoff));
+        self.secrets.retain(|_, s| {
+            s.removed.is_none_or(|r| r >= cutoff)
+                && (s.unwatched.is_none() || s.last_seen >= cutoff)
+        });
         let used: std::collections::BTreeSet<&String> = self
             .accesses
             .keys()
@@ -430,5 +562,144 @@ impl Snapshot {
         row.last_seen = row.last_seen.max(at);
         row.gone_since = None;
         Row::Identity(row.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn facts(fp: &str, mtime: i64) -> SecretFacts {
+        SecretFacts {
+            id: "sec-a".into(),
+            path: "/srv/a".into(),
+            secret_type: "generic".into(),
+            fingerprint: Some(fp.into()),
+            lifetime: Some("static".into()),
+            hint: None,
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(0o600),
+            mtime: Some(t(mtime)),
+            expires: None,
+        }
+    }
+
+    fn open(s: &mut Snapshot, mode: OpenMode, denied: bool, human: bool) -> AccessRow {
+        let who = Seen {
+            id: "user:ana:/usr/bin/vi".into(),
+            kind: "user".into(),
+            spiffe_id: String::new(),
+            unit: None,
+            user_manager: false,
+            cgroup_id: 0,
+            exe: None,
+            human,
+        };
+        s.observe(&Observation::Read {
+            at: t(1),
+            secret_id: "sec-a".into(),
+            who: who.clone(),
+            pid: 1,
+            uid: 1000,
+            count: 2,
+            denied,
+            mode,
+        });
+        s.accesses[&("sec-a".into(), who.id)].clone()
+    }
+
+    #[test]
+    fn open_modes_from_flags() {
+        use OpenMode::*;
+        for (flags, mode) in [
+            (libc::O_RDONLY, Read),
+            (
+                libc::O_WRONLY | libc::O_CREAT | libc::O_NOCTTY | libc::O_NONBLOCK,
+                Write,
+            ),
+            (libc::O_RDWR | libc::O_APPEND, ReadWrite),
+            (libc::O_PATH | libc::O_RDONLY, Path),
+        ] {
+            assert_eq!(OpenMode::from_flags(flags as u32), mode, "{flags:#o}");
+        }
+        assert!(Read.reads() && !Read.writes());
+        assert!(!Write.reads() && Write.writes());
+        assert!(ReadWrite.reads() && ReadWrite.writes());
+        assert!(!Path.reads() && !Path.writes());
+    }
+
+    /// A `touch` writes, a refused open does nothing, and neither is a read
+    /// or a human's use.
+    #[test]
+    fn writes_and_refusals_are_not_reads() {
+        let mut s = Snapshot::new(t(0));
+        let touched = open(&mut s, OpenMode::Write, false, true);
+        assert_eq!((touched.count, touched.reads, touched.writes), (2, 0, 2));
+        assert_eq!(touched.human, 0);
+        assert!(!touched.read());
+        let refused = open(&mut s, OpenMode::Read, true, true);
+        assert_eq!((refused.count, refused.denied, refused.reads), (4, 2, 0));
+        assert_eq!(refused.human, 0, "a refused open is no use");
+        let edited = open(&mut s, OpenMode::ReadWrite, false, true);
+        assert_eq!((edited.reads, edited.writes, edited.human), (2, 4, 2));
+        assert!(edited.read());
+    }
+
+    /// Not listed by a run: removed only when the file is gone; listed
+    /// again, watched again.
+    #[test]
+    fn unlisted_secrets_are_unwatched_while_their_file_exists() {
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:01", 0), t(0));
+        let rows = s.secret_gone("sec-a", true, t(5));
+        assert_eq!(rows.len(), 1);
+        let row = &s.secrets["sec-a"];
+        assert_eq!((row.removed, row.unwatched), (None, Some(t(5))));
+        assert!(s.secret_gone("sec-a", true, t(6)).is_empty(), "once");
+        s.observe_secret(facts("hmac-sha256:01", 0), t(7));
+        assert_eq!(s.secrets["sec-a"].unwatched, None);
+        s.secret_gone("sec-a", false, t(8));
+        assert_eq!(s.secrets["sec-a"].removed, Some(t(8)));
+        // Retention forgets an unwatched secret by when it was last listed.
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:01", 0), t(0));
+        s.secret_gone("sec-a", true, t(100));
+        s.prune(t(1));
+        assert!(s.secrets.is_empty());
+    }
+
+    /// After a key change the same value has a new fingerprint: it keeps
+    /// its first sighting while the file did not change, and is new when
+    /// the file changed since it was last seen.
+    #[test]
+    fn a_new_key_is_no_rotation_unless_the_file_changed() {
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(10));
+        s.key_changed = Some(t(20));
+        s.observe_secret(facts("hmac-sha256:new", -50), t(20));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!(span.first_seen, t(0), "the same value since t=0");
+        // Later sightings under the new key change nothing.
+        s.observe_secret(facts("hmac-sha256:new", -50), t(30));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!((span.first_seen, span.last_seen), (t(0), t(30)));
+        // A rotation under the new key is one.
+        s.observe_secret(facts("hmac-sha256:newer", 35), t(40));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:newer".into())];
+        assert_eq!(span.first_seen, t(40));
+
+        // Modified after it was last seen under the old key: a new value.
+        let mut s = Snapshot::new(t(0));
+        s.observe_secret(facts("hmac-sha256:old", -50), t(0));
+        s.key_changed = Some(t(20));
+        s.observe_secret(facts("hmac-sha256:new", 15), t(20));
+        let span = s.fingerprints[&("sec-a".into(), "hmac-sha256:new".into())];
+        assert_eq!(span.first_seen, t(20));
     }
 }

@@ -2,6 +2,12 @@
 //! so that SQLite never runs on the event path. Sending never blocks: when
 //! the queue is full the row is dropped and counted, and since rows carry
 //! cumulative state the next change of the same row makes up for it.
+//!
+//! A batch that fails to commit (a full disk, a read-only remount) is kept
+//! and retried with backoff, taking in what arrives meanwhile (a later
+//! change of a row replaces the kept one), until a commit succeeds. At
+//! close it is tried for a few seconds more; what still fails is counted
+//! as lost.
 
 use std::{
     collections::HashMap,
@@ -14,9 +20,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Ledger, Row};
+use super::{Ledger, LedgerError, Row};
 
-/// How the writer batches.
+/// Where batches are committed: the ledger, or in tests one that fails.
+pub trait Store: Send + 'static {
+    /// Write `rows` in one transaction, all or nothing.
+    fn write(&mut self, rows: &[Row]) -> Result<(), LedgerError>;
+}
+
+impl Store for Ledger {
+    fn write(&mut self, rows: &[Row]) -> Result<(), LedgerError> {
+        Ledger::write(self, rows)
+    }
+}
+
+/// How the writer batches and retries.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
     /// Rows the queue holds before sends are dropped.
@@ -25,6 +43,12 @@ pub struct Batching {
     pub max_rows: usize,
     /// ...or this long after its first row arrived.
     pub max_delay: Duration,
+    /// The wait after a failed commit, doubled after each further failure
+    /// up to `max_retry`.
+    pub min_retry: Duration,
+    pub max_retry: Duration,
+    /// How long the last batch is retried at close.
+    pub close_grace: Duration,
 }
 
 impl Default for Batching {
@@ -33,6 +57,9 @@ impl Default for Batching {
             capacity: 65_536,
             max_rows: 5_000,
             max_delay: Duration::from_secs(1),
+            min_retry: Duration::from_secs(1),
+            max_retry: Duration::from_secs(60),
+            close_grace: Duration::from_secs(5),
         }
     }
 }
@@ -45,8 +72,10 @@ pub struct WriterStats {
     pub batches: u64,
     /// Rows lost because the queue was full or the writer had stopped.
     pub dropped: u64,
-    /// Rows in batches that failed to commit.
+    /// Commits that failed (each was retried).
     pub failed: u64,
+    /// Rows never committed: the last batch still failed at close.
+    pub lost: u64,
     /// Time spent in commits.
     pub busy: Duration,
 }
@@ -58,11 +87,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(ledger: Ledger, batching: Batching) -> std::io::Result<Self> {
+    pub fn spawn(store: impl Store, batching: Batching) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(batching.capacity);
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(ledger, &rx, batching))?;
+            .spawn(move || run(store, &rx, batching))?;
         Ok(Self {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
@@ -143,38 +172,111 @@ impl Batch {
             }
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
-fn run(mut ledger: Ledger, rx: &mpsc::Receiver<Row>, batching: Batching) -> WriterStats {
+/// The wait before the next attempt while commits fail.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    /// Failures in a row.
+    failures: u32,
+}
+
+impl Backoff {
+    fn wait(&self) -> Duration {
+        if self.failures == 0 {
+            return Duration::ZERO;
+        }
+        let doubled = self.min.saturating_mul(1 << (self.failures - 1).min(16));
+        doubled.min(self.max)
+    }
+}
+
+fn run(mut store: impl Store, rx: &mpsc::Receiver<Row>, batching: Batching) -> WriterStats {
     let mut stats = WriterStats::default();
-    // Blocks until the first row of a batch, or until the agent closes.
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + batching.max_delay;
-        let mut batch = Batch::default();
-        batch.push(first);
-        let mut received = 1;
-        while received < batching.max_rows {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(row) => {
-                    batch.push(row);
-                    received += 1;
+    let mut batch = Batch::default();
+    let mut backoff = Backoff {
+        min: batching.min_retry,
+        max: batching.max_retry,
+        failures: 0,
+    };
+    // Set once the agent closed the queue: from then on only the kept
+    // batch is retried, until this deadline.
+    let mut closing: Option<Instant> = None;
+    loop {
+        if closing.is_none() {
+            if batch.is_empty() {
+                // Blocks until the first row of a batch, or until the agent
+                // closes.
+                match rx.recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
+            // While commits fail, rows keep arriving and merge into the
+            // kept batch until the next attempt.
+            let deadline = Instant::now() + batching.max_delay.max(backoff.wait());
+            let mut received = batch.rows.len();
+            while received < batching.max_rows || backoff.failures > 0 {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(row) => {
+                        batch.push(row);
+                        received += 1;
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closing = Some(Instant::now() + batching.close_grace);
+                        break;
+                    }
+                }
+            }
+        } else {
+            let left = closing.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            std::thread::sleep(backoff.wait().min(left));
         }
         let n = batch.rows.len() as u64;
         let started = Instant::now();
-        match ledger.write(&batch.rows) {
+        let result = store.write(&batch.rows);
+        stats.busy += started.elapsed();
+        match result {
             Ok(()) => {
+                if backoff.failures > 0 {
+                    tracing::warn!(
+                        "ledger: committed again after {} failed attempts; nothing was lost",
+                        backoff.failures
+                    );
+                }
                 stats.rows += n;
                 stats.batches += 1;
+                batch = Batch::default();
+                backoff.failures = 0;
+                if closing.is_some() {
+                    break;
+                }
             }
             Err(e) => {
-                tracing::warn!("ledger: a batch of {n} rows was not written: {e}");
-                stats.failed += n;
+                stats.failed += 1;
+                backoff.failures += 1;
+                if backoff.failures == 1 {
+                    tracing::warn!(
+                        "ledger: a batch of {n} rows was not written ({e}); kept and retried"
+                    );
+                }
+                if closing.is_some_and(|deadline| Instant::now() >= deadline) {
+                    tracing::error!(
+                        "ledger: {n} rows are lost: the last batch still fails at stop ({e})"
+                    );
+                    stats.lost = n;
+                    break;
+                }
             }
         }
-        stats.busy += started.elapsed();
     }
     stats
 }
@@ -184,7 +286,7 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
-    use crate::ledger::{Observation, Seen};
+    use crate::ledger::{Observation, OpenMode, Seen};
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -209,7 +311,118 @@ mod tests {
             uid: 0,
             count: 1,
             denied: false,
+            mode: OpenMode::Read,
         }
+    }
+
+    /// The ledger, with its database capped at `pages` pages while the cap
+    /// is not 0: a disk that is full, to SQLite exactly as a real one.
+    struct Cappable {
+        ledger: Ledger,
+        pages: Arc<AtomicU64>,
+    }
+
+    impl Store for Cappable {
+        fn write(&mut self, rows: &[Row]) -> Result<(), LedgerError> {
+            let cap = match self.pages.load(Ordering::SeqCst) {
+                0 => i64::from(u32::MAX),
+                n => n as i64,
+            };
+            self.ledger
+                .conn
+                .pragma_update(None, "max_page_count", cap)?;
+            self.ledger.write(rows)
+        }
+    }
+
+    fn pages(ledger: &Ledger) -> u64 {
+        ledger
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    }
+
+    fn quick() -> Batching {
+        Batching {
+            max_delay: Duration::from_millis(5),
+            min_retry: Duration::from_millis(5),
+            max_retry: Duration::from_millis(40),
+            close_grace: Duration::from_millis(200),
+            ..Batching::default()
+        }
+    }
+
+    /// A full disk: the batch is kept and retried, rows that arrive
+    /// meanwhile join it, and once there is room again nothing is missing.
+    #[test]
+    fn a_failed_commit_is_retried_until_it_succeeds_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut mem = ledger.snapshot().unwrap();
+        let cap = Arc::new(AtomicU64::new(pages(&ledger)));
+        let writer = Writer::spawn(
+            Cappable {
+                ledger,
+                pages: cap.clone(),
+            },
+            quick(),
+        )
+        .unwrap();
+        for i in 0..3_000 {
+            for row in mem.observe(&read(i)) {
+                writer.send(row);
+            }
+        }
+        // Some attempts fail on the full disk while reads keep coming.
+        std::thread::sleep(Duration::from_millis(150));
+        for i in 3_000..4_000 {
+            for row in mem.observe(&read(i)) {
+                writer.send(row);
+            }
+        }
+        cap.store(0, Ordering::SeqCst);
+        let stats = writer.close();
+        assert!(stats.failed > 0, "{stats:?}");
+        assert_eq!((stats.dropped, stats.lost), (0, 0), "{stats:?}");
+        let disk = Ledger::open_read_only(dir.path())
+            .unwrap()
+            .snapshot()
+            .unwrap();
+        assert_eq!(disk, mem);
+        let total: u64 = disk.accesses.values().map(|a| a.count).sum();
+        assert_eq!(total, 4_000);
+    }
+
+    /// A disk that stays full: the agent still stops, within the grace
+    /// period, and says how many rows it could not keep.
+    #[test]
+    fn a_commit_that_never_succeeds_is_counted_as_lost_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut mem = ledger.snapshot().unwrap();
+        let cap = Arc::new(AtomicU64::new(pages(&ledger)));
+        let writer = Writer::spawn(Cappable { ledger, pages: cap }, quick()).unwrap();
+        for i in 0..2_000 {
+            for row in mem.observe(&read(i)) {
+                writer.send(row);
+            }
+        }
+        let started = Instant::now();
+        let stats = writer.close();
+        assert!(started.elapsed() < Duration::from_secs(5), "{stats:?}");
+        assert!(stats.failed > 1, "{stats:?}");
+        assert_eq!(stats.rows, 0, "{stats:?}");
+        assert_eq!(
+            stats.lost, 1_010,
+            "1000 accesses and 10 identities: {stats:?}"
+        );
+        assert_eq!(
+            Ledger::open_read_only(dir.path())
+                .unwrap()
+                .access_rows()
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
@@ -250,6 +463,7 @@ mod tests {
             capacity: 1,
             max_rows: 1,
             max_delay: Duration::from_millis(1),
+            ..Batching::default()
         };
         let writer = Writer::spawn(ledger, batching).unwrap();
         for i in 0..10_000 {
