@@ -76,29 +76,28 @@ fn check_and_run_give_one_fix_for_bpf_lsm() {
         .clone();
     let dir = tempfile::tempdir().unwrap();
     let secret = support::plant_secret(dir.path());
-    let mut child = Command::new(BIN)
-        .args(["run", "--opens", "lsm", "--watch"])
-        .arg(&secret)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::Reaped::spawn(
+        Command::new(BIN)
+            .args(["run", "--opens", "lsm", "--watch"])
+            .arg(&secret)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     if lsm["status"] == "ok" {
-        // It loads here: nothing to compare; the agent starts.
+        // It loads here: nothing to compare; the agent starts (and is
+        // stopped when `child` drops).
         let mut first = String::new();
         std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut std::io::BufReader::new(child.child().stdout.take().unwrap()),
             &mut first,
         )
         .unwrap();
         assert!(first.contains("lsm:file_open"), "{first}");
-        child.kill().unwrap();
-        child.wait().unwrap();
         return;
     }
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.trim_end().lines().last().unwrap();
@@ -183,24 +182,27 @@ fn sighup_under_a_burst_reopens_the_output_and_loses_nothing() {
     let secret = support::plant_secret(dir.path());
     let out = dir.path().join("events.jsonl");
     let state = dir.path().join("state");
-    let mut agent = Command::new(BIN)
-        .args(["run", "--watch"])
-        .arg(&secret)
-        .arg("--output")
-        .arg(&out)
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = support::Reaped::spawn(
+        Command::new(BIN)
+            .args(["run", "--watch"])
+            .arg(&secret)
+            .arg("--output")
+            .arg(&out)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"status\":\"started\"")) {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
             "the agent did not start"
         );
-        assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+        assert!(
+            agent.child().try_wait().unwrap().is_none(),
+            "the agent exited"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(mode(&out), 0o600);
@@ -221,16 +223,16 @@ fn sighup_under_a_burst_reopens_the_output_and_loses_nothing() {
         let rotated = dir.path().join(format!("events.jsonl.{i}"));
         std::fs::rename(&out, &rotated).unwrap();
         files.push(rotated);
-        send(agent.id(), Signal::SIGHUP);
+        send(agent.child().id(), Signal::SIGHUP);
         if i == 2 {
-            send(agent.id(), Signal::SIGUSR1);
+            send(agent.child().id(), Signal::SIGUSR1);
         }
     }
     assert!(burst.wait().unwrap().success());
     // The last reload applied before the stop: its file is the newest.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    send(agent.id(), Signal::SIGTERM);
-    let done = agent.wait_with_output().unwrap();
+    send(agent.child().id(), Signal::SIGTERM);
+    let done = agent.wait_with_output();
     let stderr = String::from_utf8(done.stderr).unwrap();
     assert_eq!(done.status.code(), Some(0), "{stderr}");
     files.push(out.clone());

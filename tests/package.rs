@@ -246,28 +246,31 @@ fn the_agent_runs_within_the_units_capabilities_and_syscall_filter() {
     let secret = support::plant_secret(dir.path());
     let out = dir.path().join("events.jsonl");
     let trace = dir.path().join("strace.txt");
-    let mut agent = Command::new("setpriv")
-        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
-        .arg("--inh-caps=-all")
-        .args(["strace", "-f", "-qq", "-o"])
-        .arg(&trace)
-        .args([BIN, "run", "--watch"])
-        .arg(&secret)
-        .arg("--output")
-        .arg(&out)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = support::Reaped::spawn(
+        Command::new("setpriv")
+            .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+            .arg("--inh-caps=-all")
+            .args(["strace", "-f", "-qq", "-o"])
+            .arg(&trace)
+            .args([BIN, "run", "--watch"])
+            .arg(&secret)
+            .arg("--output")
+            .arg(&out)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let events = || std::fs::read_to_string(&out).unwrap_or_default();
-    let wait = |what: &str, agent: &mut std::process::Child| {
+    let wait = |what: &str, agent: &mut support::Reaped| {
         // strace slows the start-up (BTF is read in small pieces).
         let deadline = Instant::now() + Duration::from_secs(120);
         while !events().contains(what) {
             assert!(Instant::now() < deadline, "no {what} in:\n{}", events());
-            assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+            assert!(
+                agent.child().try_wait().unwrap().is_none(),
+                "the agent exited"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -288,7 +291,7 @@ fn the_agent_runs_within_the_units_capabilities_and_syscall_filter() {
     signal(nix::sys::signal::Signal::SIGUSR1);
     std::thread::sleep(Duration::from_millis(500));
     signal(nix::sys::signal::Signal::SIGTERM);
-    let done = agent.wait_with_output().unwrap();
+    let done = agent.wait_with_output();
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert!(done.status.success(), "{stderr}");
     assert!(events().contains("\"status\":\"stopped\""), "{}", events());
@@ -359,9 +362,31 @@ fn daemonset_validates_against_the_kubernetes_schema() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // The image's `secretmon run` takes these arguments: `config` parses
+    // the same agent flags, without the kernel.
+    let node_args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("$(NODE_NAME)", "node-1"))
+        .collect();
+    let out = Command::new(BIN)
+        .arg("config")
+        .args(&node_args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "secretmon refuses the DaemonSet's arguments {node_args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["settings"]["agent.host_name"]["value"], "node-1");
+    assert_eq!(
+        config["settings"]["agent.state_dir"]["value"],
+        "/var/lib/secretmon"
+    );
     assert!(c["resources"]["limits"]["memory"].is_string());
     assert!(c["resources"]["limits"]["cpu"].is_string());
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     let mut caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
         .as_sequence()
         .unwrap()

@@ -62,3 +62,79 @@ pub fn check() -> Result<(), PreflightError> {
     }
     Ok(())
 }
+
+/// The active LSMs, in securityfs.
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// Why BPF LSM programs cannot watch opens here. Its [`LsmGap::fix`] is
+/// the one text `check` and `run --opens lsm` give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LsmGap {
+    /// The list of active LSMs cannot be read.
+    NoSecurityfs,
+    /// `bpf` is not among the active LSMs: programs would load and never run.
+    NotActive,
+    /// `bpf` is active, yet the kernel refuses the program.
+    Refused,
+}
+
+impl LsmGap {
+    pub fn fix(self) -> &'static str {
+        match self {
+            Self::NoSecurityfs => {
+                "mount securityfs (`mount -t securityfs securityfs /sys/kernel/security`) \
+                 so that the active LSMs can be read"
+            }
+            Self::NotActive => {
+                "boot with `bpf` in the kernel's `lsm=` list (e.g. \
+                 lsm=lockdown,capability,landlock,yama,apparmor,bpf) on a kernel built with \
+                 CONFIG_BPF_LSM=y"
+            }
+            Self::Refused => {
+                "this kernel refuses BPF LSM programs although `bpf` is an active LSM \
+                 (a hardened or hypervisor-restricted build): use --opens auto, or another \
+                 kernel"
+            }
+        }
+    }
+}
+
+/// Whether `bpf` is among the active LSMs, as `check` and `run --opens lsm`
+/// both decide it first: without it a BPF LSM program may load and attach
+/// and yet never run. The gap and why, when it is not.
+pub fn bpf_lsm_listed() -> Result<(), (LsmGap, String)> {
+    let list = std::fs::read_to_string(LSM_LIST);
+    lsm_gap(list.as_deref().ok()).map_err(|gap| {
+        let why = match &list {
+            Err(e) => format!("cannot read {LSM_LIST}: {}", crate::errors::error_text(e)),
+            Ok(list) => format!("`bpf` is not an active LSM ({})", list.trim()),
+        };
+        (gap, why)
+    })
+}
+
+/// Whether BPF LSM can be active, from the list in `LSM_LIST` (`None` when
+/// it cannot be read).
+pub fn lsm_gap(lsm_list: Option<&str>) -> Result<(), LsmGap> {
+    match lsm_list {
+        None => Err(LsmGap::NoSecurityfs),
+        Some(list) if list.split(',').any(|l| l.trim() == "bpf") => Ok(()),
+        Some(_) => Err(LsmGap::NotActive),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_in_lsm_lists() {
+        assert_eq!(lsm_gap(Some("lockdown,capability,landlock,bpf\n")), Ok(()));
+        assert_eq!(
+            lsm_gap(Some("lockdown,capability,landlock,yama,apparmor,tomoyo")),
+            Err(LsmGap::NotActive)
+        );
+        assert_eq!(lsm_gap(Some("bpf_not,ebpf")), Err(LsmGap::NotActive));
+        assert_eq!(lsm_gap(None), Err(LsmGap::NoSecurityfs));
+    }
+}

@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{check, env_names::EnvPattern, name_rules::CompiledRules};
+use crate::{env_names::EnvPattern, name_rules::CompiledRules, preflight};
 use monitor_common::{
     CAPTURE_LSM_OPENS, COMM_LEN, DeniedOpenEvent, ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN,
     EnvironReadEvent, EventHeader, EventKind, ExecEvent, FileKey, ForkEvent, IoUringLayout,
@@ -425,7 +425,7 @@ fn attach_trampoline(
                     format!(
                         "{}; fix: {}",
                         load_refusal(hooks, e),
-                        check::LsmGap::Refused.fix()
+                        preflight::LsmGap::Refused.fix()
                     )
                 });
         }
@@ -463,7 +463,7 @@ fn load_refusal(hooks: ActiveHooks, e: aya::programs::ProgramError) -> String {
 /// Whether `bpf` is among the active LSMs: the reason and fix `check`
 /// gives when it is not.
 fn bpf_lsm_active() -> Result<(), String> {
-    check::bpf_lsm_listed().map_err(|(gap, why)| format!("{why}; fix: {}", gap.fix()))
+    preflight::bpf_lsm_listed().map_err(|(gap, why)| format!("{why}; fix: {}", gap.fix()))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

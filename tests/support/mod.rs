@@ -178,7 +178,51 @@ impl Agent {
             .take()
             .map(|h| h.join().unwrap())
             .unwrap_or_default();
-        (status.code(), self.seen, stderr)
+        (status.code(), std::mem::take(&mut self.seen), stderr)
+    }
+}
+
+/// A test that fails leaves no agent behind: one that ran on would keep
+/// its probes attached and its output pipes open.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A child started by hand (an agent with `--output`, one under strace...),
+/// killed with everything it started when dropped, as [`Agent`] is. It runs
+/// in a process group of its own: killing strace alone would leave its
+/// tracee running.
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        Self(Some(cmd.process_group(0).spawn().expect("spawn")))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not yet waited for")
+    }
+
+    /// Wait for the child to exit, as [`Child::wait_with_output`].
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        let child = self.0.take().expect("not yet waited for");
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
     }
 }
 
