@@ -24,7 +24,7 @@ use support::{
 };
 
 /// A GitHub-token-shaped value planted on a command line.
-const ARGV_TOKEN: &str = "ghp_FAKEe2e0000000000000000000000000000000";
+const ARGV_TOKEN: &str = "ghp_FAKEe2e00000000000000000000000000000";
 /// A value planted in an environment.
 const ENV_VALUE: &str = "FAKE-env-token-value-never-printed";
 

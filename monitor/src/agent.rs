@@ -31,6 +31,7 @@ use crate::{
     plan::RunPlan,
     preflight,
     probes::{ActiveHooks, Probes},
+    redact::{ArgsPolicy, Redactor},
     reload::{Candidate, Reloader},
     service::Notifier,
     sink::Sink,
@@ -116,8 +117,15 @@ pub async fn run(plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
     let watched = watch.len();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
     let discoverer = host_scanner(&plan, key.clone())?;
-    let mut pipeline =
-        Pipeline::new(watch, plan.host.clone(), identities, sink)?.with_discoverer(discoverer);
+    if plan.process_args == ArgsPolicy::Full {
+        tracing::warn!(
+            "process.args = full: events show command lines as processes passed them, \
+             secrets included"
+        );
+    }
+    let mut pipeline = Pipeline::new(watch, plan.host.clone(), identities, sink)?
+        .with_discoverer(discoverer)
+        .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
     emit_agent(
         &mut pipeline,
@@ -520,12 +528,6 @@ fn apply_edit(probes: &mut Probes, edit: MapEdit) {
     }
 }
 
-/// Records handled between two looks at the kernel's loss counter. A loss
-/// is noticed before each drain and then every this many records: a loss
-/// in the middle of a drain leaves at most these records attributed from
-/// what the process table knew before it.
-const LOSS_CHECK_EVERY: usize = 16;
-
 /// What the drain knows of the kernel's lost events.
 #[derive(Default)]
 struct Losses {
@@ -555,14 +557,12 @@ fn drain(
     probes: &mut Probes,
     losses: &mut Losses,
 ) -> anyhow::Result<()> {
-    losses.check(probes, pipeline)?;
-    let mut handled = 0;
     while let Some(record) = ring.next() {
+        // Looked at with each record in hand: a loss counted before it was
+        // made is known before it is attributed (a loss noticed only
+        // every few records let a forked child pass as its parent).
+        losses.check(probes, pipeline)?;
         pipeline.handle(&record).context("writing events")?;
-        handled += 1;
-        if handled % LOSS_CHECK_EVERY == 0 {
-            losses.check(probes, pipeline)?;
-        }
     }
     // Files the name rules found are watched by inode from now on.
     for edit in pipeline.take_edits() {

@@ -172,6 +172,15 @@ pub struct AgentArgs {
     /// default: 4194304].
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
+
+    /// What events show of a command line [setting: process.args; default:
+    /// redacted]. `redacted` hides every part a rule calls secret (options,
+    /// variables, URLs, headers, tokens, and noise that looks like a key);
+    /// `none` shows no arguments; `full` shows them as the process passed
+    /// them, SECRETS INCLUDED: events are then as sensitive as the host's
+    /// command lines, wherever they are shipped.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub process_args: Option<crate::redact::ArgsPolicy>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -310,6 +319,12 @@ impl AgentArgs {
                 "capture.ring_buffer_size",
                 u64::from(bytes),
             ));
+        }
+        if let Some(policy) = self.process_args {
+            let name = clap::ValueEnum::to_possible_value(&policy)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            out.push(Layer::new("--process-args", "process.args", name));
         }
         out
     }

@@ -35,12 +35,14 @@ use crate::{
     probes::{DeniedOpen, Exec, KernelEvent, NameRuleOpen},
     process::ProcessInfo,
     process::ProcessTable,
-    redact::redact_args,
+    redact::Redactor,
     sink::Sink,
 };
 
 /// Ancestors listed on each event, parent first.
 const MAX_ANCESTORS: usize = 5;
+/// Processes the table keeps.
+const PROCESS_CAPACITY: NonZeroUsize = NonZeroUsize::new(65_536).expect("nonzero");
 
 /// Converts the kernel's boot-time clock to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +186,7 @@ impl Pipeline {
     ) -> io::Result<Self> {
         Ok(Self {
             watch,
-            procs: ProcessTable::new(NonZeroUsize::new(65_536).expect("nonzero"), "/proc"),
+            procs: ProcessTable::new(PROCESS_CAPACITY, "/proc", Redactor::default()),
             host,
             identities,
             clock: Clock::now()?,
@@ -231,6 +233,14 @@ impl Pipeline {
     /// Inventory the files the name rules find with `scanner`.
     pub fn with_discoverer(mut self, scanner: Scanner) -> Self {
         self.discoverer = Some(scanner);
+        self
+    }
+
+    /// Redact argv and `comm` with `redactor` (its policy, the config's
+    /// secret variable names); the default is the built-in rules,
+    /// `redacted`.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.procs = ProcessTable::new(PROCESS_CAPACITY, &self.proc_root, redactor);
         self
     }
 
@@ -341,16 +351,18 @@ impl Pipeline {
         if exec.env_truncated {
             self.stats.env_truncated += 1;
         }
-        let (args, found) = redact_args(&exec.args);
-        let mut execed =
-            self.procs
-                .on_exec(&exec.header, &exec.filename, args, exec.args_truncated);
+        let (mut execed, found) = self.procs.on_exec(
+            &exec.header,
+            &exec.filename,
+            &exec.args,
+            exec.args_truncated,
+        );
         // The exec itself says what runs, events lost around it or not.
         execed.vouched = true;
         self.identities.forget(exec.header.pid);
         for secret in found {
             let (process, identity, info) = self.describe(execed.clone());
-            let (kind, shown) = (secret.kind.to_string(), Some(secret.redacted.clone()));
+            let (kind, shown) = (secret.kind.clone(), Some(secret.redacted.clone()));
             self.observe(
                 &exec.header,
                 ExposureKind::Argv,

@@ -38,6 +38,8 @@ pub struct RunPlan {
     pub findings_interval: std::time::Duration,
     /// Where events go: a file, or stdout when `None`.
     pub output: Option<PathBuf>,
+    /// What events show of command lines.
+    pub process_args: crate::redact::ArgsPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ impl RunPlan {
             identity: settings.identity,
             ledger: settings.ledger,
             output,
+            process_args: settings.process.args,
         })
     }
 }

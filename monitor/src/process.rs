@@ -19,7 +19,10 @@ use std::{
 use lru::LruCache;
 use monitor_common::{EventHeader, UNSET_LOGINUID};
 
-use crate::probes::comm_str;
+use crate::{
+    probes::comm_str,
+    redact::{ArgSecret, RedactedArgs, Redactor},
+};
 
 /// What the table keeps per process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +32,10 @@ pub struct ProcessInfo {
     /// Absolute path of the executable, symlinks resolved, like
     /// `/proc/<pid>/exe`; `None` when it could not be learned.
     pub exe: Option<String>,
+    /// As the redactor lets it be shown: a name the process gave itself is
+    /// treated as an argument is.
     pub comm: String,
-    /// argv as seen at exec, already redacted.
+    /// argv as seen at exec, redacted as the policy says.
     pub args: Vec<String>,
     pub args_truncated: bool,
     pub uid: u32,
@@ -52,13 +57,14 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
-    /// The facts every kernel event carries about `current`.
-    fn from_header(h: &EventHeader) -> Self {
+    /// The facts every kernel event carries about `current`, with its
+    /// `comm` as it may be shown.
+    fn from_header(h: &EventHeader, comm: String) -> Self {
         Self {
             pid: h.pid,
             ppid: h.ppid,
             exe: None,
-            comm: comm_str(&h.comm),
+            comm,
             args: Vec::new(),
             args_truncated: false,
             uid: h.uid,
@@ -80,10 +86,19 @@ pub struct Ancestor {
     pub exe: Option<String>,
 }
 
+/// A table entry: what is shown of a process, and the name the kernel
+/// gave it at exec, against which the `comm` of its events is checked.
+#[derive(Debug, Clone)]
+struct Entry {
+    info: ProcessInfo,
+    exec_name: Option<String>,
+}
+
 pub struct ProcessTable {
-    procs: LruCache<u32, ProcessInfo>,
+    procs: LruCache<u32, Entry>,
     users: HashMap<u32, String>,
     proc_root: PathBuf,
+    redactor: Redactor,
     /// Events up to this boot time may have been lost: an exec or fork
     /// stamped no later proves nothing about what followed it.
     suspect_until: Option<u64>,
@@ -94,11 +109,13 @@ pub struct ProcessTable {
 impl ProcessTable {
     /// `capacity` bounds memory on hosts with many processes; the least
     /// recently seen entry is evicted first and re-read from /proc if needed.
-    pub fn new(capacity: NonZeroUsize, proc_root: impl Into<PathBuf>) -> Self {
+    /// `redactor` decides what of argv and `comm` is kept.
+    pub fn new(capacity: NonZeroUsize, proc_root: impl Into<PathBuf>, redactor: Redactor) -> Self {
         Self {
             procs: LruCache::new(capacity),
             users: HashMap::new(),
             proc_root: proc_root.into(),
+            redactor,
             suspect_until: None,
             ticks_per_second: procfs::ticks_per_second().max(1),
         }
@@ -109,7 +126,7 @@ impl ProcessTable {
     pub fn on_loss(&mut self, boot_ns: u64) {
         self.suspect_until = Some(self.suspect_until.unwrap_or(0).max(boot_ns));
         for (_, p) in self.procs.iter_mut() {
-            p.vouched = false;
+            p.info.vouched = false;
         }
     }
 
@@ -122,6 +139,10 @@ impl ProcessTable {
     /// parent's image until it execs.
     pub fn on_fork(&mut self, parent: &EventHeader, child: u32) {
         let parent_info = self.observe(parent);
+        let exec_name = self
+            .procs
+            .peek(&parent.pid)
+            .and_then(|e| e.exec_name.clone());
         let info = ProcessInfo {
             pid: child,
             ppid: parent.pid,
@@ -129,41 +150,50 @@ impl ProcessTable {
             vouched: parent_info.vouched && self.after_losses(parent.boot_ns),
             ..parent_info
         };
-        self.procs.put(child, info);
+        self.procs.put(child, Entry { info, exec_name });
     }
 
     /// The header's process replaced its image with `filename`, started
-    /// with the (redacted) `args`.
+    /// with `args`: they are kept redacted as the policy says, and the
+    /// secrets found in them returned.
     pub fn on_exec(
         &mut self,
         h: &EventHeader,
         filename: &[u8],
-        args: Vec<String>,
+        args: &[String],
         args_truncated: bool,
-    ) -> ProcessInfo {
+    ) -> (ProcessInfo, Vec<ArgSecret>) {
         let filename = String::from_utf8_lossy(filename);
         let exe = if links_to_proc_self(Path::new(&*filename)) {
             // Exec'ing its own image (busybox's shell runs its applets so):
             // the image before, known since the fork, is the image after.
-            let before = self.procs.peek(&h.pid).and_then(|p| p.exe.clone());
+            let before = self.procs.peek(&h.pid).and_then(|e| e.info.exe.clone());
             before.or_else(|| self.read_exe(h.pid))
         } else {
-            resolve_exe(&filename, || self.read_exe(h.pid))
+            resolve_exe(&filename, || self.read_exe(h.pid)).map(|e| self.redactor.exe(e))
         };
+        let RedactedArgs { args, found } = self.redactor.argv(args, args_truncated);
+        // At exec, before the new image runs, `comm` is the kernel's: the
+        // base name of the file.
+        let exec_name = comm_str(&h.comm);
         let info = ProcessInfo {
             exe,
             args,
             args_truncated,
             vouched: self.after_losses(h.boot_ns),
-            ..ProcessInfo::from_header(h)
+            ..ProcessInfo::from_header(h, exec_name.clone())
         };
-        self.procs.put(h.pid, info.clone());
-        info
+        let entry = Entry {
+            info: info.clone(),
+            exec_name: Some(exec_name),
+        };
+        self.procs.put(h.pid, entry);
+        (info, found)
     }
 
     pub fn on_exit(&mut self, pid: u32) {
-        if let Some(p) = self.procs.peek_mut(&pid) {
-            p.exited = true;
+        if let Some(e) = self.procs.peek_mut(&pid) {
+            e.info.exited = true;
         }
     }
 
@@ -171,31 +201,69 @@ impl ProcessTable {
     /// it, learning the executable from /proc on first sight, or again when
     /// what was known is no longer vouched for.
     pub fn observe(&mut self, h: &EventHeader) -> ProcessInfo {
-        let known = self.procs.get(&h.pid).filter(|p| !p.exited).cloned();
-        let info = match known {
-            Some(p) if p.vouched => ProcessInfo {
-                exe: p.exe,
-                args: p.args,
-                args_truncated: p.args_truncated,
-                vouched: true,
-                ..ProcessInfo::from_header(h)
-            },
+        let known = self.procs.get(&h.pid).filter(|e| !e.info.exited).cloned();
+        let (info, exec_name) = match known {
+            Some(Entry { info: p, exec_name }) if p.vouched => {
+                let comm = self.shown_comm(h, exec_name.as_deref(), p.exe.as_deref());
+                let info = ProcessInfo {
+                    exe: p.exe,
+                    args: p.args,
+                    args_truncated: p.args_truncated,
+                    vouched: true,
+                    ..ProcessInfo::from_header(h, comm)
+                };
+                (info, exec_name)
+            }
             stale => match self.read_live_exe(h) {
                 // The live process says what runs; argv seen at an exec
                 // that may not be its last is dropped.
-                Some(exe) => ProcessInfo {
-                    exe: Some(exe),
-                    vouched: true,
-                    ..ProcessInfo::from_header(h)
-                },
-                None => ProcessInfo {
-                    exe: stale.and_then(|p| p.exe),
-                    ..ProcessInfo::from_header(h)
-                },
+                Some(exe) => {
+                    let comm = self.shown_comm(h, None, Some(&exe));
+                    let info = ProcessInfo {
+                        exe: Some(exe),
+                        vouched: true,
+                        ..ProcessInfo::from_header(h, comm)
+                    };
+                    (info, None)
+                }
+                None => {
+                    let exe = stale.and_then(|e| e.info.exe);
+                    let comm = self.shown_comm(h, None, exe.as_deref());
+                    (
+                        ProcessInfo {
+                            exe,
+                            ..ProcessInfo::from_header(h, comm)
+                        },
+                        None,
+                    )
+                }
             },
         };
-        self.procs.put(h.pid, info.clone());
+        self.procs.put(
+            h.pid,
+            Entry {
+                info: info.clone(),
+                exec_name,
+            },
+        );
         info
+    }
+
+    /// The header's `comm` as it may be shown: the name the kernel gave at
+    /// exec, or else the executable's base name as the kernel cuts it, is
+    /// shown; any other is redacted.
+    fn shown_comm(&self, h: &EventHeader, exec_name: Option<&str>, exe: Option<&str>) -> String {
+        let comm = comm_str(&h.comm);
+        let from_exe = exe.and_then(|e| Path::new(e).file_name()).map(|n| {
+            let n = n.to_string_lossy();
+            let mut end = n.len().min(monitor_common::COMM_LEN - 1);
+            while !n.is_char_boundary(end) {
+                end -= 1;
+            }
+            n[..end].to_string()
+        });
+        let known = exec_name.or(from_exe.as_deref());
+        self.redactor.comm(&comm, known)
     }
 
     /// The executable of the header's process while it is alive: the pid
@@ -210,13 +278,13 @@ impl ProcessTable {
             }
         }
         let exe = proc.exe().ok()?;
-        Some(exe.to_string_lossy().into_owned())
+        Some(self.redactor.exe(exe.to_string_lossy().into_owned()))
     }
 
     /// The executable of `pid` if known, without touching recency.
     pub fn peek_exe(&self, pid: u32) -> Option<String> {
         match self.procs.peek(&pid) {
-            Some(p) => p.exe.clone(),
+            Some(e) => e.info.exe.clone(),
             None => self.read_exe(pid),
         }
     }
@@ -229,7 +297,7 @@ impl ProcessTable {
         let mut pid = ppid;
         while pid > 0 && out.len() < max {
             let (exe, next) = match self.procs.get(&pid) {
-                Some(p) => (p.exe.clone(), p.ppid),
+                Some(e) => (e.info.exe.clone(), e.info.ppid),
                 None => match self.read_ppid(pid) {
                     Some(next) => (self.read_exe(pid), next),
                     None => break,
@@ -262,9 +330,10 @@ impl ProcessTable {
         procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()
     }
 
+    /// `/proc/<pid>/exe`, a memfd's name redacted.
     fn read_exe(&self, pid: u32) -> Option<String> {
         let exe = self.proc(pid)?.exe().ok()?;
-        Some(exe.to_string_lossy().into_owned())
+        Some(self.redactor.exe(exe.to_string_lossy().into_owned()))
     }
 
     fn read_ppid(&self, pid: u32) -> Option<u32> {
@@ -297,7 +366,7 @@ mod tests {
     use super::*;
 
     fn table(root: &Path) -> ProcessTable {
-        ProcessTable::new(NonZeroUsize::new(4).unwrap(), root)
+        ProcessTable::new(NonZeroUsize::new(4).unwrap(), root, Redactor::default())
     }
 
     fn header(pid: u32, ppid: u32) -> EventHeader {
@@ -325,12 +394,7 @@ mod tests {
         let link = dir.path().join("tool");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(
-            &header(7, 1),
-            link.to_str().unwrap().as_bytes(),
-            Vec::new(),
-            false,
-        );
+        t.on_exec(&header(7, 1), link.to_str().unwrap().as_bytes(), &[], false);
         assert_eq!(t.observe(&header(7, 1)).exe.as_deref(), real.to_str());
     }
 
@@ -345,26 +409,21 @@ mod tests {
         let mut t = table(dir.path());
         // Forked from a process whose image is known: an exec of its own
         // image keeps it, whatever /proc says by the time it is read.
-        t.on_exec(&header(11, 1), b"/usr/bin/busybox", Vec::new(), false);
-        t.on_exec(
-            &header(11, 1),
-            cat.to_str().unwrap().as_bytes(),
-            Vec::new(),
-            false,
-        );
+        t.on_exec(&header(11, 1), b"/usr/bin/busybox", &[], false);
+        t.on_exec(&header(11, 1), cat.to_str().unwrap().as_bytes(), &[], false);
         assert_eq!(
             t.observe(&header(11, 1)).exe.as_deref(),
             Some("/usr/bin/busybox")
         );
-        t.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        t.on_exec(&header(11, 1), b"/proc/self/exe", &[], false);
         assert_eq!(
             t.observe(&header(11, 1)).exe.as_deref(),
             Some("/usr/bin/busybox")
         );
         // Nothing known before: /proc says, never the agent's own image.
-        t.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        t.on_exec(&header(11, 1), b"/proc/self/exe", &[], false);
         let mut fresh = table(dir.path());
-        fresh.on_exec(&header(11, 1), b"/proc/self/exe", Vec::new(), false);
+        fresh.on_exec(&header(11, 1), b"/proc/self/exe", &[], false);
         assert_eq!(
             fresh.observe(&header(11, 1)).exe.as_deref(),
             Some("/usr/bin/true")
@@ -377,12 +436,12 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("9")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/true", dir.path().join("9/exe")).unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(9, 1), b"./true", Vec::new(), false);
+        t.on_exec(&header(9, 1), b"./true", &[], false);
         assert_eq!(
             t.observe(&header(9, 1)).exe.as_deref(),
             Some("/usr/bin/true")
         );
-        t.on_exec(&header(10, 1), b"./gone", Vec::new(), false);
+        t.on_exec(&header(10, 1), b"./gone", &[], false);
         assert_eq!(t.observe(&header(10, 1)).exe.as_deref(), Some("./gone"));
     }
 
@@ -390,17 +449,17 @@ mod tests {
     fn fork_inherits_then_exec_replaces_and_ancestry_survives_exit() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
-        t.on_exec(&header(100, 1), b"/bin/sh", Vec::new(), false);
+        t.on_exec(&header(100, 1), b"/bin/sh", &[], false);
         t.on_fork(&header(100, 1), 101);
-        let parent_exe = t.procs.peek(&100).unwrap().exe.clone();
+        let parent_exe = t.procs.peek(&100).unwrap().info.exe.clone();
         assert!(parent_exe.is_some());
         assert_eq!(t.observe(&header(101, 100)).exe, parent_exe);
-        t.on_exec(&header(101, 100), b"/usr/bin/env", Vec::new(), false);
+        t.on_exec(&header(101, 100), b"/usr/bin/env", &[], false);
         t.on_exit(100);
         let anc = t.ancestors(100, 5);
         assert_eq!(anc.len(), 1, "pid 1 is not in the fake /proc: {anc:?}");
         assert_eq!(anc[0].pid, 100);
-        assert_eq!(anc[0].exe, t.procs.peek(&100).unwrap().exe);
+        assert_eq!(anc[0].exe, t.procs.peek(&100).unwrap().info.exe);
         // An exited pid seen again is a new process: learn it afresh.
         assert_eq!(t.observe(&header(100, 1)).exe, None);
     }
@@ -453,13 +512,17 @@ mod tests {
     fn after_lost_events_only_a_later_exec_or_the_live_process_vouches() {
         let dir = tempfile::tempdir().unwrap();
         fake_proc(dir.path(), 60, 1000, "/usr/bin/less");
-        let mut t = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let mut t = ProcessTable::new(
+            NonZeroUsize::new(16).unwrap(),
+            dir.path(),
+            Redactor::default(),
+        );
         let ns_per_tick = 1_000_000_000 / t.ticks_per_second;
         let at = |pid, boot_ns| EventHeader {
             boot_ns,
             ..header(pid, 1)
         };
-        t.on_exec(&at(50, 100), b"/no/such/sh", Vec::new(), false);
+        t.on_exec(&at(50, 100), b"/no/such/sh", &[], false);
         t.on_fork(&at(50, 120), 51);
         assert!(t.observe(&at(51, 130)).vouched);
         t.on_loss(200);
@@ -476,10 +539,10 @@ mod tests {
         t.on_fork(&at(51, 220), 54);
         assert!(!t.observe(&at(54, 230)).vouched);
         // An exec stamped before the loss was noticed proves nothing...
-        t.on_exec(&at(52, 150), b"/usr/bin/cat", Vec::new(), false);
+        t.on_exec(&at(52, 150), b"/usr/bin/cat", &[], false);
         assert!(!t.observe(&at(52, 160)).vouched);
         // ...one after it does, and so do its forks.
-        t.on_exec(&at(52, 300), b"/usr/bin/cat", Vec::new(), false);
+        t.on_exec(&at(52, 300), b"/usr/bin/cat", &[], false);
         assert!(t.observe(&at(52, 310)).vouched);
         t.on_fork(&at(52, 320), 53);
         assert!(t.observe(&at(53, 330)).vouched);
@@ -492,7 +555,11 @@ mod tests {
         assert!(info.vouched);
         assert_eq!(info.exe.as_deref(), Some("/usr/bin/less"));
         // The same pid with another start: a reused pid, not that process.
-        let mut fresh = ProcessTable::new(NonZeroUsize::new(16).unwrap(), dir.path());
+        let mut fresh = ProcessTable::new(
+            NonZeroUsize::new(16).unwrap(),
+            dir.path(),
+            Redactor::default(),
+        );
         let reused = fresh.observe(&EventHeader {
             start_ns: 2000 * ns_per_tick,
             ..at(60, 400)
@@ -502,11 +569,31 @@ mod tests {
     }
 
     #[test]
+    fn args_and_a_comm_the_process_set_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = table(dir.path());
+        let args = ["sh".to_string(), "--token".into(), "Xq9Vz1101".into()];
+        let (info, found) = t.on_exec(&header(12, 1), b"/bin/sh", &args, false);
+        assert_eq!(info.args, ["sh", "--token", "…"]);
+        assert_eq!(found[0].kind, "secret_flag");
+        // The kernel named it `sh` at exec: shown.
+        assert_eq!(t.observe(&header(12, 1)).comm, "sh");
+        // It renamed itself (prctl, /proc/self/comm) to a credential.
+        let mut renamed = header(12, 1);
+        renamed.comm = *b"Qx7Lp2Zr9Wk4Tm6\0";
+        assert_eq!(t.observe(&renamed).comm, "…");
+        // A child inherits the exec name with the image.
+        t.on_fork(&header(12, 1), 13);
+        assert_eq!(t.observe(&header(13, 12)).comm, "sh");
+        assert_eq!(t.observe(&header(13, 12)).args, ["sh", "--token", "…"]);
+    }
+
+    #[test]
     fn capacity_bounds_the_table() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = table(dir.path());
         for pid in 1..=10 {
-            t.on_exec(&header(pid, 1), b"/x", Vec::new(), false);
+            t.on_exec(&header(pid, 1), b"/x", &[], false);
         }
         assert_eq!(t.procs.len(), 4);
     }

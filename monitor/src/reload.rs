@@ -159,6 +159,7 @@ mod tests {
             "capture.env_names",
             "capture.name_rules",
             "identity.kubelet_root",
+            "process.args",
             "log.level",
             "inventory.fleet_key",
             "inventory.fleet_key_file",

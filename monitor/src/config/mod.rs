@@ -45,6 +45,8 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     /// Windows, baseline and policy of the findings.
     pub findings: FindingsConfig,
+    /// What events show of a process's command line.
+    pub process: crate::redact::ProcessSettings,
 }
 
 /// `[agent]`.
