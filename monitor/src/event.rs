@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::{
     identity::{CacheStats, Identity},
+    inventory::Record,
     process::Ancestor,
     redact::ArgSecret,
     secret::{Lifetime, SecretType},
@@ -142,6 +143,23 @@ pub struct Secret {
     /// A safe prefix or label such as `AKIA…`, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+impl From<&Record> for Secret {
+    /// What the inventory knows of a watched file, as a `secret_read`
+    /// event shows it.
+    fn from(record: &Record) -> Self {
+        Self {
+            id: record.id.clone(),
+            path: record.path.to_string_lossy().into_owned(),
+            container_path: None,
+            path_truncated: false,
+            secret_type: record.secret_type,
+            fingerprint: record.fingerprint.clone(),
+            lifetime: record.lifetime,
+            hint: record.hint.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

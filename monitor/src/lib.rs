@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod durations;
 pub mod env_names;
 pub mod errors;
 pub mod event;

@@ -541,7 +541,7 @@ impl Pipeline {
             return Ok(());
         };
         let path = file.path.clone();
-        let mut secret = file.event_secret();
+        let mut secret = event::Secret::from(file);
         let (process, identity, info) = self.who(h);
         // `secretmon inventory` (or another secretmon of this installation)
         // fingerprinting the file: not a use. Its opens are never folded,

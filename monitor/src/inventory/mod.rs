@@ -16,10 +16,7 @@ use std::{collections::HashMap, io, path::PathBuf};
 use chrono::{DateTime, Utc};
 use monitor_common::FileKey;
 
-use crate::{
-    event,
-    secret::{Lifetime, SecretType},
-};
+use crate::secret::{Lifetime, SecretType};
 
 /// One secret file. Holds no value: only where it is, what it is, and a
 /// keyed fingerprint of its bytes.
@@ -48,22 +45,6 @@ pub struct Record {
     pub mode: u32,
     pub size: u64,
     pub mtime: DateTime<Utc>,
-}
-
-impl Record {
-    /// The `secret` object of a `secret_read` event.
-    pub fn event_secret(&self) -> event::Secret {
-        event::Secret {
-            id: self.id.clone(),
-            path: self.path.to_string_lossy().into_owned(),
-            container_path: None,
-            path_truncated: false,
-            secret_type: self.secret_type,
-            fingerprint: self.fingerprint.clone(),
-            lifetime: self.lifetime,
-            hint: self.hint.clone(),
-        }
-    }
 }
 
 /// What `sync` reports.

@@ -99,7 +99,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
 
 fn show_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
-        Some(d) => s.serialize_str(&crate::config::duration_text(*d)),
+        Some(d) => s.serialize_str(&crate::durations::text(*d)),
         None => s.serialize_none(),
     }
 }

@@ -95,7 +95,7 @@ pub mod duration {
 
     /// As a person writes it: `90d`, `36h`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::duration_text(*d))
+        s.serialize_str(&crate::durations::text(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
