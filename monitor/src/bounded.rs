@@ -94,7 +94,7 @@ impl<'de, const MIN_SECS: u64, const MAX_SECS: u64> Deserialize<'de>
 /// As a person writes it, and as it reads back: `90d`, `36h`.
 impl<const MIN_SECS: u64, const MAX_SECS: u64> Serialize for BoundedDuration<MIN_SECS, MAX_SECS> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::duration_text(self.0))
+        s.serialize_str(&crate::durations::text(self.0))
     }
 }
 
