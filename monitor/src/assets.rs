@@ -103,7 +103,11 @@ mod tests {
         let text = fs::read_to_string(&config).unwrap();
         for e in show::entries(&loaded) {
             assert_eq!(e.origin, "default", "{} is set by the default file", e.key);
-            let name = e.key.rsplit_once('.').unwrap().1;
+            // Top-level keys (`output`) have no section.
+            let name = e
+                .key
+                .rsplit_once('.')
+                .map_or(e.key.as_str(), |(_, name)| name);
             assert!(text.contains(&format!("# {name} = ")), "{} missing", e.key);
         }
     }

@@ -59,7 +59,7 @@ impl<const MIN_SECS: u64, const MAX_SECS: u64> BoundedDuration<MIN_SECS, MAX_SEC
     }
 
     fn range() -> String {
-        let show = |s| crate::findings::human_duration(Duration::from_secs(s));
+        let show = |s| crate::durations::human_duration(Duration::from_secs(s));
         format!("from {} to {}", show(MIN_SECS), show(MAX_SECS))
     }
 }
@@ -108,7 +108,7 @@ impl<const MIN_SECS: u64, const MAX_SECS: u64> fmt::Display
     for BoundedDuration<MIN_SECS, MAX_SECS>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::findings::human_duration(self.0))
+        f.write_str(&crate::durations::human_duration(self.0))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Durations as people write them in the configuration files (`90d`,
-//! `36h`), for every section's settings: a leaf module, so that the
-//! sections' types need not import the configuration that holds them.
+//! `36h`) and read them in reports and messages (`1d 3h`), for every
+//! section's settings: a leaf module, so that the sections' types need not
+//! import the configuration or the findings that use them.
 
 /// A duration as a person writes it in the files: the largest unit that
 /// divides it (`90d`, `36h`, `90s`, `250ms`), which humantime reads back.
@@ -23,6 +24,24 @@ pub fn text(d: std::time::Duration) -> String {
     format!("{ms}ms")
 }
 
+/// `30d`, `2h 5m`, `3s`: a duration as a person reads it, in its two
+/// largest units (days, not humantime's 30.44-day months).
+pub fn human_duration(d: std::time::Duration) -> String {
+    let mut left = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if left >= secs {
+            parts.push(format!("{}{unit}", left / secs));
+            left %= secs;
+        }
+    }
+    if parts.is_empty() {
+        return "0s".into();
+    }
+    parts.truncate(2);
+    parts.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +60,14 @@ mod tests {
             assert_eq!(text(d), written);
             assert_eq!(humantime::parse_duration(written).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn durations_for_people() {
+        let d = |s| human_duration(std::time::Duration::from_secs(s));
+        assert_eq!(d(90 * 86_400), "90d");
+        assert_eq!(d(86_400 + 3 * 3_600 + 7), "1d 3h");
+        assert_eq!(d(125), "2m 5s");
+        assert_eq!(d(0), "0s");
     }
 }
