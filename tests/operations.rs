@@ -247,12 +247,23 @@ fn sighup_under_a_burst_reopens_the_output_and_loses_nothing() {
         .map(|v| v["access"]["count"].as_u64().unwrap())
         .sum();
     assert_eq!(counted, READS as u64, "reads made vs reads counted");
+    // A reload names the file outputs reopened since the last one (a
+    // SIGHUP during a reload is named by that reload).
+    let reloaded: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["kind"] == "agent" && v["status"] == "reloaded")
+        .collect();
     assert!(
-        events
+        reloaded
             .iter()
-            .any(|v| v["kind"] == "agent" && v["status"] == "reloaded"),
-        "no reloaded event"
+            .any(|v| v["reload"]["reopened"] == serde_json::json!([out])),
+        "no reloaded event names {}: {reloaded:?}",
+        out.display()
     );
+    for v in reloaded {
+        let reopened = v["reload"]["reopened"].as_array().unwrap();
+        assert!(reopened.iter().all(|p| p == out.to_str().unwrap()), "{v}");
+    }
     // The stop is in the file at the configured path, last.
     let last = events_in(std::slice::from_ref(&out)).pop().unwrap();
     assert_eq!(last["status"], "stopped", "{last}");

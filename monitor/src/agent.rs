@@ -263,7 +263,12 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                 // First: what was queued so far goes to the files logrotate
                 // moved; from now on events go to new files at the
                 // configured paths.
-                reopened.extend(outputs.reopen());
+                for path in outputs.reopen() {
+                    // Several SIGHUPs may come before one reload is done.
+                    if !reopened.contains(&path) {
+                        reopened.push(path);
+                    }
+                }
                 if reload_running {
                     reload_again = true;
                 } else {
