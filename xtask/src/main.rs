@@ -108,6 +108,9 @@ enum Cmd {
         /// Skip the open hooks' comparison in the second kernel (qemu).
         #[arg(long)]
         skip_vm: bool,
+        /// Skip the fleet run (1,000 simulated hosts into PostgreSQL, ~7 min).
+        #[arg(long)]
+        skip_fleet: bool,
         /// Rounds of every configuration (odd); fewer for a quick look.
         #[arg(long, default_value_t = 7)]
         rounds: usize,
@@ -144,11 +147,17 @@ fn try_main() -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
-        Cmd::Bench { skip_vm, rounds } => {
+        Cmd::Bench {
+            skip_vm,
+            skip_fleet,
+            rounds,
+        } => {
             let kernel = toolchain::setup(Scope::Bench)?;
             build(true)?;
             bench::bench(rounds)?;
-            bench_fleet::fleet()?;
+            if !skip_fleet {
+                bench_fleet::fleet()?;
+            }
             if skip_vm {
                 return Ok(());
             }
