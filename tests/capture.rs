@@ -189,7 +189,12 @@ fn secret_env_names_are_reported_and_values_never() {
         Command::new("true")
             .env("GITHUB_TOKEN", PLANTED)
             .env("BILLING_SERVICE_API_KEY", PLANTED)
-            .env("HARMLESS_SETTING", PLANTED),
+            // No `_`: only the exact-name lookup can find it.
+            .env("PGPASSWORD", PLANTED)
+            .env("HARMLESS_SETTING", PLANTED)
+            // Shorter than the name scanned before it: nothing of that one
+            // may be left in its padding.
+            .env("GH", PLANTED),
     );
     let names = std::cell::RefCell::new(Vec::new());
     agent.wait_for(WAIT, |v| {
@@ -198,15 +203,18 @@ fn secret_env_names_are_reported_and_values_never() {
                 .borrow_mut()
                 .push(v["secret"]["env_name"].as_str().unwrap().to_string());
         }
-        names.borrow().len() == 2
+        names.borrow().len() == 3
     });
     let mut names = names.into_inner();
     names.sort();
-    assert_eq!(names, ["BILLING_SERVICE_API_KEY", "GITHUB_TOKEN"]);
+    assert_eq!(
+        names,
+        ["BILLING_SERVICE_API_KEY", "GITHUB_TOKEN", "PGPASSWORD"]
+    );
     let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
     let all = lines.join("\n");
     assert!(
-        !all.contains("HARMLESS_SETTING"),
+        !all.contains("HARMLESS_SETTING") && !all.contains("\"GH\""),
         "an unwatched name was reported"
     );
     assert_no_planted(&[&all, &stderr]);

@@ -20,7 +20,8 @@ use nix::sys::signal::Signal;
 use secretmon::{
     event::{
         Access, Agent, AgentStatus, Body, Capture, EnvSecret, EnvironRead, Event, FindingBody,
-        Host, IoUringOpen, Process, Secret, SecretInArgv, SecretInEnv, SecretRead, Target,
+        Host, IoUringOpen, Process, ReloadSummary, Secret, SecretInArgv, SecretInEnv, SecretRead,
+        Target,
     },
     findings::{Evidence, Finding, FindingIdentity, FindingSecret, FindingType},
     identity::{
@@ -239,6 +240,8 @@ fn every_kind() -> Vec<Event> {
         AgentStatus::SpoolDropped,
         AgentStatus::WatchOverflow,
         AgentStatus::KernelErrors,
+        AgentStatus::Reloaded,
+        AgentStatus::ReloadFailed,
     ] {
         events.push(ev(Body::Agent(Agent {
             status,
@@ -253,6 +256,14 @@ fn every_kind() -> Vec<Event> {
                 io_uring_opens: "submitters reported".into(),
             }),
             watch_overflow: None,
+            reload: matches!(status, AgentStatus::Reloaded).then(|| ReloadSummary {
+                reopened: vec!["/var/log/secretmon/events.jsonl".into()],
+                applied: vec!["agent.watch".into()],
+                restart_needed: vec!["capture.opens".into()],
+                watched: 12,
+                added: 1,
+                removed: 0,
+            }),
         })));
     }
     events

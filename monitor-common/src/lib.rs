@@ -13,11 +13,12 @@
 //!   maps.
 #![no_std]
 
-#[cfg(feature = "user")]
+#[cfg(any(feature = "user", test))]
 extern crate std;
 
 pub mod abi;
 pub mod config;
+pub mod env_name;
 pub mod events;
 pub mod names;
 #[cfg(feature = "user")]

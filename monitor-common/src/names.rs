@@ -146,4 +146,7 @@ pub mod maps {
     /// Read-only global: pending bytes in [`EVENTS`] at each multiple of
     /// which the reader is woken (`u64`).
     pub const WAKE_UP_BYTES: &str = "WAKE_UP_BYTES";
+    /// Read-only global of `file_facts.c`: 1 where the kernel has the
+    /// `bpf_rdonly_cast` kfunc (`u32`).
+    pub const HAS_RDONLY_CAST: &str = "HAS_RDONLY_CAST";
 }

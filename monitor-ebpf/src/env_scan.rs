@@ -1,7 +1,10 @@
 //! The environment of a new image, scanned in the kernel: only the names
 //! of watched variables are reported, never a value.
 
-use monitor_common::{ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, ExecData};
+use monitor_common::{
+    ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, ExecData,
+    env_name::{NAME_WORDS, NameScan},
+};
 
 use crate::{
     kernel::{self, ReadError},
@@ -31,7 +34,7 @@ pub struct EnvScratch {
 /// Walk the environment entry by entry: the helper finds each entry's end,
 /// and only the name (up to `=`) is looked at and, if watched, reported.
 ///
-/// The per-byte work is branch-free arithmetic: every branch on unknown
+/// The per-word work is branch-free arithmetic: every branch on unknown
 /// data leaves the verifier a path to explore later, and a byte loop over
 /// many entries would exceed its limit on pending paths.
 ///
@@ -56,8 +59,10 @@ pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Resul
             let watched =
                 unsafe { WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>()) }
                     .is_some()
-                    || unsafe { suffix_watched(scratch, last_us) }
-                    || unsafe { suffix_watched(scratch, prev_us) };
+                    || (last_us < ENV_NAME_LEN as u64
+                        && unsafe { suffix_watched(scratch, last_us) })
+                    || (prev_us < ENV_NAME_LEN as u64
+                        && unsafe { suffix_watched(scratch, prev_us) });
             if watched {
                 let count = unsafe { (*ev).env_count } as usize;
                 if count >= ENV_NAMES_MAX {
@@ -88,44 +93,25 @@ pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Resul
     Ok(())
 }
 
-/// 1 when `a == b`, else 0, without a branch.
-#[inline(always)]
-fn eq(a: u64, b: u64) -> u64 {
-    (a ^ b).wrapping_sub(1) >> 63
-}
-
-/// Name-scan state carried from byte to byte.
-#[derive(Clone, Copy)]
-pub struct NameScan {
-    name_len: u64,
-    found: u64,
-    has_eq: u64,
-    last_us: u64,
-    prev_us: u64,
-}
-
-/// Copy the entry's name into `scratch.name`, NUL-padded to the end of the
-/// buffer. Returns (name length, 1 if a `=` ended it, position of the last
-/// `_`, of the one before it), positions being `ENV_NAME_LEN` for none.
-///
-/// Four bytes per loop turn, written out: the verifier keeps a state per
-/// turn and compares each new one against all kept, so fewer turns verify
-/// far faster; more bytes per turn would make the compiler spill more than
-/// the stack of kernels before 6.13 holds.
+/// Copy the entry's name into `scratch.name`, NUL-padded, eight bytes at a
+/// time (see [`NameScan::fold`]), stopping after the word that ends it.
+/// Returns (name length, 1 if a `=` ended it, position of the last `_`, of
+/// the one before it), positions being `ENV_NAME_LEN` for none.
 unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
-    let max = ENV_NAME_LEN as u64;
-    let mut st = NameScan {
-        name_len: max,
-        found: 0,
-        has_eq: 0,
-        last_us: max,
-        prev_us: max,
-    };
-    for w in 0..ENV_NAME_LEN / 4 {
-        let base = w * 4;
-        for k in [0, 1, 2, 3] {
-            unsafe { name_step(scratch, &mut st, base + k) };
-        }
+    let name = unsafe { (*scratch).name.as_mut_ptr().cast::<u64>() };
+    let entry = unsafe { (*scratch).entry.as_ptr().cast::<u64>() };
+    // The words after the name's end stay zero.
+    for w in 0..NAME_WORDS {
+        unsafe { core::ptr::write_volatile(name.add(w), 0) };
+    }
+    let mut st = NameScan::START;
+    for w in 0..NAME_WORDS {
+        // Volatile: one word at a time, so the compiler does not compute
+        // them all at once and spill (kernels before 6.13 allow 512 bytes
+        // of stack in all).
+        let word = unsafe { core::ptr::read_volatile(entry.add(w)) };
+        let kept = st.fold(w as u64, word);
+        unsafe { core::ptr::write_volatile(name.add(w), kept) };
         // Launder the state through memory: the verifier forgets the value
         // ranges it derived, so the states of successive turns compare equal
         // and are pruned instead of piling up.
@@ -133,38 +119,21 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
             core::ptr::write_volatile(&raw mut (*scratch).state, st);
             st = core::ptr::read_volatile(&raw const (*scratch).state);
         }
+        if st.found != 0 {
+            break;
+        }
     }
-    (st.name_len, st.has_eq, st.last_us, st.prev_us)
+    (st.len, st.has_eq, st.last_us, st.prev_us)
 }
 
-#[inline(always)]
-unsafe fn name_step(scratch: *mut EnvScratch, st: &mut NameScan, j: usize) {
-    // Volatile, like the write below: steps stay in order, so the compiler
-    // does not compute many bytes' values at once and spill them (kernels
-    // before 6.13 allow 512 bytes of stack in all).
-    let b = u64::from(unsafe { core::ptr::read_volatile(&raw const (*scratch).entry[j]) });
-    let is_eq = eq(b, u64::from(b'='));
-    let ends = (is_eq | eq(b, 0)) & (1 - st.found);
-    // name_len >= j until found, so this never wraps.
-    st.name_len -= ends * (st.name_len - j as u64);
-    st.has_eq |= ends & is_eq;
-    st.found |= ends;
-    let in_name = 1 - st.found;
-    let us = eq(b, u64::from(b'_')) & in_name;
-    st.prev_us = st
-        .prev_us
-        .wrapping_add(us.wrapping_mul(st.last_us.wrapping_sub(st.prev_us)));
-    st.last_us = st
-        .last_us
-        .wrapping_add(us.wrapping_mul((j as u64).wrapping_sub(st.last_us)));
-    unsafe { core::ptr::write_volatile(&raw mut (*scratch).name[j], (b * in_name) as u8) };
-}
-
-/// Is the name from `from` on a watched suffix? `from` is a `_` position,
-/// or `ENV_NAME_LEN` for none, which reads only padding and matches nothing.
+/// Is the name from `from` on a watched suffix? `from` is a `_` position:
+/// a name without one is not looked up.
 /// Inlined: a call from `exec_args` would stack its frame on that one's.
 #[inline(always)]
 unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
+    // Hidden from the compiler, which knows `from < ENV_NAME_LEN` from the
+    // caller and would drop the mask below; older verifiers need the mask.
+    let from = unsafe { core::ptr::read_volatile(&from) };
     for t in 0..ENV_SUFFIX_LEN {
         let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
         unsafe { (*scratch).suffix[t] = (*scratch).name[i] };

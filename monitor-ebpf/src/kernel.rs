@@ -2,16 +2,24 @@
 //! of user memory: the only place that reads memory the program does not
 //! own. Each type is a kernel pointer; each method reads one field.
 //!
-//! Every read goes through `bpf_probe_read_*`, which turns a bad address
-//! into an error instead of a fault. An error is a [`ReadError`], counted
-//! per program by `emit::run`.
+//! Reads go through `bpf_probe_read_*`, which turns a bad address into an
+//! error instead of a fault, except the hot path of an open: the facts of
+//! the file just opened ([`current_file_facts`]) are loaded directly by
+//! `file_facts.c`, where CO-RE relocations give the offsets. An error is a
+//! [`ReadError`], counted per program by `emit::run`.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-    bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-    generated::{self as helper, bpf_get_current_task},
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::{self as helper, bpf_get_current_task},
+    },
+    programs::TracePointContext,
 };
-use monitor_common::{NO_OFFSET, OVL_LAYOUT_UNKNOWN, UNSET_LOGINUID};
+use monitor_common::{FileKey, NO_OFFSET, OVL_LAYOUT_UNKNOWN, UNSET_LOGINUID};
 
 use crate::maps::OFFSETS;
 
@@ -243,6 +251,7 @@ impl Mm {
 
 /// `struct file *`.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct File(u64);
 
 impl File {
@@ -264,6 +273,36 @@ impl File {
     #[inline(always)]
     pub fn dentry(self) -> Result<Dentry> {
         read(self.0 + offset!(file_dentry)).map(Dentry)
+    }
+
+    /// Its watch key: device and inode number.
+    #[inline(always)]
+    pub fn key(self) -> Result<FileKey> {
+        let inode = self.inode()?;
+        Ok(FileKey {
+            dev: u64::from(inode.sb()?.dev()?),
+            ino: inode.ino()?,
+        })
+    }
+
+    /// What the open hooks test first, by probe.
+    #[inline(always)]
+    pub fn facts(self) -> Result<FileFacts> {
+        let inode = self.inode()?;
+        let sb = inode.sb()?;
+        let dentry = self.dentry()?;
+        Ok(FileFacts {
+            file: self,
+            ino: inode.ino()?,
+            magic: sb.magic()?,
+            dentry,
+            name: dentry.name()?,
+            dev: sb.dev()?,
+            name_len: dentry.name_len()?,
+            name_tail: 0,
+            name_first: 0,
+            name_read: 0,
+        })
     }
 
     /// `f_path`: where the file was opened.
@@ -301,6 +340,81 @@ impl File {
         };
         Ok((layer != 0).then_some(File(layer)))
     }
+}
+
+/// What the open hooks test of every opened file: its watch key, its
+/// filesystem, its name. The layout of `struct file_facts` in
+/// `file_facts.c`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileFacts {
+    pub file: File,
+    pub ino: u64,
+    /// The superblock's `s_magic`: which filesystem.
+    pub magic: u64,
+    pub dentry: Dentry,
+    /// `d_name.name`, `name_len` long.
+    pub name: KernelStr,
+    /// The superblock's `s_dev`.
+    pub dev: u32,
+    pub name_len: u32,
+    /// The name's last 8 bytes and first byte, when `name_read` is 1
+    /// (`file_facts.c` loads them from a name kept in the dentry).
+    pub name_tail: u64,
+    pub name_first: u32,
+    pub name_read: u32,
+}
+
+impl FileFacts {
+    #[inline(always)]
+    pub fn key(&self) -> FileKey {
+        FileKey {
+            dev: u64::from(self.dev),
+            ino: self.ino,
+        }
+    }
+}
+
+// `file_facts.c`'s results.
+const FACTS_READ: i32 = 0;
+const NO_FILE: i32 = 1;
+const FILE_ONLY: i32 = 2;
+
+unsafe extern "C" {
+    fn secretmon_fd_file_facts(fd: u32, out: *mut FileFacts) -> i32;
+}
+
+/// The facts of the current task's open file `fd`; `None` when `fd` is not
+/// open. `file_facts.c` walks the fd table by direct loads, and the file
+/// too where the kernel has `bpf_rdonly_cast` (6.2+); otherwise the file's
+/// fields are read here by probe. Needs `bpf_get_current_task_btf` (5.11+):
+/// only programs the agent loads where the kernel has it may call this.
+#[inline(always)]
+pub fn current_file_facts(fd: u32) -> Result<Option<FileFacts>> {
+    let mut facts = MaybeUninit::<FileFacts>::uninit();
+    // SAFETY: the C function writes all of `facts` for FACTS_READ, and its
+    // `file` for FILE_ONLY.
+    match unsafe { secretmon_fd_file_facts(fd, facts.as_mut_ptr()) } {
+        FACTS_READ => Ok(Some(unsafe { facts.assume_init() })),
+        NO_FILE => Ok(None),
+        FILE_ONLY => {
+            let file = unsafe { (*facts.as_ptr()).file };
+            file.facts().map(Some)
+        }
+        _ => Err(ReadError),
+    }
+}
+
+/// A field of a tracepoint's record at offset `at`, loaded directly (aya's
+/// `read_at` calls `bpf_probe_read_kernel`).
+///
+/// # Safety
+/// `at` is within the tracepoint's record and aligned for `T`, which the
+/// verifier checks.
+#[inline(always)]
+pub unsafe fn record<T: Copy>(ctx: &TracePointContext, at: usize) -> T {
+    // SAFETY: by the caller's contract.
+    unsafe { ctx.as_ptr().byte_add(at).cast::<T>().read() }
 }
 
 /// Where kernel addresses start (x86_64, 4- and 5-level paging alike).
@@ -341,6 +455,7 @@ impl SuperBlock {
 
 /// `struct dentry *`.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
 pub struct Dentry(u64);
 
 impl Dentry {
@@ -364,6 +479,7 @@ impl Dentry {
 
 /// A NUL-terminated string in kernel memory.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct KernelStr(u64);
 
 impl KernelStr {

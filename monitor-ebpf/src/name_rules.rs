@@ -10,7 +10,7 @@ use monitor_common::{
 
 use crate::{
     emit::{emit, run},
-    kernel::{self, File, ReadError},
+    kernel::{self, FileFacts, ReadError},
     maps::{NAME_FILTER, NAME_RULES, NAME_SCRATCH},
     path_walk::walk_path,
 };
@@ -18,8 +18,8 @@ use crate::{
 /// Report the open of `file` by `program` if its name matches a rule. Not
 /// inlined (the programs' stack), so at most five arguments.
 #[inline(never)]
-pub fn name_rule_open(program: Program, file: File, key: &FileKey, ret: i64, via: u32) {
-    run(program, try_name_rule_open(file, key, ret, via));
+pub fn name_rule_open(program: Program, facts: &FileFacts, key: &FileKey, ret: i64, via: u32) {
+    run(program, try_name_rule_open(facts, key, ret, via));
 }
 
 /// The last 8 bytes of `name`, `len` long, as a little-endian word (the
@@ -42,20 +42,21 @@ fn ends_with(tail: u64, bytes: [u8; 8], n: u32) -> bool {
 }
 
 #[inline(always)]
-fn try_name_rule_open(file: File, key: &FileKey, ret: i64, via: u32) -> kernel::Result<()> {
-    let dentry = file.dentry()?;
-    let len = dentry.name_len()?;
+fn try_name_rule_open(facts: &FileFacts, key: &FileKey, ret: i64, via: u32) -> kernel::Result<()> {
+    let (file, dentry, len, name) = (facts.file, facts.dentry, facts.name_len, facts.name);
     if len == 0 || len > 255 {
         return Ok(());
     }
-    let name = dentry.name()?;
-    let [first] = name.bytes::<1>()?;
+    let (first, tail) = if facts.name_read != 0 {
+        (facts.name_first as u8, facts.name_tail)
+    } else {
+        (name.bytes::<1>()?[0], tail(name, len)?)
+    };
     // Field by field: a copy of the filter would take a quarter of the
     // stack. SAFETY: field projections of the global's own pointer.
     let word = usize::from(first >> 6);
     let first_bits = NAME_FILTER.field(|f| unsafe { &raw const (*f).first_bytes[word] });
     let by_name = first_bits & (1u64 << (first & 63)) != 0;
-    let tail = tail(name, len)?;
     let mut rule_id = u32::MAX;
     for i in 0..SUFFIX_RULES_MAX {
         // SAFETY: as above.

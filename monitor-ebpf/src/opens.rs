@@ -21,7 +21,7 @@ use monitor_common::{
 
 use crate::{
     emit::{emit, run},
-    kernel::{self, File, Filename, OpenFlags, ReadError, SuperBlock, Task, UserRegs},
+    kernel::{self, File, FileFacts, Filename, OpenFlags, ReadError, Task, UserRegs},
     maps::{CAPTURE, IO_URING, IO_URING_SEEN, OPEN_ARGS, WATCHED},
     name_rules::name_rule_open,
     path_walk::walk_path,
@@ -63,8 +63,15 @@ impl PendingOpen {
 /// An argument of a syscall enter tracepoint.
 #[inline(always)]
 fn enter_arg(ctx: &TracePointContext, at: usize) -> u64 {
-    // SAFETY: within the tracepoint's fixed record.
-    unsafe { ctx.read_at(at) }.unwrap_or(0)
+    // SAFETY: within the tracepoint's fixed record, aligned.
+    unsafe { kernel::record(ctx, at) }
+}
+
+/// A syscall exit tracepoint's return value.
+#[inline(always)]
+fn exit_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: within the tracepoint's fixed record, aligned.
+    unsafe { kernel::record(ctx, SYS_EXIT_RET) }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
@@ -173,18 +180,11 @@ pub fn sys_exit_creat_regs(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_open_by_handle_at")]
 pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
     let program = Program::SysExitOpenByHandleAt;
-    run(program, handle_open_exit(&ctx, program));
-    0
-}
-
-#[inline(always)]
-fn handle_open_exit(ctx: &TracePointContext, program: Program) -> kernel::Result<()> {
-    // SAFETY: within the tracepoint's fixed record.
-    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(|_| ReadError)?;
-    if ret < 0 {
-        return Ok(());
+    let ret = exit_ret(&ctx);
+    if ret >= 0 {
+        run(program, opened_fd(program, ret, FileReads::Probe));
     }
-    opened_fd(program, ret)
+    0
 }
 
 #[derive(Clone, Copy)]
@@ -210,8 +210,7 @@ fn on_open_exit(ctx: &TracePointContext, program: Program, from: ArgsFrom) -> u3
 
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext, program: Program, from: ArgsFrom) -> kernel::Result<()> {
-    // SAFETY: within the tracepoint's fixed record.
-    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(|_| ReadError)?;
+    let ret = exit_ret(ctx);
     if ret < 0 && ret != -i64::from(EACCES) && ret != -i64::from(EPERM) {
         return Ok(());
     }
@@ -231,14 +230,32 @@ fn open_exit(ctx: &TracePointContext, program: Program, from: ArgsFrom) -> kerne
             None => Ok(()),
         };
     }
-    opened_fd(program, ret)
+    let reads = match from {
+        // The kernels with `bpf_task_pt_regs` have `bpf_get_current_task_btf`.
+        ArgsFrom::Registers(_) => FileReads::Direct,
+        ArgsFrom::EnterHook => FileReads::Probe,
+    };
+    opened_fd(program, ret, reads)
+}
+
+/// How a syscall exit reads the file it opened.
+#[derive(Clone, Copy)]
+enum FileReads {
+    /// `kernel::current_file_facts` (5.11+).
+    Direct,
+    Probe,
 }
 
 /// A syscall's successful open of new fd `ret`.
 #[inline(always)]
-fn opened_fd(program: Program, ret: i64) -> kernel::Result<()> {
-    match Task::current().file(ret as u32)? {
-        Some(file) => opened_file(program, file, ret, VIA_SYSCALL),
+fn opened_fd(program: Program, ret: i64, reads: FileReads) -> kernel::Result<()> {
+    let fd = ret as u32;
+    let facts = match reads {
+        FileReads::Direct => kernel::current_file_facts(fd)?,
+        FileReads::Probe => Task::current().file(fd)?.map(File::facts).transpose()?,
+    };
+    match facts {
+        Some(facts) => opened_file(program, &facts, ret, VIA_SYSCALL),
         None => Ok(()),
     }
 }
@@ -274,11 +291,10 @@ fn lsm_reports_opens() -> bool {
 pub fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if lsm_reports_opens() {
-        let file = File::at(ctx.arg(0));
-        run(
-            Program::FileOpen,
-            opened_file(Program::FileOpen, file, 0, hook_via()),
-        );
+        let opened = File::at(ctx.arg(0))
+            .facts()
+            .and_then(|facts| opened_file(Program::FileOpen, &facts, 0, hook_via()));
+        run(Program::FileOpen, opened);
     }
     previous
 }
@@ -313,7 +329,8 @@ fn filp_open_exit(ctx: &FExitContext) -> kernel::Result<()> {
         };
         return denied_open(ret, &args);
     }
-    opened_file(Program::DoFilpOpenExit, File::at(ret as u64), 0, hook_via())
+    let facts = File::at(ret as u64).facts()?;
+    opened_file(Program::DoFilpOpenExit, &facts, 0, hook_via())
 }
 
 /// How the open in progress reached a hook inside the kernel's open: an
@@ -331,43 +348,30 @@ fn hook_via() -> u32 {
     }
 }
 
-/// A successful open of `file`: report it if it is watched (itself, or the
-/// layer's file behind an overlayfs file), an environ read, or a name-rule
-/// match. `ret` is the new fd, or 0 from a hook.
+/// A successful open of the file of `facts`: report it if it is watched
+/// (itself, or the layer's file behind an overlayfs file), an environ read,
+/// or a name-rule match. `ret` is the new fd, or 0 from a hook.
 #[inline(always)]
-fn opened_file(program: Program, file: File, ret: i64, via: u32) -> kernel::Result<()> {
-    let (key, sb) = file_key(file)?;
+fn opened_file(program: Program, facts: &FileFacts, ret: i64, via: u32) -> kernel::Result<()> {
+    let (file, key) = (facts.file, facts.key());
     if watched(&key) {
         return watched_open(file, key, ret, via);
     }
-    let magic = sb.magic()?;
-    if magic == PROC_SUPER_MAGIC {
-        return proc_open(file);
+    if facts.magic == PROC_SUPER_MAGIC {
+        return proc_open(facts);
     }
     // Through an overlay mount (a container's image layers) a file has the
     // overlay's device and inode: the layer's file is the watched one.
-    if magic == OVERLAYFS_SUPER_MAGIC
+    if facts.magic == OVERLAYFS_SUPER_MAGIC
         && let Some(layer) = file.overlay_layer_file()?
     {
-        let (layer_key, _) = file_key(layer)?;
+        let layer_key = layer.key()?;
         if watched(&layer_key) {
             return watched_open(file, layer_key, ret, via);
         }
     }
-    name_rule_open(program, file, &key, ret, via);
+    name_rule_open(program, facts, &key, ret, via);
     Ok(())
-}
-
-/// The watch map's key for `file`, and its superblock.
-#[inline(always)]
-fn file_key(file: File) -> kernel::Result<(FileKey, SuperBlock)> {
-    let inode = file.inode()?;
-    let sb = inode.sb()?;
-    let key = FileKey {
-        dev: u64::from(sb.dev()?),
-        ino: inode.ino()?,
-    };
-    Ok((key, sb))
 }
 
 #[inline(always)]
@@ -398,9 +402,9 @@ fn watched_open(file: File, key: FileKey, ret: i64, via: u32) -> kernel::Result<
 /// A successful open on procfs: report `/proc/<pid>/environ` of another
 /// process. The parent dentry's name is the target pid.
 #[inline(always)]
-fn proc_open(file: File) -> kernel::Result<()> {
-    let dentry = file.dentry()?;
-    if dentry.name_len()? != 7 || &dentry.name()?.bytes::<7>()? != b"environ" {
+fn proc_open(facts: &FileFacts) -> kernel::Result<()> {
+    let dentry = facts.dentry;
+    if facts.name_len != 7 || &facts.name.bytes::<7>()? != b"environ" {
         return Ok(());
     }
     let parent = dentry.parent()?;

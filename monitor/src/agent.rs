@@ -1,23 +1,33 @@
 //! `secretmon run`: attach the probes, then turn ring-buffer records into
-//! events until SIGINT or SIGTERM, and drain what is left before exiting.
-//! The agent owns the outputs: what the pipeline, the discovery worker and
-//! the findings engine produce is routed to them here.
+//! events until SIGINT, SIGTERM or SIGQUIT, and drain what is left before
+//! exiting. SIGHUP reopens the file outputs and reloads what can change
+//! without reattaching probes ([`crate::reload`]); SIGUSR1 logs a status
+//! line. The agent owns the outputs: what the pipeline, the discovery
+//! worker and the findings engine produce is routed to them here.
 
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use crate::{
     discovery,
-    event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host},
+    event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host, ReloadSummary},
     features::ActiveHooks,
     findings::engine::{Engine, Scope},
     fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
-        Inventory, InventoryChange, MapEdit, catalog::Catalog, listing, scan::Scanner,
+        Inventory, InventoryChange, MapEdit, Record,
+        catalog::Catalog,
+        fingerprint::Key,
+        listing,
+        scan::{Scanner, WatchPlan},
         sync::Follower,
     },
     ledger::StateLock,
@@ -28,6 +38,8 @@ use crate::{
     preflight,
     probes::{KernelCounters, Probes},
     redact::{ArgsPolicy, Redactor},
+    reload::{Candidate, Reloader},
+    service::Notifier,
     watch_map::{Classifier, MapOp, Overflow, WatchBudget},
 };
 
@@ -37,7 +49,14 @@ const RING_POLL: Duration = Duration::from_millis(20);
 /// Inventory changes queued between the sync task and the agent.
 const CHANGES_QUEUE: usize = 1024;
 
-pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
+pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()> {
+    // First of all: a signal during the seconds of start-up (a stop, a
+    // logrotate's SIGHUP) waits for the loop instead of killing the agent.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let metrics = Metrics::new();
     if let Some(addr) = plan.metrics.listen {
         let bound = metrics.serve(addr)?;
@@ -46,7 +65,9 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     let kernel = preflight::check()?;
     // One agent per state dir, checked before any work.
     let lock = StateLock::acquire(&plan.state_dir)?;
-    let scanner = host_scanner(&plan)?;
+    // One key for every scanner of this run, a one-time key included.
+    let key = listing::load_key(&plan.inventory, &plan.state_dir)?;
+    let scanner = host_scanner(&plan, key.clone())?;
     let key_id = scanner.key_id();
     let classifier = Classifier::new(scanner.homes(), &plan.watch);
     let (records, stats, scan_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
@@ -73,14 +94,10 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
             "io_uring opens NOT seen (no io_uring tracepoint)".to_string()
         }
     };
-    let sync = Follower::new(scanner, scan_plan, &records).context("cannot start inotify")?;
-    if sync.unwatched > 0 {
-        tracing::warn!(
-            "{} directories cannot be watched for new or rotated secrets",
-            sync.unwatched
-        );
-    }
-    tracing::debug!("following {} directories", sync.watched());
+    // What the inventory's rules covered, to tell on reload which secrets
+    // a changed configuration no longer covers.
+    let mut scanned = host_scanner(&plan, key.clone())?;
+    let sync = follower(scanner, scan_plan, &records).context("cannot start inotify")?;
     let watch = Inventory::new(records);
     // Before the probes watch anything: taking the inventory reads the files.
     let mut engine = Engine::start(
@@ -105,8 +122,8 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         .collect();
     run_ops(&mut probes, &mut budget, &planned);
     let fleet = start_fleet(plan.fleet.take(), &plan, &key_id)?;
-    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(CHANGES_QUEUE);
-    tokio::spawn(sync.run(changes_tx));
+    let (changes_tx, mut changes) = mpsc::channel(CHANGES_QUEUE);
+    let mut sync_task = tokio::spawn(sync.run(changes_tx.clone()));
     for pattern in &plan.env_patterns {
         probes.watch_env(pattern)?;
     }
@@ -116,9 +133,9 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         .context("cannot poll the ring buffer")?;
     let watched = watch.len() - budget.unwatched();
     let identities = IdentityResolver::for_host(plan.naming.clone(), plan.identity.clone());
-    let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
-    let discovery =
-        discovery::spawn(host_scanner(&plan)?, found_tx).context("cannot start a thread")?;
+    let (found_tx, mut found) = mpsc::unbounded_channel();
+    let discovery = discovery::spawn(host_scanner(&plan, key.clone())?, found_tx)
+        .context("cannot start a thread")?;
     if plan.process_args == ArgsPolicy::Full {
         tracing::warn!(
             "process.args = full: events show command lines as processes passed them, \
@@ -129,13 +146,6 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         .with_discoverer(discovery)
         .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
-    // Before `started`: a script that stops the agent as soon as it says
-    // so must get a drained, orderly stop.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    // logrotate's postrotate: reopen the file outputs (by default SIGHUP
-    // would end the agent).
-    let mut sighup = signal(SignalKind::hangup())?;
     emit_agent(
         &mut outputs,
         &pipeline.host,
@@ -171,6 +181,8 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
         &KernelCounters::default(),
     );
     metrics.set_ready();
+    let mut service = Notifier::from_env();
+    service.ready(&format!("watching {watched} files"));
 
     // The kernel side wakes us only when the ring fills up (a wake-up costs
     // the process that sends the event ~10 µs on a VM): the rest is read
@@ -181,11 +193,22 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The clock-driven rules and the inventory refresh; the first tick is
     // at once.
-    let mut periodic = tokio::time::interval(plan.findings_interval);
+    let mut findings_interval = plan.findings_interval;
+    let mut periodic = tokio::time::interval(findings_interval);
     // Per-program kernel statistics, for the metrics.
     let mut program_stats = tokio::time::interval(PROGRAM_STATS_INTERVAL);
     let mut programs = ProgramStats::default();
     let mut reported = KernelCounters::default();
+    // The watchdog's keep-alive, from this loop: a stalled drain stops it.
+    let keepalive = service.keepalive_period();
+    let mut watchdog = tokio::time::interval(keepalive.unwrap_or(Duration::from_secs(3600)));
+    // A reload reads and rescans off this loop, which keeps draining; its
+    // result comes back here to be applied.
+    let (reload_tx, mut reloads) = mpsc::channel(1);
+    let mut reload_running = false;
+    let mut reload_again = false;
+    // The file outputs SIGHUP reopened, for the `reloaded` event.
+    let mut reopened = Vec::new();
     let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
@@ -234,11 +257,89 @@ pub async fn run(mut plan: RunPlan) -> anyhow::Result<()> {
             _ = program_stats.tick(), if plan.metrics.listen.is_some() => {
                 programs.update(&probes, &metrics);
             }
-            _ = sighup.recv() => outputs.reopen(),
+            _ = watchdog.tick(), if keepalive.is_some() => service.alive(),
+            _ = sighup.recv() => {
+                service.reloading();
+                // First: what was queued so far goes to the files logrotate
+                // moved; from now on events go to new files at the
+                // configured paths.
+                for path in outputs.reopen() {
+                    // Several SIGHUPs may come before one reload is done.
+                    if !reopened.contains(&path) {
+                        reopened.push(path);
+                    }
+                }
+                if reload_running {
+                    reload_again = true;
+                } else {
+                    reload_running = true;
+                    start_reload(&reloader, &key, &reload_tx);
+                }
+            }
+            Some(prepared) = reloads.recv() => {
+                reload_running = false;
+                match prepared {
+                    Ok(prepared) => {
+                        let applied = apply_reload(
+                            prepared,
+                            Reload {
+                                probes: &mut probes,
+                                pipeline: &mut pipeline,
+                                budget: &mut budget,
+                                engine: &mut engine,
+                                scanned: &mut scanned,
+                                sync_task: &mut sync_task,
+                                changes_tx: &changes_tx,
+                                reloader: &mut reloader,
+                                key: &key,
+                            },
+                        )?;
+                        if applied.findings_interval != findings_interval {
+                            findings_interval = applied.findings_interval;
+                            periodic = tokio::time::interval(findings_interval);
+                        }
+                        let summary = ReloadSummary {
+                            reopened: std::mem::take(&mut reopened),
+                            ..applied.summary
+                        };
+                        emit_reloaded(&mut outputs, &pipeline.host, &reported, summary);
+                    }
+                    Err(e) => {
+                        let why = crate::errors::error_text(e.as_ref());
+                        tracing::warn!("reload failed, the running configuration stays: {why}");
+                        reopened.clear();
+                        emit_agent(
+                            &mut outputs,
+                            &pipeline.host,
+                            AgentStatus::ReloadFailed,
+                            format!("reload failed, the running configuration stays: {why}"),
+                            &reported,
+                            None,
+                            None,
+                            None,
+                        );
+                    }
+                }
+                if reload_again {
+                    reload_again = false;
+                    reload_running = true;
+                    start_reload(&reloader, &key, &reload_tx);
+                } else {
+                    service.ready(&format!("watching {} files", watched_count(&pipeline, &budget)));
+                }
+            }
+            _ = sigusr1.recv() => {
+                let line = status_line(&probes, &pipeline, &budget);
+                tracing::info!("status: {line}");
+                service.status(&line);
+            }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sigquit.recv() => break "SIGQUIT",
         }
     };
+    service.stopping(&format!("stopping on {reason}: draining the ring buffer"));
+    sync_task.abort();
 
     drain(
         ring.get_mut(),
@@ -342,15 +443,203 @@ fn start_fleet(
 }
 
 /// The inventory's scanner of the whole host, as the plan configures it.
-fn host_scanner(plan: &RunPlan) -> anyhow::Result<Scanner> {
+fn host_scanner(plan: &RunPlan, key: Key) -> anyhow::Result<Scanner> {
     Ok(Scanner::new(
         std::path::Path::new("/"),
         Catalog::new(&plan.inventory)?,
         plan.watch.clone(),
-        listing::load_key(&plan.inventory, &plan.state_dir)?,
+        key,
         plan.inventory.limits(),
         plan.inventory.policy(),
     ))
+}
+
+/// inotify on what a scan planned, saying what it cannot watch.
+fn follower(scanner: Scanner, plan: WatchPlan, records: &[Record]) -> std::io::Result<Follower> {
+    let sync = Follower::new(scanner, plan, records)?;
+    if sync.unwatched > 0 {
+        tracing::warn!(
+            "{} directories cannot be watched for new or rotated secrets",
+            sync.unwatched
+        );
+    }
+    tracing::debug!("following {} directories", sync.watched());
+    Ok(sync)
+}
+
+/// A configuration read again and the host scanned with it, ready to apply.
+struct Prepared {
+    candidate: Candidate,
+    scanner: Scanner,
+    records: Vec<Record>,
+    watch_plan: WatchPlan,
+}
+
+/// Read the configuration and rescan in a blocking task; the result comes
+/// back on `done`.
+fn start_reload(reloader: &Reloader, key: &Key, done: &mpsc::Sender<anyhow::Result<Prepared>>) {
+    let reloader = reloader.clone();
+    let key = key.clone();
+    let done = done.clone();
+    tokio::task::spawn_blocking(move || {
+        let prepared = reloader
+            .read()
+            .map_err(anyhow::Error::from)
+            .and_then(|candidate| {
+                let scanner = host_scanner(&candidate.plan, key)?;
+                let (records, stats, watch_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
+                tracing::info!("reload: inventory: {}", listing::summary(&stats));
+                Ok(Prepared {
+                    candidate,
+                    scanner,
+                    records,
+                    watch_plan,
+                })
+            });
+        // The agent is gone when no one receives: nothing to reload.
+        let _ = done.blocking_send(prepared);
+    });
+}
+
+/// What applying a reload touches.
+struct Reload<'a> {
+    probes: &'a mut Probes,
+    pipeline: &'a mut Pipeline,
+    budget: &'a mut WatchBudget,
+    engine: &'a mut Engine,
+    /// The scanner of the running configuration (its rules).
+    scanned: &'a mut Scanner,
+    sync_task: &'a mut JoinHandle<()>,
+    changes_tx: &'a mpsc::Sender<InventoryChange>,
+    reloader: &'a mut Reloader,
+    key: &'a Key,
+}
+
+struct Applied {
+    summary: ReloadSummary,
+    findings_interval: Duration,
+}
+
+/// Watch what the new scan found, unwatch what the new rules no longer
+/// cover, follow the new places, and give the findings their new settings.
+fn apply_reload(prepared: Prepared, at: Reload<'_>) -> anyhow::Result<Applied> {
+    let Prepared {
+        candidate,
+        scanner,
+        records,
+        watch_plan,
+    } = prepared;
+    let scanned = &*at.scanned;
+    let changes = at
+        .pipeline
+        .watch
+        .rescan_changes(records.clone(), |p| scanned.rule_for(p).is_some());
+    let mut summary = ReloadSummary::default();
+    for change in changes {
+        match &change {
+            InventoryChange::Upsert(r) if !at.pipeline.watch.has_path(&r.path) => {
+                summary.added += 1
+            }
+            InventoryChange::Remove(_) => summary.removed += 1,
+            InventoryChange::Upsert(_) => {}
+        }
+        apply(at.probes, at.pipeline, at.budget, change);
+    }
+    summary.watched = watched_count(at.pipeline, at.budget);
+    match follower(scanner, watch_plan, &records) {
+        Ok(sync) => {
+            at.sync_task.abort();
+            *at.sync_task = tokio::spawn(sync.run(at.changes_tx.clone()));
+        }
+        Err(e) => tracing::warn!(
+            "reload: cannot follow the new places, the old ones stay followed: {}",
+            crate::errors::error_text(&e)
+        ),
+    }
+    let plan = &candidate.plan;
+    *at.scanned = host_scanner(plan, at.key.clone())?;
+    at.engine
+        .reconfigure(plan.findings.clone(), plan.ledger.retention.get());
+    at.engine.refresh(&at.pipeline.watch, chrono::Utc::now());
+    at.reloader.applied(&candidate);
+    summary.applied = candidate.changes.applied;
+    summary.restart_needed = candidate.changes.restart_needed;
+    Ok(Applied {
+        summary,
+        findings_interval: candidate.plan.findings_interval,
+    })
+}
+
+/// The `reloaded` event and its log line.
+fn emit_reloaded(
+    outputs: &mut Outputs,
+    host: &Host,
+    counters: &KernelCounters,
+    summary: ReloadSummary,
+) {
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    let message = format!(
+        "reloaded: {}policy read again, inventory rescanned \
+         ({} watched, {} added, {} removed); changed and applied: {}; \
+         changed, applied at the next restart: {}",
+        match summary.reopened.as_slice() {
+            [] => String::new(),
+            files => format!("{} reopened, ", files.join(", ")),
+        },
+        summary.watched,
+        summary.added,
+        summary.removed,
+        list(&summary.applied),
+        list(&summary.restart_needed),
+    );
+    tracing::info!("{message}");
+    if !summary.restart_needed.is_empty() {
+        tracing::warn!(
+            "restart secretmon for these to take effect: {}",
+            summary.restart_needed.join(", ")
+        );
+    }
+    let body = Agent {
+        status: AgentStatus::Reloaded,
+        message,
+        lost: counters.lost,
+        kernel_errors: counters.errors_by_program(),
+        output: None,
+        identity_cache: None,
+        capture: None,
+        watch_overflow: None,
+        reload: Some(summary),
+    };
+    outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
+}
+
+/// Secrets the kernel watches: the inventory less what did not fit.
+fn watched_count(pipeline: &Pipeline, budget: &WatchBudget) -> usize {
+    pipeline.watch.len() - budget.unwatched()
+}
+
+/// SIGUSR1's line: what the agent has done so far.
+fn status_line(probes: &Probes, pipeline: &Pipeline, budget: &WatchBudget) -> String {
+    let stats = &pipeline.stats;
+    let cache = pipeline.identities.cache_stats();
+    format!(
+        "watching {} files; {} records, {} secret reads, {} malformed, {} lost; \
+         identity cache {}/{} entries, {:.0}% hits",
+        watched_count(pipeline, budget),
+        stats.records,
+        stats.secret_reads,
+        stats.malformed,
+        probes.lost().unwrap_or_default(),
+        cache.size,
+        cache.capacity,
+        cache.hit_rate * 100.0,
+    )
 }
 
 /// Follow a created, rotated or removed secret: watch its new inode before
@@ -580,6 +869,7 @@ fn report_spool_drops(outputs: &mut Outputs, host: &Host) {
                 identity_cache: None,
                 capture: None,
                 watch_overflow: None,
+                reload: None,
             }),
         );
         outputs.route([ev]);
@@ -612,6 +902,7 @@ fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
             identity_cache: None,
             capture: None,
             watch_overflow: None,
+            reload: None,
         }),
     );
     outputs.route([ev]);
@@ -638,6 +929,7 @@ fn emit_agent(
         identity_cache,
         capture,
         watch_overflow,
+        reload: None,
     };
     outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
 }

@@ -59,7 +59,7 @@ impl<const MIN_SECS: u64, const MAX_SECS: u64> BoundedDuration<MIN_SECS, MAX_SEC
     }
 
     fn range() -> String {
-        let show = |s| crate::findings::human_duration(Duration::from_secs(s));
+        let show = |s| crate::durations::human_duration(Duration::from_secs(s));
         format!("from {} to {}", show(MIN_SECS), show(MAX_SECS))
     }
 }
@@ -94,7 +94,7 @@ impl<'de, const MIN_SECS: u64, const MAX_SECS: u64> Deserialize<'de>
 /// As a person writes it, and as it reads back: `90d`, `36h`.
 impl<const MIN_SECS: u64, const MAX_SECS: u64> Serialize for BoundedDuration<MIN_SECS, MAX_SECS> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::duration_text(self.0))
+        s.serialize_str(&crate::durations::text(self.0))
     }
 }
 
@@ -108,7 +108,7 @@ impl<const MIN_SECS: u64, const MAX_SECS: u64> fmt::Display
     for BoundedDuration<MIN_SECS, MAX_SECS>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::findings::human_duration(self.0))
+        f.write_str(&crate::durations::human_duration(self.0))
     }
 }
 

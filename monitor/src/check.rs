@@ -1,8 +1,10 @@
 //! `secretmon check`: what this kernel supports, what is missing, and how to
 //! fix each gap, from the same feature probe the loader chooses its hooks
-//! with.
+//! with; as text or as one JSON document.
 
 use std::io::Write;
+
+use serde::Serialize;
 
 use crate::{
     coverage,
@@ -10,14 +12,15 @@ use crate::{
     offsets, preflight,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     Missing,
     Unknown,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Item {
     pub name: &'static str,
     /// Without it the agent cannot run.
@@ -131,15 +134,7 @@ fn report(k: &KernelFeatures) -> Report {
         Item::from_support("tracepoints", true, &k.tracepoints)
             .fix("use a kernel with CONFIG_FTRACE_SYSCALLS=y and mount tracefs"),
     );
-    let lsm_listed = matches!(&k.bpf_lsm, Support::No(d) if d.starts_with("load refused"));
-    items.push(
-        Item::from_support("BPF LSM", false, &k.bpf_lsm).fix(if lsm_listed {
-            "optional: `bpf` is an active LSM but this kernel refuses BPF LSM programs \
-             (a hardened or hypervisor-restricted build); secretmon uses tracepoints without it"
-        } else {
-            "optional: boot with lsm=...,bpf (CONFIG_BPF_LSM=y); secretmon uses tracepoints without it"
-        }),
-    );
+    items.push(Item::from_support("BPF LSM", false, &k.bpf_lsm).fix(preflight::lsm_fix(k)));
     items.push(Item::from_support("fentry/fexit", false, &k.fentry).fix(
         "optional: needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS and no lockdown refusal; \
          secretmon uses tracepoints without it",
@@ -158,9 +153,39 @@ fn report(k: &KernelFeatures) -> Report {
     Report { items, open_hooks }
 }
 
+/// Whether `secretmon run` can work: every required item is there.
+pub fn ready(report: &Report) -> bool {
+    report
+        .items
+        .iter()
+        .all(|i| !i.required || i.status == Status::Ok)
+}
+
+/// `check --json`: one document, `ready`, the open hooks `run` will use
+/// and every item with its status, detail and fix; `true` when ready.
+pub fn write_json(report: &Report, out: &mut impl Write) -> std::io::Result<bool> {
+    #[derive(Serialize)]
+    struct Json<'a> {
+        schema: &'static str,
+        ready: bool,
+        opens: &'static str,
+        items: &'a [Item],
+    }
+    let ready = ready(report);
+    let json = Json {
+        schema: "secretmon/check/v1",
+        ready,
+        opens: report.open_hooks.summary(),
+        items: &report.items,
+    };
+    serde_json::to_writer(&mut *out, &json)?;
+    writeln!(out)?;
+    Ok(ready)
+}
+
 /// Print the report; `true` when every required item is present.
 pub fn print(report: &Report, out: &mut impl Write) -> std::io::Result<bool> {
-    let mut ready = true;
+    let ready = ready(report);
     for it in &report.items {
         let status = match it.status {
             Status::Ok => "ok",
@@ -168,9 +193,6 @@ pub fn print(report: &Report, out: &mut impl Write) -> std::io::Result<bool> {
             Status::Missing => "absent",
             Status::Unknown => "unknown",
         };
-        if it.required && it.status != Status::Ok {
-            ready = false;
-        }
         let kind = if it.required { "required" } else { "optional" };
         writeln!(out, "{status:<8} {:<13} {kind:<9} {}", it.name, it.detail)?;
         if let Some(fix) = &it.fix {

@@ -23,11 +23,39 @@ use crate::config::{LogFormat, LogLevel, Sources, load::Layer};
 /// to set a key wins. `secretmon config` prints the effective settings and
 /// where each came from.
 #[derive(Debug, Parser)]
-#[command(name = "secretmon", version, max_term_width = 100)]
+#[command(
+    name = "secretmon",
+    version,
+    max_term_width = 100,
+    after_long_help = FILES_AND_SIGNALS
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The man page's and `--help`'s word on files and signals.
+const FILES_AND_SIGNALS: &str = "\
+Files:
+  /etc/secretmon/config.toml     the main configuration (every setting, commented out)
+  /etc/secretmon/config.d/*.toml drop-ins, read in file-name order; a later one wins
+  /var/lib/secretmon/            the state dir (0700): ledger.db, fingerprint.key
+  /var/log/secretmon/events.jsonl
+                                 events, as the systemd unit writes them (--output)
+
+Signals (secretmon run):
+  SIGTERM, SIGINT, SIGQUIT  drain the ring buffer, write the `stopped` event, exit 0
+  SIGHUP   reopen the file outputs (after logrotate moved them) and read the
+           configuration again: the watch list, [inventory] (a rescan), [findings]
+           and [ledger] take effect at once; other changed settings (outputs,
+           metrics, fleet, capture...) are named as waiting for a restart (an
+           `agent` event with status `reloaded`); a
+           configuration that does not load leaves the running one in place
+           (status `reload_failed`). No event is lost meanwhile.
+  SIGUSR1  log a status line: files watched, records, secret reads, losses
+
+Under systemd (Type=notify) the agent says READY=1 once the probes are attached and
+sends WATCHDOG=1 from its event loop while WatchdogSec= is set.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -65,7 +93,7 @@ pub enum Command {
     /// Report what this kernel supports, what is missing, and how to fix it.
     ///
     /// Exits 0 when `secretmon run` can work here, 1 otherwise.
-    Check,
+    Check(CheckArgs),
     /// Print the effective configuration and where each value came from.
     ///
     /// Takes the same setting flags as `run`, so `secretmon config --opens
@@ -73,6 +101,13 @@ pub enum Command {
     /// use. The text form is TOML (paste it into a file); a fleet key or a
     /// token shows as "<redacted>".
     Config(ConfigArgs),
+    /// Write the man pages, shell completions and default configuration file
+    /// that a package installs, generated from this binary, into DIR.
+    #[command(hide = true)]
+    Assets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Where settings come from, and the settings every command has.
@@ -184,6 +219,15 @@ pub struct RunArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// One JSON document (schema `secretmon/check/v1`): `ready`, the open
+    /// hooks `run` will use, and each item's `name`, `required`, `status`
+    /// (ok, missing, unknown), `detail` and `fix`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

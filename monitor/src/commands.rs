@@ -6,22 +6,26 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use anyhow::Context as _;
 
 use crate::{
-    agent, check,
+    agent, assets, check,
     cli::{Cli, Command, CommonArgs, ReportArgs},
     config::{self, Loaded, load::Origin},
     findings, fleet, html, inventory, logging,
     plan::RunPlan,
+    reload::Reloader,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let loaded = load(&args.common, args.agent.layers())?;
+            let sources = args.common.sources(args.agent.layers());
+            let loaded = load_from(&sources)?;
+            // SIGHUP reads the same sources again.
+            let reloader = Reloader::new(sources, &loaded);
             let plan = RunPlan::resolve(loaded.settings)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(agent::run(plan))?;
+            rt.block_on(agent::run(plan, reloader))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory(args) => {
@@ -69,15 +73,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(written.and_then(|()| std::io::Write::flush(&mut out)))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => {
+        Command::Check(args) => {
             logging::init(&config::LogSettings::default());
             let items = check::probe();
-            let ready = check::print(&items, &mut std::io::stdout().lock())?;
+            let mut out = std::io::stdout().lock();
+            let ready = if args.json {
+                check::write_json(&items, &mut out)?
+            } else {
+                check::print(&items, &mut out)?
+            };
             Ok(if ready {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Assets { dir } => {
+            for path in assets::write(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(args) => {
             let loaded = load(&args.common, args.agent.layers())?;
@@ -153,7 +168,11 @@ fn load(
     common: &CommonArgs,
     layers: Vec<config::load::Layer>,
 ) -> Result<Loaded, config::ConfigError> {
-    let loaded = common.sources(layers).load()?;
+    load_from(&common.sources(layers))
+}
+
+fn load_from(sources: &config::Sources) -> Result<Loaded, config::ConfigError> {
+    let loaded = sources.load()?;
     logging::init(&loaded.settings.log);
     Ok(loaded)
 }

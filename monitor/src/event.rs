@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     identity::{CacheStats, Identity},
+    inventory::Record,
     process::Ancestor,
     redact::ArgSecret,
     secret::{Lifetime, SecretType},
@@ -102,10 +103,14 @@ impl Body {
     pub fn severity(&self) -> Severity {
         match self {
             Self::Agent(a) => match a.status {
-                AgentStatus::Started | AgentStatus::Stopped | AgentStatus::OutputUp => {
-                    Severity::Info
+                AgentStatus::Started
+                | AgentStatus::Stopped
+                | AgentStatus::OutputUp
+                | AgentStatus::Reloaded => Severity::Info,
+                // A reload that did not take: the old configuration runs on.
+                AgentStatus::OutputDown | AgentStatus::KernelErrors | AgentStatus::ReloadFailed => {
+                    Severity::Medium
                 }
-                AgentStatus::OutputDown | AgentStatus::KernelErrors => Severity::Medium,
                 // Secrets unwatched, as events lost: what is not seen.
                 AgentStatus::Lost | AgentStatus::SpoolDropped | AgentStatus::WatchOverflow => {
                     Severity::High
@@ -164,6 +169,10 @@ pub enum AgentStatus {
     Lost,
     /// Kernel reads or map updates failed: some events may be incomplete.
     KernelErrors,
+    /// SIGHUP: outputs reopened, the configuration read again.
+    Reloaded,
+    /// SIGHUP with a configuration that does not load: the old one runs on.
+    ReloadFailed,
     Stopped,
     /// An output's receiver stopped taking events; they wait in its spool.
     OutputDown,
@@ -196,6 +205,25 @@ pub struct Agent {
     /// On `watch_overflow`: how many are not watched, and where.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_overflow: Option<crate::watch_map::Overflow>,
+    /// On `reloaded`: which settings changed, and which of them wait for a
+    /// restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadSummary>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadSummary {
+    /// The file outputs opened again at their paths (after logrotate moved
+    /// them).
+    pub reopened: Vec<String>,
+    /// Changed settings now in effect (dotted keys).
+    pub applied: Vec<String>,
+    /// Changed settings that take effect only at the next start.
+    pub restart_needed: Vec<String>,
+    /// Secrets watched after the rescan, and how many came and went.
+    pub watched: usize,
+    pub added: usize,
+    pub removed: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +285,23 @@ pub struct Secret {
     /// A safe prefix or label such as `AKIA…`, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+impl From<&Record> for Secret {
+    /// What the inventory knows of a watched file, as a `secret_read`
+    /// event shows it.
+    fn from(record: &Record) -> Self {
+        Self {
+            id: record.id.clone(),
+            path: record.path.to_string_lossy().into_owned(),
+            container_path: None,
+            path_truncated: false,
+            secret_type: record.secret_type,
+            fingerprint: record.fingerprint.clone(),
+            lifetime: record.lifetime,
+            hint: record.hint.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -382,6 +427,7 @@ mod tests {
                 identity_cache: None,
                 capture: None,
                 watch_overflow: None,
+                reload: None,
             }),
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
@@ -406,6 +452,7 @@ mod tests {
                 identity_cache: None,
                 capture: None,
                 watch_overflow: None,
+                reload: None,
             }),
         );
         assert!(next.id.as_str() > id, "ids are time-ordered and unique");

@@ -130,6 +130,9 @@ pub struct KernelFeatures {
     pub missing_caps: Vec<Capability>,
     /// The struct offsets the programs walk, from the kernel's BTF.
     pub offsets: Result<KernelOffsets, OffsetsError>,
+    /// The kfunc `bpf_rdonly_cast` (6.2+), with which the open programs
+    /// read the file just opened by direct loads instead of probe reads.
+    pub rdonly_cast: bool,
     pub tracefs: Option<PathBuf>,
     pub ring_buffer: Support,
     /// Tracepoint programs load and the syscall tracepoints exist.
@@ -140,6 +143,8 @@ pub struct KernelFeatures {
     /// hooks can tell how an open came in.
     pub saved_registers: Support,
     pub bpf_lsm: Support,
+    /// The active LSMs as securityfs lists them; `None` when unreadable.
+    pub lsm_list: Option<String>,
     /// fentry/fexit (BPF trampolines).
     pub fentry: Support,
     pub io_uring: Option<IoUringTracepoint>,
@@ -159,7 +164,9 @@ impl KernelFeatures {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
-        let offsets = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF));
+        let btf = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF));
+        let rdonly_cast = btf.as_ref().is_ok_and(|b| b.rdonly_cast);
+        let offsets = btf.map(|b| b.offsets);
         let tracefs = tracefs_dir();
         let io_uring = tracefs.as_deref().and_then(io_uring_tracepoint);
         let ring_buffer = probed(privileged, || {
@@ -200,7 +207,8 @@ impl KernelFeatures {
             }
             other => other,
         };
-        let bpf_lsm = probe_bpf_lsm(privileged);
+        let lsm_list = std::fs::read_to_string(LSM_LIST);
+        let bpf_lsm = probe_bpf_lsm(privileged, &lsm_list);
         let fentry = match probed(privileged, || {
             is_program_supported(ProgramType::Tracing).map_err(|e| error_text(&e))
         }) {
@@ -214,11 +222,13 @@ impl KernelFeatures {
             release,
             missing_caps,
             offsets,
+            rdonly_cast,
             tracefs,
             ring_buffer,
             tracepoints,
             saved_registers,
             bpf_lsm,
+            lsm_list: lsm_list.ok(),
             fentry,
             io_uring,
         }
@@ -344,20 +354,17 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
 /// BPF LSM: `bpf` among the active LSMs (elsewhere a program may load and
 /// attach and yet never run) and LSM programs load.
-fn probe_bpf_lsm(privileged: bool) -> Support {
-    let list = std::fs::read_to_string(LSM_LIST);
+fn probe_bpf_lsm(privileged: bool, list: &std::io::Result<String>) -> Support {
     if !privileged {
         return Support::Unknown("probing needs root".into());
     }
     let list = match list {
-        Ok(list) if !lists_bpf(&list) => {
+        Ok(list) if !lists_bpf(list) => {
             return Support::No(format!("`bpf` is not an active LSM ({})", list.trim()));
         }
         Ok(list) => list,
         Err(e) => {
-            return Support::No(format!(
-                "cannot read {LSM_LIST} ({e}): mount securityfs to use BPF LSM"
-            ));
+            return Support::No(format!("cannot read {LSM_LIST}: {}", error_text(e)));
         }
     };
     match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
@@ -428,11 +435,13 @@ pub(crate) mod tests {
             release: "6.1.0-56-cloud-amd64".into(),
             missing_caps: vec![],
             offsets: Ok(offsets),
+            rdonly_cast: false,
             tracefs: Some("/sys/kernel/tracing".into()),
             ring_buffer: Support::Yes("BPF_MAP_TYPE_RINGBUF".into()),
             tracepoints: Support::Yes("x".into()),
             saved_registers: Support::Yes("bpf_task_pt_regs".into()),
             bpf_lsm: Support::Yes("active".into()),
+            lsm_list: Some("lockdown,capability,landlock,yama,apparmor,bpf".into()),
             fentry: Support::Yes("BPF trampolines load".into()),
             io_uring: None,
         }
@@ -445,15 +454,6 @@ pub(crate) mod tests {
         assert!(!kernel_at_least("5.4.0-150-generic", 5, 8));
         assert!(!kernel_at_least("garbage", 5, 8));
         assert!(kernel_at_least("10.0", 5, 8));
-    }
-
-    #[test]
-    fn bpf_in_lsm_lists() {
-        assert!(lists_bpf("lockdown,capability,landlock,bpf\n"));
-        assert!(!lists_bpf(
-            "lockdown,capability,landlock,yama,apparmor,tomoyo"
-        ));
-        assert!(!lists_bpf("bpf_not,ebpf"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! binary (`main.rs`) only sets up the process around it.
 
 pub mod agent;
+pub mod assets;
 pub mod bounded;
 pub mod check;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod coverage;
 pub mod discovery;
+pub mod durations;
 pub mod env_names;
 pub mod errors;
 pub mod event;
@@ -38,7 +40,9 @@ pub mod preflight;
 pub mod probes;
 pub mod process;
 pub mod redact;
+pub mod reload;
 pub mod secret;
 pub mod secure_fs;
+pub mod service;
 pub mod terminal;
 pub mod watch_map;

@@ -122,6 +122,8 @@ pub fn to_value(event: &Event) -> Value {
                 AgentStatus::SpoolDropped => (99, "Events Dropped"),
                 AgentStatus::WatchOverflow => (99, "Watch Overflow"),
                 AgentStatus::KernelErrors => (99, "Kernel Errors"),
+                AgentStatus::Reloaded => (99, "Reloaded"),
+                AgentStatus::ReloadFailed => (99, "Reload Failed"),
             };
             (&EVENT_LOG_ACTIVITY, id, name, agent(a))
         }
@@ -504,6 +506,7 @@ fn agent(a: &Agent) -> Value {
             | AgentStatus::SpoolDropped
             | AgentStatus::WatchOverflow
             | AgentStatus::KernelErrors
+            | AgentStatus::ReloadFailed
     );
     let mut v = json!({
         "actor": {
@@ -526,6 +529,7 @@ fn agent(a: &Agent) -> Value {
             "identity_cache": a.identity_cache,
             "watch_overflow": a.watch_overflow,
             "kernel_errors": a.kernel_errors,
+            "reload": a.reload,
         },
     });
     if a.lost > 0 && matches!(a.status, AgentStatus::Lost | AgentStatus::SpoolDropped) {

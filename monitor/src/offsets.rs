@@ -28,8 +28,17 @@ pub enum OffsetsError {
     NoField(&'static str, &'static str),
 }
 
+/// What the programs need of the kernel's BTF besides CO-RE's relocations.
+#[derive(Debug)]
+pub struct BtfFacts {
+    pub offsets: KernelOffsets,
+    /// The kfunc `bpf_rdonly_cast` (6.2+): the open programs then load the
+    /// file's fields directly (`monitor-ebpf/src/file_facts.c`).
+    pub rdonly_cast: bool,
+}
+
 /// Look every field the programs walk up in `path` (normally [`VMLINUX_BTF`]).
-pub fn from_btf_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
+pub fn from_btf_file(path: &Path) -> Result<BtfFacts, OffsetsError> {
     if !path.exists() {
         return Err(OffsetsError::NoBtf);
     }
@@ -38,7 +47,15 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
         source,
     })?;
     let overlay = Btf::from_split_file(path.with_file_name(OVERLAY_MODULE_BTF), &btf).ok();
-    from_btf(&btf, overlay.as_ref())
+    Ok(BtfFacts {
+        offsets: from_btf(&btf, overlay.as_ref())?,
+        rdonly_cast: has_function(&btf, "bpf_rdonly_cast"),
+    })
+}
+
+fn has_function(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
 }
 
 /// The offsets in `btf` (vmlinux's), with overlayfs's module BTF `overlay`
@@ -169,13 +186,28 @@ mod tests {
     // Reads this machine's BTF: every kernel secretmon supports has it, and
     // the values are checked against invariants that hold on all of them.
     #[test]
+    fn functions_are_told_from_other_types() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} not present on this machine");
+            return;
+        }
+        let btf = Btf::from_file(path).expect("BTF parses");
+        assert!(has_function(&btf, "do_filp_open"));
+        assert!(!has_function(&btf, "task_struct"), "a struct");
+        assert!(!has_function(&btf, "no_such_function_anywhere"));
+    }
+
+    #[test]
     fn offsets_from_running_kernel_are_plausible() {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
             eprintln!("skipped: {VMLINUX_BTF} not present on this machine");
             return;
         }
-        let off = from_btf_file(path).expect("BTF parses and has every field");
+        let off = from_btf_file(path)
+            .expect("BTF parses and has every field")
+            .offsets;
         // `max_fds` is the first field of `struct fdtable` on every kernel.
         assert_eq!(off.fdtable_max_fds, 0);
         assert!(off.fdtable_fd >= 4 && off.fdtable_fd <= 16);

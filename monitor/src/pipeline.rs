@@ -566,7 +566,7 @@ impl Pipeline {
             return;
         };
         let path = file.path.clone();
-        let mut secret = file.event_secret();
+        let mut secret = event::Secret::from(file);
         let (process, identity, info) = match who {
             Some(who) => who,
             None => self.who(h),

@@ -24,6 +24,7 @@ use crate::{
     env_names::EnvPattern,
     features::{ActiveHooks, KernelFeatures, OpenHooks},
     name_rules::CompiledRules,
+    preflight,
 };
 
 /// The kernel object, built by build.rs for the BPF target.
@@ -134,10 +135,7 @@ impl Probes {
             })?;
         let candidates = kernel
             .open_hooks(wanted)
-            .map_err(|why| ProbeError::Unavailable {
-                hooks: hooks_name(wanted),
-                why,
-            })?;
+            .map_err(|why| unavailable(kernel, wanted, why))?;
         let layout = IoUringLayout {
             opcode_offset: kernel.io_uring.map_or(u32::MAX, |t| t.opcode_offset),
         };
@@ -149,6 +147,8 @@ impl Probes {
         loader.override_global(maps::OFFSETS, offsets, true);
         loader.override_global(maps::NAME_FILTER, &name_rules.filter, true);
         loader.override_global(maps::IO_URING, &layout, true);
+        let rdonly_cast = u32::from(kernel.rdonly_cast);
+        loader.override_global(maps::HAS_RDONLY_CAST, &rdonly_cast, true);
         // Woken at each eighth of the ring, the reader has 7/8 of it left
         // for what arrives while it wakes up; it polls on a timer besides.
         let wake_up_bytes = u64::from(ring_bytes / 8);
@@ -158,7 +158,8 @@ impl Probes {
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
         let from_registers = kernel.saved_registers.is_yes();
-        let active = attach_open_hook(&mut ebpf, &btf, &candidates, wanted)?;
+        let active = attach_open_hook(&mut ebpf, &btf, &candidates)
+            .map_err(|why| unavailable(kernel, wanted, why))?;
         let open_hooks = match (active, from_registers) {
             (ActiveHooks::Fexit, _) => &[][..],
             (_, true) => OPEN_HOOKS_REGS,
@@ -343,21 +344,29 @@ impl KernelCounters {
     }
 }
 
-fn hooks_name(wanted: OpenHooks) -> String {
-    clap::ValueEnum::to_possible_value(&wanted)
-        .map(|v| v.get_name().to_owned())
-        .unwrap_or_default()
+/// `wanted` cannot see opens here, and why; for BPF LSM with the fix
+/// `check` gives.
+fn unavailable(kernel: &KernelFeatures, wanted: OpenHooks, why: String) -> ProbeError {
+    let why = match wanted {
+        OpenHooks::Lsm => format!("{why}; fix: {}", preflight::lsm_fix(kernel)),
+        _ => why,
+    };
+    ProbeError::Unavailable {
+        hooks: clap::ValueEnum::to_possible_value(&wanted)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default(),
+        why,
+    }
 }
 
 /// Attach the first of `candidates` that loads: a trampoline hook (fexit or
 /// LSM), or nothing for the tracepoints. For `auto` a refusal falls through
-/// to the next; for a hook named on the command line it is the error.
+/// to the next; for a hook named on the command line it is the error (why).
 fn attach_open_hook(
     ebpf: &mut Ebpf,
     btf: &Btf,
     candidates: &[ActiveHooks],
-    wanted: OpenHooks,
-) -> Result<ActiveHooks, ProbeError> {
+) -> Result<ActiveHooks, String> {
     let mut why = String::new();
     for &hooks in candidates {
         let program = match hooks {
@@ -373,10 +382,7 @@ fn attach_open_hook(
             }
         }
     }
-    Err(ProbeError::Unavailable {
-        hooks: hooks_name(wanted),
-        why,
-    })
+    Err(why)
 }
 
 /// Why a program did not load, in one line: the verifier's log is long

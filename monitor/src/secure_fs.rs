@@ -143,6 +143,11 @@ impl TrustError {
         matches!(&self.why, Why::Io(e) if e.kind() == io::ErrorKind::NotFound)
     }
 
+    /// This user may not look: the path is there, or may be.
+    pub fn is_denied(&self) -> bool {
+        matches!(&self.why, Why::Io(e) if e.kind() == io::ErrorKind::PermissionDenied)
+    }
+
     /// A permission or a filesystem said no, as opposed to a refusal: the
     /// caller may fall back (a one-time key where the state dir cannot be
     /// written).

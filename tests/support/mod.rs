@@ -56,9 +56,14 @@ impl Agent {
     /// `secretmon run ARGS`; with a state dir of its own unless ARGS name one,
     /// so that tests do not share a ledger.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Agent::start`], with `env` set for the agent.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let state = (!args.contains(&"--state")).then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").args(args);
+        cmd.arg("run").args(args).envs(env.iter().copied());
         if let Some(dir) = &state {
             cmd.arg("--state").arg(dir.path());
         }
@@ -202,6 +207,39 @@ impl Drop for Agent {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// A child started by hand (an agent with `--output`, one under strace...),
+/// killed with everything it started when dropped, as [`Agent`] is. It runs
+/// in a process group of its own: killing strace alone would leave its
+/// tracee running.
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        Self(Some(cmd.process_group(0).spawn().expect("spawn")))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not yet waited for")
+    }
+
+    /// Wait for the child to exit, as [`Child::wait_with_output`].
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        let child = self.0.take().expect("not yet waited for");
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
         }
     }
 }

@@ -342,7 +342,7 @@ fn ocsf_python() -> PathBuf {
     let python = std::env::var_os("SECRETMON_OCSF_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ocsf-venv/bin/python3")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/bin/python3")
         });
     assert!(
         python.exists(),

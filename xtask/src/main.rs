@@ -6,6 +6,7 @@
 mod bench;
 mod bench_fleet;
 mod cargo;
+mod package;
 mod toolchain;
 mod vm;
 
@@ -69,7 +70,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run `cargo test --workspace [ARGS...]`.
+    /// Set up, then build the .deb into target/debian (cargo-deb, installed
+    /// when missing): the release binary, the systemd unit, the default
+    /// config, man pages and shell completions generated from the binary.
+    Package,
+    /// Set up, build the .deb (as `package` does), then run
+    /// `cargo test --workspace [ARGS...]`.
     ///
     /// ARGS are passed to `cargo test --workspace` as is, e.g.
     /// `cargo xtask test --release -- --nocapture`. A leading `--` is eaten by
@@ -102,6 +108,9 @@ enum Cmd {
         /// Skip the open hooks' comparison in the second kernel (qemu).
         #[arg(long)]
         skip_vm: bool,
+        /// Skip the fleet run (1,000 simulated hosts into PostgreSQL, ~7 min).
+        #[arg(long)]
+        skip_fleet: bool,
         /// Rounds of every configuration (odd); fewer for a quick look.
         #[arg(long, default_value_t = 7)]
         rounds: usize,
@@ -132,13 +141,23 @@ fn try_main() -> Result<()> {
             build(release)
         }
         Cmd::Run { release, args } => run(release, args),
+        Cmd::Package => {
+            toolchain::setup(Scope::Build)?;
+            package::package().map(drop)
+        }
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
-        Cmd::Bench { skip_vm, rounds } => {
+        Cmd::Bench {
+            skip_vm,
+            skip_fleet,
+            rounds,
+        } => {
             let kernel = toolchain::setup(Scope::Bench)?;
             build(true)?;
             bench::bench(rounds)?;
-            bench_fleet::fleet()?;
+            if !skip_fleet {
+                bench_fleet::fleet()?;
+            }
             if skip_vm {
                 return Ok(());
             }
@@ -214,6 +233,8 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     let kernel = toolchain::setup(Scope::Test)?;
     let start = Instant::now();
+    // tests/package.rs installs it.
+    package::package()?;
     let mut cmd = cargo::cargo()?;
     cmd.args(["test", "--workspace"]).args(args);
     if let Some(kernels) = kernel {

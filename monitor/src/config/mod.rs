@@ -184,27 +184,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration as a person writes it in the files: the largest unit that
-/// divides it (`90d`, `36h`, `90s`, `250ms`), which humantime reads back.
-pub fn duration_text(d: std::time::Duration) -> String {
-    const UNITS: [(u128, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
-    let ms = d.as_millis();
-    if !d.subsec_nanos().is_multiple_of(1_000_000) {
-        return humantime::format_duration(d).to_string();
-    }
-    for (unit, name) in UNITS {
-        if ms >= unit && ms.is_multiple_of(unit) {
-            return format!("{}{name}", ms / unit);
-        }
-    }
-    format!("{ms}ms")
-}
-
 /// The ring buffer's size: the kernel wants a power of two of at least a
 /// page.
 pub fn check_ring_buffer_size(n: u64) -> Result<u32, String> {
@@ -281,22 +260,6 @@ policy = "/etc/p.toml"
             c.findings.baseline.get(),
             std::time::Duration::from_secs(3600)
         );
-    }
-
-    #[test]
-    fn durations_print_as_written() {
-        use std::time::Duration;
-        for (d, text) in [
-            (Duration::from_secs(90 * 86_400), "90d"),
-            (Duration::from_secs(36 * 3600), "36h"),
-            (Duration::from_secs(90), "90s"),
-            (Duration::from_secs(120), "2m"),
-            (Duration::from_millis(250), "250ms"),
-            (Duration::ZERO, "0ms"),
-        ] {
-            assert_eq!(duration_text(d), text);
-            assert_eq!(humantime::parse_duration(text).unwrap(), d);
-        }
     }
 
     #[test]

@@ -97,6 +97,37 @@ pub fn write_text(loaded: &Loaded, out: &mut impl Write) -> io::Result<()> {
             .collect();
         writeln!(out, "# files read, later wins: {}", files.join(", "))?;
     }
+    write_sections(loaded, out, |e, name| match &e.value {
+        Some(v) => format!("{name} = {v}  # from {}", e.origin),
+        None => format!("# {name} is not set: {}", unset_means(&e.key)),
+    })
+}
+
+/// The file a package installs as `/etc/secretmon/config.toml`: every
+/// setting at its default, commented out, so that the file sets nothing
+/// and shows everything that can be set.
+pub fn write_defaults(loaded: &Loaded, out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "# secretmon's configuration. Every setting is shown at its default, commented\n\
+         # out: uncomment and change what you need, or put it in a drop-in,\n\
+         # /etc/secretmon/config.d/NN-name.toml (read in order; a later file wins).\n\
+         # The command line wins over both. `secretmon config` prints what is in effect\n\
+         # and where each value came from; `man secretmon` says what each one means.\n\
+         # A running agent reads this again on SIGHUP (`systemctl reload secretmon`)."
+    )?;
+    write_sections(loaded, out, |e, name| match &e.value {
+        Some(v) => format!("# {name} = {v}"),
+        None => format!("# {name} = ...  (not set: {})", unset_means(&e.key)),
+    })
+}
+
+/// `[section]` headers, then a line per setting as `line` writes it.
+fn write_sections(
+    loaded: &Loaded,
+    out: &mut impl Write,
+    line: impl Fn(&Entry, &str) -> String,
+) -> io::Result<()> {
     let mut section = String::new();
     // Top-level keys (`output`) before the first section, where TOML wants
     // them.
@@ -109,10 +140,7 @@ pub fn write_text(loaded: &Loaded, out: &mut impl Write) -> io::Result<()> {
             section = head.to_string();
             writeln!(out, "\n[{section}]")?;
         }
-        match &e.value {
-            Some(v) => writeln!(out, "{name} = {v}  # from {}", e.origin)?,
-            None => writeln!(out, "# {name} is not set: {}", unset_means(&e.key))?,
-        }
+        writeln!(out, "{}", line(&e, name))?;
     }
     Ok(())
 }

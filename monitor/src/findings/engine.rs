@@ -58,10 +58,7 @@ impl Engine {
         let mut ledger = Ledger::open(state_dir)?;
         let mut snapshot = ledger.snapshot()?;
         let now = Utc::now();
-        let mut rows = vec![Row::Meta(
-            "settings".into(),
-            serde_json::to_string(&settings).expect("settings serialize"),
-        )];
+        let mut rows = vec![settings_row(&settings)];
         rows.extend(key_rows(&ledger, &mut snapshot, key_id, now)?);
         rows.push(snapshot.prune(crate::bounded::before(now, retention)));
         // Written before the writer starts, so `report` sees the inventory
@@ -79,6 +76,15 @@ impl Engine {
         };
         engine.refresh(watch, now);
         Ok(engine)
+    }
+
+    /// A reloaded configuration's windows, policy and retention, from now
+    /// on; recorded for `report` as at start.
+    pub fn reconfigure(&mut self, settings: Settings, retention: Duration) {
+        self.writer.send(settings_row(&settings));
+        self.settings = settings;
+        self.retention = retention;
+        self.dirty = true;
     }
 
     pub fn observe(&mut self, o: &Observation) {
@@ -195,6 +201,14 @@ impl Engine {
     pub fn close(self) -> WriterStats {
         self.writer.close()
     }
+}
+
+/// The settings `report` reads back from the ledger.
+fn settings_row(settings: &Settings) -> Row {
+    Row::Meta(
+        "settings".into(),
+        serde_json::to_string(settings).expect("settings serialize"),
+    )
 }
 
 /// The rows that record which fingerprint key the ledger's fingerprints

@@ -231,24 +231,6 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// `30d`, `2h 5m`, `3s`: a duration as a person reads it, in its two
-/// largest units (days, not humantime's 30.44-day months).
-pub fn human_duration(d: Duration) -> String {
-    let mut left = d.as_secs();
-    let mut parts = Vec::new();
-    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if left >= secs {
-            parts.push(format!("{}{unit}", left / secs));
-            left %= secs;
-        }
-    }
-    if parts.is_empty() {
-        return "0s".into();
-    }
-    parts.truncate(2);
-    parts.join(" ")
-}
-
 /// What the rules need besides the ledger: windows, baseline, policy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -395,15 +377,6 @@ mod tests {
             back.policy().allows("/srv/x", "systemd:app.service"),
             Some(true)
         );
-    }
-
-    #[test]
-    fn durations_for_people() {
-        let d = |s| human_duration(Duration::from_secs(s));
-        assert_eq!(d(90 * 86_400), "90d");
-        assert_eq!(d(86_400 + 3 * 3_600 + 7), "1d 3h");
-        assert_eq!(d(125), "2m 5s");
-        assert_eq!(d(0), "0s");
     }
 
     #[test]

@@ -9,11 +9,10 @@ use chrono::{DateTime, Utc};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
 use serde::Serialize;
 
-use super::{
-    Finding, FindingType, FindingsConfig, Settings, Severity, human_duration, rfc3339, rules,
-};
+use super::{Finding, FindingType, FindingsConfig, Settings, Severity, rfc3339, rules};
 use crate::{
     bounded::Window,
+    durations::human_duration,
     ledger::{ExposureKind, Ledger, LedgerError, Snapshot},
     terminal::escape,
     watch_map::{self, Overflow},

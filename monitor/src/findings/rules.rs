@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Evidence, Finding, FindingIdentity, FindingSecret, FindingType, Settings, Severity,
-    human_duration, rfc3339,
+    Evidence, Finding, FindingIdentity, FindingSecret, FindingType, Settings, Severity, rfc3339,
 };
 use crate::{
+    durations::human_duration,
     identity::UNKNOWN,
     ledger::{AccessRow, ExposureKind, SecretRow, Snapshot},
 };

@@ -15,7 +15,7 @@ use super::{
     store::{Store, StoreError},
     view,
 };
-use crate::findings::{Severity, human_duration};
+use crate::{durations::human_duration, findings::Severity};
 
 /// Off a terminal: as wide as a terminal usually is.
 const NON_TERMINAL_WIDTH: u16 = 120;

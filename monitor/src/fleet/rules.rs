@@ -18,8 +18,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::view::{CopyView, FleetView, HostView, ReaderView};
 use crate::{
+    durations::human_duration,
     findings::{
-        Severity, human_duration, rfc3339,
+        Severity, rfc3339,
         rules::{principal, principal_names},
     },
     identity::UNKNOWN,

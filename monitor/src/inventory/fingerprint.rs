@@ -45,6 +45,9 @@ impl KeyError {
 }
 
 /// The HMAC key. Never printed; wiped when dropped.
+/// Cloned, not loaded again, for each scanner of one agent: a one-time key
+/// must be the same one throughout a run.
+#[derive(Clone)]
 pub struct Key(Zeroizing<Vec<u8>>);
 
 impl fmt::Debug for Key {

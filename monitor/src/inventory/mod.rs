@@ -16,10 +16,7 @@ use std::{collections::HashMap, io, path::PathBuf};
 use chrono::{DateTime, Utc};
 use monitor_common::FileKey;
 
-use crate::{
-    event,
-    secret::{Lifetime, SecretType},
-};
+use crate::secret::{Lifetime, SecretType};
 
 /// One secret file. Holds no value: only where it is, what it is, and a
 /// keyed fingerprint of its bytes.
@@ -48,22 +45,6 @@ pub struct Record {
     pub mode: u32,
     pub size: u64,
     pub mtime: DateTime<Utc>,
-}
-
-impl Record {
-    /// The `secret` object of a `secret_read` event.
-    pub fn event_secret(&self) -> event::Secret {
-        event::Secret {
-            id: self.id.clone(),
-            path: self.path.to_string_lossy().into_owned(),
-            container_path: None,
-            path_truncated: false,
-            secret_type: self.secret_type,
-            fingerprint: self.fingerprint.clone(),
-            lifetime: self.lifetime,
-            hint: self.hint.clone(),
-        }
-    }
 }
 
 /// What `sync` reports.
@@ -126,6 +107,11 @@ impl Inventory {
         })
     }
 
+    /// Whether a secret at `path` (as shown) is watched.
+    pub fn has_path(&self, path: &std::path::Path) -> bool {
+        self.keys.contains_key(path)
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.by_key.values()
     }
@@ -173,6 +159,40 @@ impl Inventory {
                 remove: self.keys.remove(&path).inspect(|key| self.forget(key)),
             },
         }
+    }
+
+    /// What a full rescan changes: an upsert for each secret found that is
+    /// new or differs from what is watched, and a removal for each watched
+    /// path the scan did not find and `was_scanned` says a scan covered
+    /// before (a file the kernel's name rules found elsewhere stays).
+    pub fn rescan_changes(
+        &self,
+        found: Vec<Record>,
+        was_scanned: impl Fn(&std::path::Path) -> bool,
+    ) -> Vec<InventoryChange> {
+        let found_paths: std::collections::HashSet<PathBuf> =
+            found.iter().map(|r| r.path.clone()).collect();
+        let mut changes: Vec<InventoryChange> = found
+            .into_iter()
+            .filter(|r| {
+                let known = self.keys.get(&r.path).and_then(|k| self.by_key.get(k));
+                known.is_none_or(|k| {
+                    *k != Record {
+                        slot: k.slot,
+                        ..r.clone()
+                    }
+                })
+            })
+            .map(InventoryChange::Upsert)
+            .collect();
+        let mut gone: Vec<&PathBuf> = self
+            .keys
+            .keys()
+            .filter(|p| !found_paths.contains(*p) && was_scanned(p))
+            .collect();
+        gone.sort();
+        changes.extend(gone.into_iter().cloned().map(InventoryChange::Remove));
+        changes
     }
 
     fn forget(&mut self, key: &FileKey) {
@@ -296,6 +316,33 @@ mod tests {
         assert_eq!(
             inv.get(&FileKey { dev: 1, ino: 5 }).unwrap().path,
             Path::new("/s/a.key")
+        );
+    }
+
+    #[test]
+    fn a_rescan_changes_only_what_differs() {
+        let inv = Inventory::new(vec![
+            record("/home/a/.aws/credentials", 1, "f1"),
+            record("/srv/app/.env", 2, "f2"),
+            // Found by the kernel's name rules, outside every scanned place.
+            record("/opt/x/sa.json", 3, "f3"),
+            record("/home/a/.netrc", 4, "f4"),
+        ]);
+        let changes = inv.rescan_changes(
+            vec![
+                record("/home/a/.aws/credentials", 1, "f1"),
+                record("/home/a/.netrc", 4, "f4-rotated"),
+                record("/srv/new/token", 5, "f5"),
+            ],
+            |p| !p.starts_with("/opt"),
+        );
+        assert_eq!(
+            changes,
+            vec![
+                InventoryChange::Upsert(record("/home/a/.netrc", 4, "f4-rotated")),
+                InventoryChange::Upsert(record("/srv/new/token", 5, "f5")),
+                InventoryChange::Remove(PathBuf::from("/srv/app/.env")),
+            ]
         );
     }
 

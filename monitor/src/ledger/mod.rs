@@ -54,6 +54,11 @@ pub enum LedgerError {
     },
     #[error("no ledger at {0}: has `secretmon run --state {1}` run here?")]
     Missing(String, String),
+    #[error(
+        "ledger {path}: permission denied (uid {uid}): run `sudo secretmon report`, \
+         or as a member of the group the state dir is shared with"
+    )]
+    Denied { path: String, uid: u32 },
     #[error("ledger {path}: {}", crate::errors::error_text(err))]
     Open { path: String, err: rusqlite::Error },
     #[error("the ledger's schema is v{found}, newer than this secretmon knows (v{known})")]
@@ -158,19 +163,31 @@ impl Ledger {
                 state_dir.display().to_string(),
             )
         };
+        // A ledger in a 0700 state dir is there, just not readable by this
+        // user: say so, not that there is none.
+        let denied = |path: &Path| LedgerError::Denied {
+            path: path.display().to_string(),
+            uid: nix::unistd::geteuid().as_raw(),
+        };
         let dir = match secure_fs::existing_state_dir(state_dir) {
             Err(e) if e.is_not_found() => return Err(missing()),
+            Err(e) if e.is_denied() => return Err(denied(&state_dir.join(FILE))),
             other => other.map_err(|err| LedgerError::StateDir {
                 path: state_dir.display().to_string(),
                 err,
             })?,
         };
         let path = dir.join(FILE);
-        if secure_fs::check_existing(&path)
-            .map_err(untrusted(&path))?
-            .is_none()
+        match secure_fs::check_existing(&path) {
+            Err(e) if e.is_denied() => return Err(denied(&path)),
+            Err(e) => return Err(untrusted(&path)(e)),
+            Ok(None) => return Err(missing()),
+            Ok(Some(_)) => {}
+        }
+        if let Err(e) = std::fs::File::open(&path)
+            && e.kind() == std::io::ErrorKind::PermissionDenied
         {
-            return Err(missing());
+            return Err(denied(&path));
         }
         let conn = open_checked(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(5))?;

@@ -194,15 +194,25 @@ impl Outputs {
         }
     }
 
-    /// Reopen every file output, as logrotate's postrotate wants (SIGHUP).
-    pub fn reopen(&self) {
+    /// Reopen every file output, as logrotate's postrotate wants (SIGHUP):
+    /// what is queued goes to the file as it was, what follows to a new
+    /// file at its path. Returns the paths of the files asked to reopen.
+    pub fn reopen(&self) -> Vec<String> {
+        let mut reopened = Vec::new();
         for out in &self.outputs {
-            if matches!(out.spec.destination, Destination::File(_)) {
+            if let Destination::File(path) = &out.spec.destination {
                 // Behind the events already queued; a full queue reopens at
                 // the next rotation signal.
-                let _ = out.tx.try_send(Message::Reopen);
+                match out.tx.try_send(Message::Reopen) {
+                    Ok(()) => reopened.push(path.display().to_string()),
+                    Err(_) => tracing::warn!(
+                        "output {}: queue full, not reopened until the next SIGHUP",
+                        out.spec.name
+                    ),
+                }
             }
         }
+        reopened
     }
 
     /// Spools that dropped events since the last call: (output, dropped
