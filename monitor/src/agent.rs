@@ -19,7 +19,10 @@ use crate::{
     discovery,
     event::{Agent, AgentStatus, Body, Capture, Event, FindingBody, Host, ReloadSummary},
     features::ActiveHooks,
-    findings::engine::{Engine, Scope},
+    findings::{
+        engine::{Engine, Scope},
+        rules::watch_overflow,
+    },
     fleet,
     identity::{CacheStats, IdentityResolver},
     inventory::{
@@ -32,6 +35,7 @@ use crate::{
     },
     ledger::StateLock,
     metrics::Metrics,
+    ocsf,
     outputs::{Outputs, Report},
     pipeline::Pipeline,
     plan::RunPlan,
@@ -57,7 +61,7 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
     let mut sigquit = signal(SignalKind::quit())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(ocsf::VERSION);
     if let Some(addr) = plan.metrics.listen {
         let bound = metrics.serve(addr)?;
         tracing::info!("metrics at http://{bound}/metrics");
@@ -770,7 +774,7 @@ fn report_overflow(
         );
     }
     let at = chrono::Utc::now();
-    let new = engine.raise(now.findings(), at);
+    let new = engine.raise(watch_overflow(&now), at);
     outputs.route(
         new.into_iter()
             .map(|finding| Event::new(at, &pipeline.host, Body::Finding(FindingBody { finding }))),

@@ -75,12 +75,6 @@ pub struct Metrics {
     last_tick: Arc<AtomicI64>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Register `metric` in `registry` and hand it back.
 fn registered<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -94,7 +88,10 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `ocsf_version` is the OCSF version the events name, for
+    /// `build_info`; the caller passes it so that metrics, which the ledger
+    /// reports into, imports nothing from the event formats above it.
+    pub fn new(ocsf_version: &str) -> Self {
         let r = Registry::new_custom(Some("secretmon".into()), None).expect("a valid prefix");
         let opts = |name: &str, help: &str| Opts::new(name, help);
         let output = |name: &str, help: &str| (opts(name, help), ["output"]);
@@ -191,7 +188,7 @@ impl Metrics {
             ),
         );
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::ocsf::VERSION])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), ocsf_version])
             .set(1);
         registered(&r, Ok(LEDGER_COMMIT_SECONDS.clone()));
         m
@@ -313,7 +310,7 @@ mod tests {
 
     #[test]
     fn exposition_and_probes() {
-        let m = Metrics::new();
+        let m = Metrics::new("1.5.0");
         for _ in 0..3 {
             m.event("secret_read");
         }

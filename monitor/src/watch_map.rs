@@ -30,11 +30,7 @@ use std::{
 use monitor_common::FileKey;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    bounded::Bounded,
-    findings::{Evidence, Finding, FindingSecret, FindingType},
-    inventory::MapEdit,
-};
+use crate::{bounded::Bounded, inventory::MapEdit};
 
 /// `[capture] max_watched`: at most a million, about 100 MB of kernel
 /// memory.
@@ -436,44 +432,6 @@ impl Overflow {
         text.push_str("; system secrets are watched first, homes share the rest");
         text
     }
-
-    /// One `watch_overflow` finding per directory listed.
-    pub fn findings(&self) -> Vec<Finding> {
-        let total = self.watched + self.unwatched;
-        self.dirs
-            .iter()
-            .map(|d| {
-                let subject = format!("dir:{}", d.dir);
-                Finding::new(
-                    FindingType::WatchOverflow,
-                    subject.clone(),
-                    "",
-                    FindingSecret {
-                        id: subject,
-                        path: Some(d.dir.clone()),
-                        secret_type: "directory".into(),
-                        ..FindingSecret::default()
-                    },
-                    Vec::new(),
-                    Evidence {
-                        count: d.unwatched,
-                        reason: format!(
-                            "{} secret files here are not watched: {total} were found and \
-                             [capture] max_watched is {}",
-                            d.unwatched, self.max_watched
-                        ),
-                        ..Evidence::default()
-                    },
-                    format!(
-                        "find out who made {} secret files in {} (a user can make them to \
-                         blind secretmon); if they are real, raise [capture] max_watched \
-                         above {total}",
-                        d.unwatched, d.dir
-                    ),
-                )
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -670,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_reported_per_directory_as_findings() {
+    fn overflow_is_reported_per_directory() {
         let mut b = budget(16);
         for i in 0..40 {
             b.insert(
@@ -681,36 +639,18 @@ mod tests {
         }
         let o = b.overflow();
         assert_eq!(o.unwatched, 24);
+        assert_eq!(
+            o.dirs,
+            [OverflowDir {
+                dir: "/home/mallory".into(),
+                unwatched: 24
+            }]
+        );
         let message = o.message();
         assert!(
             message.starts_with("24 of 40 secrets are not watched by inode: [capture] max_watched is 16; they are in /home/mallory (24)"),
             "{message}"
         );
-        let findings = o.findings();
-        assert_eq!(findings.len(), 1);
-        let f = &findings[0];
-        assert_eq!(f.finding_type, FindingType::WatchOverflow);
-        assert_eq!(f.secret.path.as_deref(), Some("/home/mallory"));
-        assert_eq!(f.evidence.count, 24);
-        assert!(
-            f.recommendation
-                .contains("raise [capture] max_watched above 40")
-        );
-        // The same directory is the same finding, however many files.
-        b.insert(key(99), 0, Path::new("/home/mallory/zz/.env"));
-        assert_eq!(b.overflow().findings()[0].id, f.id);
-        assert!(budget(16).overflow().findings().is_empty());
-    }
-
-    #[test]
-    fn config_bounds() {
-        use crate::config::CaptureSettings;
-        let c: CaptureSettings = toml::from_str("").unwrap();
-        assert_eq!(c.max_watched.get(), 65_536);
-        assert_eq!(c.map_entries(), 65_537);
-        let err = toml::from_str::<CaptureSettings>("max_watched = 0").unwrap_err();
-        assert_eq!(err.message(), "`0` is out of range: from 16 to 1048576");
-        let err = toml::from_str::<CaptureSettings>("max_watched = 99999999").unwrap_err();
-        assert!(err.message().contains("out of range"));
+        assert!(budget(16).overflow().dirs.is_empty());
     }
 }

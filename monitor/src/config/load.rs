@@ -602,4 +602,30 @@ mod tests {
             "config --set capture.ring_bufer_size: unknown key `capture.ring_bufer_size` (did you mean `capture.ring_buffer_size`?)"
         );
     }
+
+    #[test]
+    fn a_url_with_a_password_fails_the_configuration_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        fs::write(
+            &main,
+            "[fleet]\nurl = \"postgres://u:topsecretpw@db/fleet\"\n",
+        )
+        .unwrap();
+        for command_line in [
+            vec![],
+            vec![Layer::new(
+                "--fleet",
+                "fleet.url",
+                "postgres://u:topsecretpw@other/fleet",
+            )],
+        ] {
+            let Err(err) = sources(&main, command_line).load() else {
+                panic!("a URL with a password was taken");
+            };
+            let err = err.to_string();
+            assert!(err.contains("password_file"), "{err}");
+            assert!(!err.contains("topsecretpw"), "{err}");
+        }
+    }
 }

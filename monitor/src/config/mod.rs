@@ -426,4 +426,15 @@ mod every_setting {
             );
         }
     }
+
+    #[test]
+    fn capture_bounds() {
+        let c: CaptureSettings = toml::from_str("").unwrap();
+        assert_eq!(c.max_watched.get(), 65_536);
+        assert_eq!(c.map_entries(), 65_537);
+        let err = toml::from_str::<CaptureSettings>("max_watched = 0").unwrap_err();
+        assert_eq!(err.message(), "`0` is out of range: from 16 to 1048576");
+        let err = toml::from_str::<CaptureSettings>("max_watched = 99999999").unwrap_err();
+        assert!(err.message().contains("out of range"));
+    }
 }

@@ -159,7 +159,7 @@ pub fn build(
         .meta(watch_map::LEDGER_META)?
         .and_then(|t| serde_json::from_str(&t).ok());
     if let Some(o) = overflow {
-        let mut findings = o.findings();
+        let mut findings = rules::watch_overflow(&o);
         findings.append(&mut report.findings);
         report.findings = findings;
     }

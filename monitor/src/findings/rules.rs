@@ -21,6 +21,7 @@ use crate::{
     durations::human_duration,
     identity::UNKNOWN,
     ledger::{AccessRow, ExposureKind, SecretRow, Snapshot},
+    watch_map::Overflow,
 };
 
 /// Which rules to run.
@@ -60,6 +61,47 @@ pub fn evaluate(
             .then_with(|| a.subject.cmp(&b.subject))
     });
     out
+}
+
+/// One `watch_overflow` finding per directory the kernel's watch map had no
+/// room for. Not a rule over the snapshot: the agent raises these as the
+/// overflow changes, and `report` from what the ledger kept of it.
+pub fn watch_overflow(overflow: &Overflow) -> Vec<Finding> {
+    let total = overflow.watched + overflow.unwatched;
+    overflow
+        .dirs
+        .iter()
+        .map(|d| {
+            let subject = format!("dir:{}", d.dir);
+            Finding::new(
+                FindingType::WatchOverflow,
+                subject.clone(),
+                "",
+                FindingSecret {
+                    id: subject,
+                    path: Some(d.dir.clone()),
+                    secret_type: "directory".into(),
+                    ..FindingSecret::default()
+                },
+                Vec::new(),
+                Evidence {
+                    count: d.unwatched,
+                    reason: format!(
+                        "{} secret files here are not watched: {total} were found and \
+                         [capture] max_watched is {}",
+                        d.unwatched, overflow.max_watched
+                    ),
+                    ..Evidence::default()
+                },
+                format!(
+                    "find out who made {} secret files in {} (a user can make them to \
+                     blind secretmon); if they are real, raise [capture] max_watched \
+                     above {total}",
+                    d.unwatched, d.dir
+                ),
+            )
+        })
+        .collect()
 }
 
 fn live_secrets(s: &Snapshot) -> impl Iterator<Item = &SecretRow> {
@@ -673,6 +715,7 @@ mod tests {
     use crate::{
         findings::policy::PolicyRule,
         ledger::{ExposureRow, Observation, OpenMode, SecretFacts, Seen},
+        watch_map::OverflowDir,
     };
 
     const DAY: i64 = 86_400;
@@ -1264,5 +1307,32 @@ mod tests {
                 .iter()
                 .any(|x| x.finding_type == FindingType::SecretInEnv)
         );
+    }
+
+    #[test]
+    fn watch_overflow_is_one_finding_per_directory() {
+        let overflow = |unwatched| Overflow {
+            max_watched: 16,
+            watched: 16,
+            unwatched,
+            dirs: vec![OverflowDir {
+                dir: "/home/mallory".into(),
+                unwatched,
+            }],
+            more_dirs: 0,
+        };
+        let findings = watch_overflow(&overflow(24));
+        assert_eq!(findings.len(), 1);
+        let f = &findings[0];
+        assert_eq!(f.finding_type, FindingType::WatchOverflow);
+        assert_eq!(f.secret.path.as_deref(), Some("/home/mallory"));
+        assert_eq!(f.evidence.count, 24);
+        assert!(
+            f.recommendation
+                .contains("raise [capture] max_watched above 40")
+        );
+        // The same directory is the same finding, however many files.
+        assert_eq!(watch_overflow(&overflow(25))[0].id, f.id);
+        assert!(watch_overflow(&Overflow::default()).is_empty());
     }
 }
