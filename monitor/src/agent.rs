@@ -242,11 +242,7 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                 }
                 report_spool_drops(&mut outputs, &pipeline.host);
                 report_overflow(&mut budget, &pipeline, &mut engine, &mut outputs, &mut overflow, &reported);
-                match probes.errors() {
-                    Ok(total) => metrics.kernel_errors(total),
-                    // A metric only: not worth a warning every tick.
-                    Err(e) => tracing::debug!("{}", crate::errors::error_text(&e)),
-                }
+                metrics.kernel_errors(reported.total_errors());
                 metrics.watched_secrets.set(pipeline.watch.len() as i64);
                 metrics.tracked_processes.set(pipeline.tracked_processes() as i64);
                 metrics.tick();

@@ -305,11 +305,6 @@ impl Probes {
         per_cpu_sum(&self.lost, maps::LOST, 0)
     }
 
-    /// Program runs so far that stopped part-way (a read of kernel or user
-    /// memory failed), their event not sent, all programs and CPUs.
-    pub fn errors(&self) -> Result<u64, ProbeError> {
-        Ok(self.counters()?.total_errors())
-    }
 }
 
 /// Entry `index` of a per-CPU counter map, summed over CPUs.
