@@ -304,7 +304,6 @@ impl Probes {
     pub fn lost(&self) -> Result<u64, ProbeError> {
         per_cpu_sum(&self.lost, maps::LOST, 0)
     }
-
 }
 
 /// Entry `index` of a per-CPU counter map, summed over CPUs.
