@@ -279,16 +279,7 @@ mod tests {
         Observation::Read {
             at: Utc::now(),
             secret_id: secret_id.into(),
-            who: Seen {
-                id: id.into(),
-                kind: "user".into(),
-                spiffe_id: String::new(),
-                unit: None,
-                user_manager: false,
-                cgroup_id: 0,
-                exe: None,
-                human: false,
-            },
+            who: Seen::named(id, "user"),
             pid: 1,
             uid: 0,
             count: 1,

@@ -214,6 +214,23 @@ pub struct Seen {
     pub human: bool,
 }
 
+#[cfg(test)]
+impl Seen {
+    /// A reader known by its id and kind only, as tests name one.
+    pub fn named(id: &str, kind: &str) -> Self {
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            spiffe_id: String::new(),
+            unit: None,
+            user_manager: false,
+            cgroup_id: 0,
+            exe: None,
+            human: false,
+        }
+    }
+}
+
 impl Seen {
     pub fn new(identity: &Identity, cgroup_id: u64, exe: Option<String>) -> Self {
         let kind = match identity.kind {
