@@ -220,6 +220,9 @@ fn sighup_under_a_burst_reopens_the_output_and_loses_nothing() {
     let mut files = Vec::new();
     for i in 1..=4 {
         std::thread::sleep(std::time::Duration::from_millis(150));
+        // The reopen is queued behind the events already written, so on a
+        // loaded machine the new file can appear after the next rename would.
+        support::wait_until("the output reopened", || out.exists());
         let rotated = dir.path().join(format!("events.jsonl.{i}"));
         std::fs::rename(&out, &rotated).unwrap();
         files.push(rotated);
