@@ -127,12 +127,14 @@ impl Program {
 pub mod maps {
     /// The ring buffer of events.
     pub const EVENTS: &str = "EVENTS";
-    /// Failed ring-buffer reservations, per CPU.
+    /// Failed ring-buffer reservations, for all CPUs.
     pub const LOST: &str = "LOST";
     /// Failed kernel reads and map updates, per CPU, by [`super::Program`].
     pub const ERRORS: &str = "ERRORS";
     /// Watched files: (device, inode) to the agent's id.
     pub const WATCHED: &str = "WATCHED";
+    /// The watched-inode filter ([`crate::watched_inode_bit`]).
+    pub const WATCHED_INODES: &str = "WATCHED_INODES";
     pub const WATCHED_ENV: &str = "WATCHED_ENV";
     pub const WATCHED_ENV_SUFFIX: &str = "WATCHED_ENV_SUFFIX";
     pub const NAME_RULES: &str = "NAME_RULES";

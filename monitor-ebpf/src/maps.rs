@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ENV_NAME_LEN, ENV_SUFFIX_LEN, FileKey, IoUringLayout, KernelOffsets, NameFilter, NameRule,
-    RULE_NAME_LEN, names::Program,
+    RULE_NAME_LEN, WATCHED_INODE_WORDS, names::Program,
 };
 
 use crate::{env_scan::EnvScratch, opens::PendingOpen};
@@ -79,6 +79,12 @@ pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Program::COU
 /// Files to report, filled and updated by the agent. Value: the agent's id.
 #[map]
 pub static WATCHED: HashMap<FileKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// The watched-inode filter: a bit per inode-number hash
+/// (`monitor_common::watched_inode_bit`), set by the agent before it adds a
+/// file to `WATCHED`, never cleared (a stale bit costs one lookup).
+#[map]
+pub static WATCHED_INODES: Array<u64> = Array::with_max_entries(WATCHED_INODE_WORDS, 0);
 
 /// Arguments of opens in flight, by thread, kept for the exit to report a
 /// denied open (the exit tracepoint has only the return value). LRU, so a

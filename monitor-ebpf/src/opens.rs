@@ -17,12 +17,13 @@ use monitor_common::{
         OVERLAYFS_SUPER_MAGIC, PF_IO_WORKER, PROC_SUPER_MAGIC,
     },
     names::Program,
+    watched_inode_bit,
 };
 
 use crate::{
     emit::{emit, run},
     kernel::{self, File, FileFacts, Filename, OpenFlags, ReadError, Task, UserRegs},
-    maps::{CAPTURE, IO_URING, IO_URING_SEEN, OPEN_ARGS, WATCHED},
+    maps::{CAPTURE, IO_URING, IO_URING_SEEN, OPEN_ARGS, WATCHED, WATCHED_INODES},
     name_rules::name_rule_open,
     path_walk::walk_path,
 };
@@ -376,6 +377,10 @@ fn opened_file(program: Program, facts: &FileFacts, ret: i64, via: u32) -> kerne
 
 #[inline(always)]
 fn watched(key: &FileKey) -> bool {
+    let (word, bit) = watched_inode_bit(key.ino);
+    if WATCHED_INODES.get(word).is_none_or(|w| w & bit == 0) {
+        return false;
+    }
     // SAFETY: only tested for presence.
     unsafe { WATCHED.get(key) }.is_some()
 }

@@ -17,6 +17,7 @@ use monitor_common::{
     RULE_NAME_LEN,
     names::{Hook, Program, maps},
     user::padded,
+    watched_inode_bit,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -107,6 +108,7 @@ pub struct Probes {
     // Keeps programs and their links alive: dropping it detaches everything.
     _ebpf: Ebpf,
     watched: HashMap<MapData, FileKey, u32>,
+    watched_inodes: Array<MapData, u64>,
     watched_env: HashMap<MapData, [u8; ENV_NAME_LEN], u8>,
     watched_env_suffix: HashMap<MapData, [u8; ENV_SUFFIX_LEN], u8>,
     lost: Array<MapData, u64>,
@@ -203,6 +205,7 @@ impl Probes {
             from_registers,
             io_uring: io_uring.map(|t| t.name),
             watched: take_map(&mut ebpf, maps::WATCHED)?,
+            watched_inodes: take_map(&mut ebpf, maps::WATCHED_INODES)?,
             watched_env: take_map(&mut ebpf, maps::WATCHED_ENV)?,
             watched_env_suffix: take_map(&mut ebpf, maps::WATCHED_ENV_SUFFIX)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
@@ -214,6 +217,18 @@ impl Probes {
 
     /// Report opens of `key` from now on, tagged with `id`.
     pub fn watch(&mut self, key: FileKey, id: u32) -> Result<(), ProbeError> {
+        // The filter first: the kernel looks in the map only past it.
+        let (word, bit) = watched_inode_bit(key.ino);
+        let filter_err = |source| ProbeError::Map {
+            name: maps::WATCHED_INODES,
+            source,
+        };
+        let bits = self.watched_inodes.get(&word, 0).map_err(filter_err)?;
+        if bits & bit == 0 {
+            self.watched_inodes
+                .set(word, &(bits | bit), 0)
+                .map_err(filter_err)?;
+        }
         self.watched
             .insert(&key, &id, 0)
             .map_err(|source| match &source {
@@ -498,6 +513,7 @@ mod tests {
             maps::LOST,
             maps::ERRORS,
             maps::WATCHED,
+            maps::WATCHED_INODES,
             maps::WATCHED_ENV,
             maps::WATCHED_ENV_SUFFIX,
             maps::NAME_RULES,
