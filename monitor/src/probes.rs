@@ -113,7 +113,7 @@ pub struct Probes {
     /// What `env_filter_map` holds: the pre-test of both maps above.
     env_filter: EnvFilter,
     env_filter_map: Array<MapData, EnvFilter>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: Array<MapData, u64>,
     errors: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -323,7 +323,10 @@ impl Probes {
     /// Events dropped so far because the ring buffer was full, all CPUs:
     /// one map read, cheap enough to look at often during a drain.
     pub fn lost(&self) -> Result<u64, ProbeError> {
-        per_cpu_sum(&self.lost, maps::LOST, 0)
+        self.lost.get(&0, 0).map_err(|source| ProbeError::Map {
+            name: maps::LOST,
+            source,
+        })
     }
 }
 
