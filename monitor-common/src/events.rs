@@ -83,6 +83,10 @@ pub struct EventHeader {
     pub start_ns: u64,
     /// cgroup v2 id (the inode of its directory in cgroupfs).
     pub cgroup_id: u64,
+    /// The kernel's count of lost events when this one was written: a rise
+    /// from one record to the next says events were lost before this one,
+    /// without the reader having to ask the kernel at every record.
+    pub lost_before: u64,
     pub comm: [u8; COMM_LEN],
 }
 

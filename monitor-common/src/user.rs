@@ -143,6 +143,20 @@ pub enum DecodeError {
 }
 
 impl KernelEvent {
+    /// Who did it, and when.
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            Self::Open(Open { header, .. })
+            | Self::Exec(Exec { header, .. })
+            | Self::DeniedOpen(DeniedOpen { header, .. })
+            | Self::EnvironRead { header, .. }
+            | Self::IoUringOpen { header, .. }
+            | Self::NameRuleOpen(NameRuleOpen { header, .. })
+            | Self::Exit(header)
+            | Self::Fork { header, .. } => header,
+        }
+    }
+
     /// Decode one ring-buffer record.
     pub fn decode(record: &[u8]) -> Result<Self, DecodeError> {
         let header: EventHeader =
@@ -316,6 +330,7 @@ mod tests {
             boot_ns: 5,
             start_ns: 1,
             cgroup_id: 1,
+            lost_before: 0,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }

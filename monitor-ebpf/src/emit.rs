@@ -2,6 +2,8 @@
 //! that reserves, fills and submits a record, and the per-CPU counters of
 //! what could not be sent or read.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -29,7 +31,7 @@ pub fn emit<T: Data + 'static>(
     fill: impl FnOnce(*mut T) -> kernel::Result<()>,
 ) -> kernel::Result<()> {
     let Some(mut entry) = EVENTS.reserve::<Event<T>>(0) else {
-        count(&LOST, 0);
+        count_lost();
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
@@ -66,6 +68,16 @@ pub fn run(program: Program, result: kernel::Result<()>) {
     }
 }
 
+/// Rare, and never on the hot path: a failed reservation.
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: a live, 8-byte aligned map value; every writer adds to
+        // it atomically (an `XADD`: the result is not used).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+    }
+}
+
 #[inline(always)]
 fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
     if let Some(n) = counters.get_ptr_mut(index) {
@@ -81,6 +93,9 @@ fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
 unsafe fn fill_header(h: *mut EventHeader, kind: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    // Read before the clock: a loss counted by now happened before
+    // `boot_ns`, which the reader takes as the loss's time.
+    let lost_before = LOST.get(0).copied().unwrap_or(0);
     // A failed read leaves the field at its "unknown" value.
     let facts = task_facts(Task::current()).unwrap_or(TaskFacts {
         ppid: 0,
@@ -101,6 +116,7 @@ unsafe fn fill_header(h: *mut EventHeader, kind: u32) {
         (*h).boot_ns = bpf_ktime_get_boot_ns();
         (*h).start_ns = facts.start_ns;
         (*h).cgroup_id = bpf_get_current_cgroup_id();
+        (*h).lost_before = lost_before;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
 }

@@ -20,6 +20,10 @@
 //! - `path_walk`: a dentry's path, as `d_path` would give it.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no `AtomicU64::fetch_add` (no compare-and-swap); the
+// intrinsic is the kernel's atomic add.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod emit;

@@ -65,10 +65,12 @@ pub static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Events that did not fit in `EVENTS`, per CPU: the kernel does not count
-/// a failed reservation for us.
+/// Events that did not fit in `EVENTS`: the kernel does not count a failed
+/// reservation for us. One counter for all CPUs, added to atomically, so
+/// that every event header can carry it and the reader sees a loss at the
+/// first record after it.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOST: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Failed kernel reads and map updates, per CPU, by program.
 #[map]

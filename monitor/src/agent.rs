@@ -213,16 +213,15 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
     let mut reload_again = false;
     // The file outputs SIGHUP reopened, for the `reloaded` event.
     let mut reopened = Vec::new();
-    let mut losses = Losses::default();
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses, &mut outputs)?;
+                drain(guard.get_inner_mut(), &mut pipeline, &mut probes, &mut budget, &mut outputs)?;
                 guard.clear_ready();
             }
             _ = poll.tick() => {
-                drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget, &mut losses, &mut outputs)?;
+                drain(ring.get_mut(), &mut pipeline, &mut probes, &mut budget, &mut outputs)?;
             }
             Some(change) = changes.recv() => apply(&mut probes, &mut pipeline, &mut budget, change),
             Some(report) = found.recv() => {
@@ -350,7 +349,6 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
         &mut pipeline,
         &mut probes,
         &mut budget,
-        &mut losses,
         &mut outputs,
     )?;
     outputs.route(pipeline.flush_folds());
@@ -718,42 +716,14 @@ fn run_ops(probes: &mut Probes, budget: &mut WatchBudget, ops: &[MapOp]) {
     }
 }
 
-/// What the drain knows of the kernel's lost events.
-#[derive(Default)]
-struct Losses {
-    seen: u64,
-}
-
-impl Losses {
-    /// Tell the pipeline when the kernel lost events since the last look:
-    /// before the records after the loss are handled, since a lost exec
-    /// or fork makes what the process table knows stale.
-    fn check(&mut self, probes: &Probes, pipeline: &mut Pipeline) -> anyhow::Result<()> {
-        let total = probes.lost()?;
-        if total > self.seen {
-            self.seen = total;
-            let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
-            let boot_ns = u64::try_from(boot.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(boot.tv_nsec()).unwrap_or(0);
-            pipeline.events_lost(boot_ns);
-        }
-        Ok(())
-    }
-}
-
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     probes: &mut Probes,
     budget: &mut WatchBudget,
-    losses: &mut Losses,
     outputs: &mut Outputs,
 ) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
-        // Looked at with each record in hand: a loss counted before it was
-        // made is known before it is attributed (a loss noticed only
-        // every few records let a forked child pass as its parent).
-        losses.check(probes, pipeline)?;
         outputs.route(pipeline.handle(&record));
     }
     // Files already inventoried by another name are watched from now on.

@@ -109,6 +109,8 @@ pub struct Pipeline {
     own: OwnExe,
     /// Events of the record being handled.
     produced: Vec<Event>,
+    /// The kernel's lost-event count in the last record's header.
+    lost_before: u64,
 }
 
 enum Discoverer {
@@ -187,6 +189,7 @@ impl Pipeline {
             edits: Vec::new(),
             own: OwnExe::of_this_process(),
             produced: Vec::new(),
+            lost_before: 0,
         })
     }
 
@@ -209,11 +212,11 @@ impl Pipeline {
         self.watch.apply(change)
     }
 
-    /// The kernel lost events, the last of them at or before `boot_ns`
-    /// (the boot clock when the loss was noticed): from now on a process
-    /// is attributed only when an exec or fork seen since, or `/proc`,
-    /// vouches for what runs.
-    pub fn events_lost(&mut self, boot_ns: u64) {
+    /// The kernel lost events, the last of them before `boot_ns` (the
+    /// first record written after them): from now on a process is
+    /// attributed only when an exec or fork seen since, or `/proc`, vouches
+    /// for what runs.
+    fn events_lost(&mut self, boot_ns: u64) {
         self.procs.on_loss(boot_ns);
         self.identities.forget_all();
     }
@@ -253,6 +256,13 @@ impl Pipeline {
                 return;
             }
         };
+        // Before this record is handled: a lost exec or fork makes what
+        // the process table knows stale.
+        let header = ev.header();
+        if header.lost_before > self.lost_before {
+            self.lost_before = header.lost_before;
+            self.events_lost(header.boot_ns);
+        }
         match ev {
             KernelEvent::Exec(exec) => self.exec(exec),
             KernelEvent::Fork { header, child_pid } => {
@@ -742,6 +752,7 @@ mod tests {
             boot_ns: 1_000,
             start_ns: 500,
             cgroup_id: 1,
+            lost_before: 0,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }
@@ -852,13 +863,15 @@ mod tests {
             },
         };
         out.extend(p.handle(&bytes_of(&fork)));
-        p.events_lost(1_500);
+        // The first record written after the loss says so.
         let mut open = open_of(child, key, libc::O_RDONLY);
         open.header.boot_ns = 2_000;
+        open.header.lost_before = 1;
         out.extend(p.handle(&bytes_of(&open)));
         out.extend(p.flush_folds());
         let mut exec = exec_of(child, b"/usr/bin/cat");
         exec.header.boot_ns = 3_000;
+        exec.header.lost_before = 1;
         out.extend(p.handle(&bytes_of(&exec)));
         open.header.boot_ns = 4_000;
         out.extend(p.handle(&bytes_of(&open)));

@@ -109,7 +109,7 @@ pub struct Probes {
     watched: HashMap<MapData, FileKey, u32>,
     watched_env: HashMap<MapData, [u8; ENV_NAME_LEN], u8>,
     watched_env_suffix: HashMap<MapData, [u8; ENV_SUFFIX_LEN], u8>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: Array<MapData, u64>,
     errors: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -302,7 +302,10 @@ impl Probes {
     /// Events dropped so far because the ring buffer was full, all CPUs:
     /// one map read, cheap enough to look at often during a drain.
     pub fn lost(&self) -> Result<u64, ProbeError> {
-        per_cpu_sum(&self.lost, maps::LOST, 0)
+        self.lost.get(&0, 0).map_err(|source| ProbeError::Map {
+            name: maps::LOST,
+            source,
+        })
     }
 }
 

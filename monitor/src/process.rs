@@ -388,6 +388,7 @@ mod tests {
             boot_ns: 0,
             start_ns: 0,
             cgroup_id: 1,
+            lost_before: 0,
             comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }
