@@ -52,7 +52,7 @@ enum Step {
     Keep(String),
     /// Started once the named running outputs (that wrote where it writes)
     /// have stopped.
-    Start(OutputSpec, Vec<String>),
+    Start(Box<OutputSpec>, Vec<String>),
 }
 
 fn plan(running: &[OutputSpec], new: &[OutputSpec]) -> Plan {
@@ -76,7 +76,7 @@ fn plan(running: &[OutputSpec], new: &[OutputSpec]) -> Plan {
             .filter(|name| !successors.contains(name))
             .collect();
         successors.extend(predecessors.iter().cloned());
-        outputs.push(Step::Start(spec.clone(), predecessors));
+        outputs.push(Step::Start(Box::new(spec.clone()), predecessors));
     }
     for r in running {
         if !new.iter().any(|n| n.name == r.name) {
@@ -162,11 +162,11 @@ impl Stager {
             let staging = match step {
                 Step::Keep(name) => Ok(Staging::Keep(name)),
                 Step::Start(spec, predecessors) if predecessors.is_empty() => {
-                    start_one(spec, &self.context).map(Staging::Running)
+                    start_one(*spec, &self.context).map(Staging::Running)
                 }
                 Step::Start(spec, predecessors) => {
                     Sender::for_output(&spec).map(|sender| Staging::After {
-                        spec,
+                        spec: *spec,
                         sender,
                         predecessors,
                     })
@@ -369,7 +369,7 @@ mod tests {
             p.outputs,
             vec![
                 Step::Keep("events".into()),
-                Step::Start(new[1].clone(), vec![])
+                Step::Start(Box::new(new[1].clone()), vec![])
             ]
         );
         assert_eq!(p.stopped, names(&["siem"]));
@@ -390,7 +390,7 @@ mod tests {
         let p = plan(&running, &new);
         assert_eq!(
             p.outputs,
-            vec![Step::Start(new[0].clone(), names(&["siem"]))]
+            vec![Step::Start(Box::new(new[0].clone()), names(&["siem"]))]
         );
         assert!(p.stopped.is_empty());
         assert_eq!(p.changes.changed, names(&["siem"]));
@@ -401,7 +401,10 @@ mod tests {
         let running = specs(&[("a", "/var/log/secretmon/events.jsonl"), ("stdout", "-")]);
         let new = specs(&[("b", "/var/log/secretmon/events.jsonl")]);
         let p = plan(&running, &new);
-        assert_eq!(p.outputs, vec![Step::Start(new[0].clone(), names(&["a"]))]);
+        assert_eq!(
+            p.outputs,
+            vec![Step::Start(Box::new(new[0].clone()), names(&["a"]))]
+        );
         // Stdout has no successor: it just stops.
         assert_eq!(p.stopped, names(&["stdout"]));
         assert_eq!(
@@ -420,7 +423,10 @@ mod tests {
         let running = specs(&[("siem", "syslog+tcp://siem.example:514")]);
         let new = specs(&[("siem-eu", "syslog+tcp://siem.example:514")]);
         let p = plan(&running, &new);
-        assert_eq!(p.outputs, vec![Step::Start(new[0].clone(), vec![])]);
+        assert_eq!(
+            p.outputs,
+            vec![Step::Start(Box::new(new[0].clone()), vec![])]
+        );
         assert_eq!(p.stopped, names(&["siem"]));
     }
 
