@@ -5,7 +5,8 @@
 //! full queue drops and counts. Stdout and files write lines; network
 //! outputs (syslog, HTTP) write to an on-disk [`spool`] first and deliver
 //! from it in order, retrying with backoff and jitter while the receiver is
-//! down, and say once when it went away and once when it is back.
+//! down, and say once when it went away and once when it is back. SIGHUP
+//! swaps in a changed set of outputs without dropping an event (see `swap`).
 
 pub mod config;
 pub mod file;
@@ -200,14 +201,19 @@ impl Outputs {
                     Ok(()) => {
                         out.metrics.queued.inc();
                     }
-                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    Err(e) => {
                         out.metrics.dropped.inc();
                         if out
                             .full_warned
                             .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
                         {
+                            // Not running: a reload could not open its target.
+                            let why = match e {
+                                TrySendError::Full(_) => "queue full",
+                                TrySendError::Disconnected(_) => "not running",
+                            };
                             tracing::warn!(
-                                "output {}: queue full, events dropped (see \
+                                "output {}: {why}, events dropped (see \
                                  secretmon_output_dropped_events_total)",
                                 out.spec.name
                             );
