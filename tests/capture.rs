@@ -220,6 +220,51 @@ fn secret_env_names_are_reported_and_values_never() {
     assert_no_planted(&[&all, &stderr]);
 }
 
+/// Names far into a large environment, after values of almost the 4 KiB an
+/// entry may have, one across the block's first 4 KiB, are found, and
+/// unwatched ones that pass the kernel's pre-test on length and first byte
+/// are not reported.
+#[test]
+fn secret_env_names_past_the_first_4_kib_are_reported() {
+    if !can_load_probes("secret_env_names_past_the_first_4_kib_are_reported") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    // std passes the variables in name order. `A_FILLER=x…\0` takes the
+    // block's first 4,091 bytes, so the next name spans byte 4,096.
+    let filler = "x".repeat(4090 - "A_FILLER=".len());
+    let pid = run_ok(
+        Command::new("/bin/true")
+            .env_clear()
+            .env("A_FILLER", &filler)
+            .env("B_ACROSS_TOKEN", PLANTED)
+            .env("C_LONG_SETTING", "y".repeat(4000))
+            .env("D_AFTER_PASSWORD", PLANTED)
+            // Same length and first byte as a watched name or suffix.
+            .env("PGPASSWORX", PLANTED)
+            .env("E_HARMLESS_TOKEX", "z=\u{e9}=="),
+    );
+    let names = std::cell::RefCell::new(Vec::new());
+    agent.wait_for(WAIT, |v| {
+        if v["kind"] == "secret_in_env" && v["process"]["pid"] == pid {
+            names
+                .borrow_mut()
+                .push(v["secret"]["env_name"].as_str().unwrap().to_string());
+        }
+        names.borrow().len() == 2
+    });
+    let mut names = names.into_inner();
+    names.sort();
+    assert_eq!(names, ["B_ACROSS_TOKEN", "D_AFTER_PASSWORD"]);
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    let all = lines.join("\n");
+    assert!(
+        !all.contains("HARMLESS") && !all.contains("FILLER") && !all.contains("PGPASSWORX"),
+        "an unwatched name was reported"
+    );
+    assert_no_planted(&[&all, &stderr]);
+}
+
 #[test]
 fn a_token_on_a_command_line_is_reported_redacted() {
     if !can_load_probes("a_token_on_a_command_line_is_reported_redacted") {

@@ -77,6 +77,68 @@ impl NameScan {
     }
 }
 
+/// A pre-test of the names the scan finds, before the hash lookups of
+/// `WATCHED_ENV` and `WATCHED_ENV_SUFFIX`: the lengths and first bytes of
+/// the watched names and suffixes. Most names of an ordinary environment
+/// (`PATH`, `HOME`, `XDG_RUNTIME_DIR`) fail it. The agent adds each name
+/// it watches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnvFilter {
+    /// Bit `n`: some watched name is `n` bytes long.
+    pub exact_lens: u64,
+    /// Bit `b % 64` of word `b / 64`: some watched name starts with `b`.
+    pub exact_first: [u64; 4],
+    /// Bit `n`: some watched suffix, its `_` included, is `n` bytes long.
+    pub suffix_lens: u64,
+    /// Bit `b % 64` of word `b / 64`: some watched suffix's byte after its
+    /// `_` is `b`.
+    pub suffix_first: [u64; 4],
+}
+
+impl EnvFilter {
+    pub const EMPTY: Self = Self {
+        exact_lens: 0,
+        exact_first: [0; 4],
+        suffix_lens: 0,
+        suffix_first: [0; 4],
+    };
+
+    /// Watch the exact name `name` (not empty, shorter than 64 bytes).
+    pub fn add_name(&mut self, name: &[u8]) {
+        self.exact_lens |= 1 << (name.len() & 63);
+        set(&mut self.exact_first, name.first().copied().unwrap_or(0));
+    }
+
+    /// Watch names ending in `suffix` (`_TOKEN`).
+    pub fn add_suffix(&mut self, suffix: &[u8]) {
+        self.suffix_lens |= 1 << (suffix.len() & 63);
+        set(&mut self.suffix_first, suffix.get(1).copied().unwrap_or(0));
+    }
+
+    /// Whether a name `len` bytes long starting with `first` may be watched.
+    #[inline(always)]
+    pub fn may_be_name(&self, first: u8, len: u64) -> bool {
+        self.exact_lens >> (len & 63) & 1 != 0 && has(&self.exact_first, first)
+    }
+
+    /// Whether a name's part from one of its `_` on, `len` bytes long and
+    /// `first` after the `_`, may be a watched suffix.
+    #[inline(always)]
+    pub fn may_be_suffix(&self, first: u8, len: u64) -> bool {
+        self.suffix_lens >> (len & 63) & 1 != 0 && has(&self.suffix_first, first)
+    }
+}
+
+fn set(bits: &mut [u64; 4], b: u8) {
+    bits[usize::from(b >> 6)] |= 1 << (b & 63);
+}
+
+#[inline(always)]
+fn has(bits: &[u64; 4], b: u8) -> bool {
+    bits[usize::from(b >> 6)] >> (b & 63) & 1 != 0
+}
+
 /// 0x80 in every byte of `v` that is zero, 0 elsewhere.
 #[inline(always)]
 fn zero_bytes(v: u64) -> u64 {
@@ -198,6 +260,30 @@ mod tests {
             (21, 1, 17, 10)
         );
         assert_eq!(&name[..22], b"AWS_SECRET_ACCESS_KEY\0");
+    }
+
+    #[test]
+    fn the_filter_passes_every_watched_name_and_few_others() {
+        let mut filter = EnvFilter::EMPTY;
+        for name in ["PGPASSWORD", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY"] {
+            filter.add_name(name.as_bytes());
+        }
+        for suffix in ["_TOKEN", "_API_KEY", "_PRIVATE_KEY"] {
+            filter.add_suffix(suffix.as_bytes());
+        }
+        let name = |n: &str| filter.may_be_name(n.as_bytes()[0], n.len() as u64);
+        let suffix = |s: &str| filter.may_be_suffix(s.as_bytes()[1], s.len() as u64);
+        assert!(name("PGPASSWORD") && name("GITHUB_TOKEN") && name("AWS_SECRET_ACCESS_KEY"));
+        assert!(suffix("_TOKEN") && suffix("_API_KEY") && suffix("_PRIVATE_KEY"));
+        for unwatched in ["PATH", "HOME", "SHELL", "XDG_RUNTIME_DIR", "LS_COLORS"] {
+            assert!(!name(unwatched), "{unwatched}");
+        }
+        for unwatched in ["_DIR", "_RUNTIME_DIR", "_COLORS", "_CONNECTION", "_ID"] {
+            assert!(!suffix(unwatched), "{unwatched}");
+        }
+        // High bytes and lengths past 63 stay within the bitmaps.
+        assert!(!filter.may_be_name(0xff, 200));
+        assert!(!EnvFilter::EMPTY.may_be_suffix(b'T', 6));
     }
 
     /// Random entries over the bytes that matter, the high ones included.

@@ -135,6 +135,8 @@ pub mod maps {
     pub const WATCHED: &str = "WATCHED";
     pub const WATCHED_ENV: &str = "WATCHED_ENV";
     pub const WATCHED_ENV_SUFFIX: &str = "WATCHED_ENV_SUFFIX";
+    /// The pre-test of both: [`crate::env_name::EnvFilter`], one entry.
+    pub const ENV_FILTER: &str = "ENV_FILTER";
     pub const NAME_RULES: &str = "NAME_RULES";
     /// The `CAPTURE_*` switches.
     pub const CAPTURE: &str = "CAPTURE";

@@ -22,6 +22,7 @@ unsafe impl aya::Pod for KernelOffsets {}
 unsafe impl aya::Pod for IoUringLayout {}
 unsafe impl aya::Pod for NameRule {}
 unsafe impl aya::Pod for NameFilter {}
+unsafe impl aya::Pod for crate::env_name::EnvFilter {}
 
 /// How an open reached the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,12 +3,12 @@
 
 use monitor_common::{
     ENV_NAME_LEN, ENV_NAMES_MAX, ENV_SUFFIX_LEN, ExecData,
-    env_name::{NAME_WORDS, NameScan},
+    env_name::{EnvFilter, NAME_WORDS, NameScan},
 };
 
 use crate::{
     kernel::{self, ReadError},
-    maps::{ENV_SCRATCH, WATCHED_ENV, WATCHED_ENV_SUFFIX},
+    maps::{ENV_FILTER, ENV_SCRATCH, WATCHED_ENV, WATCHED_ENV_SUFFIX},
 };
 
 /// Bytes of one environment entry read at a time; an entry longer than this
@@ -42,6 +42,8 @@ pub struct EnvScratch {
 /// `ev` points into a live reservation.
 pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Result<()> {
     let scratch = ENV_SCRATCH.get_ptr_mut(0).ok_or(ReadError)?;
+    // SAFETY: an array map's value, there while the program runs.
+    let filter = unsafe { &*ENV_FILTER.get_ptr(0).ok_or(ReadError)? };
     let mut pos = start;
     for _ in 0..ENV_ENTRIES_MAX {
         if pos >= end {
@@ -56,13 +58,14 @@ pub unsafe fn scan_env(ev: *mut ExecData, start: u64, end: u64) -> kernel::Resul
         };
         let (name_len, has_eq, last_us, prev_us) = unsafe { copy_name(scratch) };
         if has_eq != 0 && name_len > 0 {
-            let watched =
-                unsafe { WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>()) }
-                    .is_some()
-                    || (last_us < ENV_NAME_LEN as u64
-                        && unsafe { suffix_watched(scratch, last_us) })
-                    || (prev_us < ENV_NAME_LEN as u64
-                        && unsafe { suffix_watched(scratch, prev_us) });
+            let first = unsafe { (*scratch).name[0] };
+            let watched = (filter.may_be_name(first, name_len)
+                && unsafe {
+                    WATCHED_ENV.get(&*(*scratch).name.as_ptr().cast::<[u8; ENV_NAME_LEN]>())
+                }
+                .is_some())
+                || unsafe { suffix_watched(scratch, filter, name_len, last_us) }
+                || unsafe { suffix_watched(scratch, filter, name_len, prev_us) };
             if watched {
                 let count = unsafe { (*ev).env_count } as usize;
                 if count >= ENV_NAMES_MAX {
@@ -126,14 +129,27 @@ unsafe fn copy_name(scratch: *mut EnvScratch) -> (u64, u64, u64, u64) {
     (st.len, st.has_eq, st.last_us, st.prev_us)
 }
 
-/// Is the name from `from` on a watched suffix? `from` is a `_` position:
-/// a name without one is not looked up.
+/// Is the name, `len` bytes long, from `from` on a watched suffix? `from`
+/// is a `_` position, `ENV_NAME_LEN` for none: a name without one is not
+/// looked up, nor one whose suffix fails the filter.
 /// Inlined: a call from `exec_args` would stack its frame on that one's.
 #[inline(always)]
-unsafe fn suffix_watched(scratch: *mut EnvScratch, from: u64) -> bool {
+unsafe fn suffix_watched(
+    scratch: *mut EnvScratch,
+    filter: &EnvFilter,
+    len: u64,
+    from: u64,
+) -> bool {
+    if from >= ENV_NAME_LEN as u64 {
+        return false;
+    }
     // Hidden from the compiler, which knows `from < ENV_NAME_LEN` from the
-    // caller and would drop the mask below; older verifiers need the mask.
+    // check above and would drop the masks below; older verifiers need them.
     let from = unsafe { core::ptr::read_volatile(&from) };
+    let after = unsafe { (*scratch).name[(from as usize + 1) & (NAME_SCRATCH_LEN - 1)] };
+    if !filter.may_be_suffix(after, len.wrapping_sub(from)) {
+        return false;
+    }
     for t in 0..ENV_SUFFIX_LEN {
         let i = (from as usize + t) & (NAME_SCRATCH_LEN - 1);
         unsafe { (*scratch).suffix[t] = (*scratch).name[i] };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ENV_NAME_LEN, ENV_SUFFIX_LEN, FileKey, IoUringLayout, KernelOffsets, NameFilter, NameRule,
-    RULE_NAME_LEN, names::Program,
+    RULE_NAME_LEN, env_name::EnvFilter, names::Program,
 };
 
 use crate::{env_scan::EnvScratch, opens::PendingOpen};
@@ -110,6 +110,12 @@ pub static WATCHED_ENV: HashMap<[u8; ENV_NAME_LEN], u8> = HashMap::with_max_entr
 #[map]
 pub static WATCHED_ENV_SUFFIX: HashMap<[u8; ENV_SUFFIX_LEN], u8> =
     HashMap::with_max_entries(256, 0);
+
+/// The lengths and first bytes of the watched environment names and
+/// suffixes, tested before the lookups in the two maps above. Filled by the
+/// agent with them.
+#[map]
+pub static ENV_FILTER: Array<EnvFilter> = Array::with_max_entries(1, 0);
 
 /// Per-CPU working memory for the environment scan: too big for the stack.
 #[map]

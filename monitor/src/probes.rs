@@ -15,6 +15,7 @@ use aya::{
 use monitor_common::{
     CAPTURE_LSM_OPENS, ENV_NAME_LEN, ENV_SUFFIX_LEN, FileKey, IoUringLayout, NameRule,
     RULE_NAME_LEN,
+    env_name::EnvFilter,
     names::{Hook, Program, maps},
     user::padded,
 };
@@ -109,6 +110,9 @@ pub struct Probes {
     watched: HashMap<MapData, FileKey, u32>,
     watched_env: HashMap<MapData, [u8; ENV_NAME_LEN], u8>,
     watched_env_suffix: HashMap<MapData, [u8; ENV_SUFFIX_LEN], u8>,
+    /// What `env_filter_map` holds: the pre-test of both maps above.
+    env_filter: EnvFilter,
+    env_filter_map: Array<MapData, EnvFilter>,
     lost: Array<MapData, u64>,
     errors: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -205,6 +209,8 @@ impl Probes {
             watched: take_map(&mut ebpf, maps::WATCHED)?,
             watched_env: take_map(&mut ebpf, maps::WATCHED_ENV)?,
             watched_env_suffix: take_map(&mut ebpf, maps::WATCHED_ENV_SUFFIX)?,
+            env_filter: EnvFilter::EMPTY,
+            env_filter_map: take_map(&mut ebpf, maps::ENV_FILTER)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
             errors: take_map(&mut ebpf, maps::ERRORS)?,
             events: Some(take_map(&mut ebpf, maps::EVENTS)?),
@@ -246,17 +252,32 @@ impl Probes {
             name: maps::WATCHED_ENV,
             source,
         };
+        let mut filter = self.env_filter;
         match pattern {
             EnvPattern::Exact(name) => {
                 let key = padded::<ENV_NAME_LEN>(name).ok_or(ProbeError::EnvName(name.clone()))?;
-                self.watched_env.insert(&key, &1, 0).map_err(map_err)
+                self.watched_env.insert(&key, &1, 0).map_err(map_err)?;
+                filter.add_name(name.as_bytes());
             }
             EnvPattern::Suffix(suffix) => {
                 let key =
                     padded::<ENV_SUFFIX_LEN>(suffix).ok_or(ProbeError::EnvName(suffix.clone()))?;
-                self.watched_env_suffix.insert(&key, &1, 0).map_err(map_err)
+                self.watched_env_suffix
+                    .insert(&key, &1, 0)
+                    .map_err(map_err)?;
+                filter.add_suffix(suffix.as_bytes());
             }
         }
+        // After the maps: the kernel side may pass a name only once its
+        // entry is there.
+        self.env_filter_map
+            .set(0, &filter, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::ENV_FILTER,
+                source,
+            })?;
+        self.env_filter = filter;
+        Ok(())
     }
 
     /// The ring buffer, handed over once to the reader, registered with
@@ -500,6 +521,7 @@ mod tests {
             maps::WATCHED,
             maps::WATCHED_ENV,
             maps::WATCHED_ENV_SUFFIX,
+            maps::ENV_FILTER,
             maps::NAME_RULES,
             maps::CAPTURE,
         ] {
