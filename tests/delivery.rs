@@ -20,8 +20,8 @@ use nix::sys::signal::Signal;
 use secretmon::{
     event::{
         Access, Agent, AgentStatus, Body, Capture, EnvSecret, EnvironRead, Event, FindingBody,
-        Host, IoUringOpen, Process, ReloadSummary, Secret, SecretInArgv, SecretInEnv, SecretRead,
-        Target,
+        Host, IoUringOpen, OutputChanges, Process, ReloadSummary, Secret, SecretInArgv,
+        SecretInEnv, SecretRead, Target,
     },
     findings::{Evidence, Finding, FindingIdentity, FindingSecret, FindingType},
     identity::{
@@ -258,8 +258,13 @@ fn every_kind() -> Vec<Event> {
             watch_overflow: None,
             reload: matches!(status, AgentStatus::Reloaded).then(|| ReloadSummary {
                 reopened: vec!["/var/log/secretmon/events.jsonl".into()],
-                applied: vec!["agent.watch".into()],
+                applied: vec!["agent.watch".into(), "output".into()],
                 restart_needed: vec!["capture.opens".into()],
+                outputs: OutputChanges {
+                    added: vec!["siem".into()],
+                    changed: vec![],
+                    removed: vec!["webhook".into()],
+                },
                 watched: 12,
                 added: 1,
                 removed: 0,
@@ -523,6 +528,66 @@ key = "{key}"
         assert_no_planted(&[&lines.join("\n")]);
     }
     assert_no_planted(&[&stdout.join("\n"), &stderr]);
+}
+
+/// SIGHUP rebuilds a changed syslog output while its receiver is down: the
+/// new output takes over the spool the old one left (never two writers on
+/// it), and once rsyslogd is back it has every event the agent made, once
+/// and in order, from before the reload, across it and after it.
+#[test]
+fn sighup_rebuilds_a_syslog_output_on_its_spool_and_rsyslog_gets_every_event_once() {
+    if !can_load_probes(
+        "sighup_rebuilds_a_syslog_output_on_its_spool_and_rsyslog_gets_every_event_once",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = plant_secret(dir.path());
+    let certs = Certs::make(dir.path());
+    let mut rsyslog = Rsyslog::start(&dir.path().join("rsyslog"), &certs);
+    let port = rsyslog.tcp_port;
+    let outputs = |facility: &str| {
+        format!(
+            "[[output]]\nurl = \"-\"\n\n[[output]]\nurl = \"syslog+tcp://127.0.0.1:{port}\"\n\
+             name = \"siem\"\nfacility = \"{facility}\"\n"
+        )
+    };
+    let mut agent = start_with_outputs(dir.path(), &secret, &outputs("authpriv"));
+    const WAIT: Duration = Duration::from_secs(60);
+    reads(&secret, 5);
+    let mut ids = read_ids(&mut agent, &secret, 5);
+    rsyslog.wait_for("tcp", WAIT, |l| has_all(l, &ids));
+
+    rsyslog.pause();
+    reads(&secret, 5);
+    let events = collect(&mut agent, |e| {
+        ids_of_reads(e, &secret).len() >= 5 && said_of_each(e, "output_down", &["siem"])
+    });
+    ids.extend(ids_of_reads(&events, &secret));
+    std::fs::write(dir.path().join("secretmon.toml"), outputs("local0")).unwrap();
+    agent.signal(Signal::SIGHUP);
+    let reloaded = agent.wait_for(WAIT, |v| v["status"] == "reloaded");
+    assert_eq!(
+        reloaded["reload"]["outputs"],
+        serde_json::json!({"added": [], "changed": ["siem"], "removed": []}),
+        "{reloaded}"
+    );
+    reads(&secret, 5);
+    ids.extend(read_ids(&mut agent, &secret, 5));
+    rsyslog.resume();
+    rsyslog.wait_for("tcp", WAIT, |l| has_all(l, &ids));
+
+    let (code, stdout, stderr) = agent.stop(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let all = native_ids(&stdout);
+    rsyslog.wait_for("tcp", WAIT, |l| has_all(l, &all));
+    let received = rsyslog.lines("tcp");
+    assert_once_in_order(&native_ids(&received), &all, "tcp");
+    assert!(
+        stderr.contains("outputs added: none, changed: siem, removed: none"),
+        "{stderr}"
+    );
+    assert_no_planted(&[&received.join("\n"), &stdout.join("\n"), &stderr]);
 }
 
 #[test]

@@ -296,6 +296,148 @@ fn sighup_under_a_burst_reopens_the_output_and_loses_nothing() {
     support::assert_no_planted(&[&all, &stderr]);
 }
 
+/// `[[output]]` changes on SIGHUP, under a burst of reads: a second file
+/// output is added, then the first is rebuilt on its file (another
+/// rotation setting) and the second removed. Every read is counted once in
+/// the first file; the second holds exactly the events routed while it ran,
+/// from the `reloaded` event that added it to the one that removed it.
+#[test]
+fn sighup_adds_changes_and_removes_outputs_under_a_burst_and_loses_nothing() {
+    use nix::sys::signal::Signal;
+    if !support::can_load_probes(
+        "sighup_adds_changes_and_removes_outputs_under_a_burst_and_loses_nothing",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = support::plant_secret(dir.path());
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let config = dir.path().join("config.toml");
+    let write_config = |outputs: &[(&str, &std::path::Path, &str)]| {
+        let mut text = String::new();
+        for (name, path, extra) in outputs {
+            text += &format!("[[output]]\nname = {name:?}\nurl = {path:?}\n{extra}");
+        }
+        text += &format!("[agent]\nwatch = [{secret:?}]\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config(&[("a", &a, "")]);
+    let mut agent = support::Reaped::spawn(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let in_a = |pred: &dyn Fn(&Value) -> bool| {
+        std::fs::read_to_string(&a).is_ok_and(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| pred(&v))
+        })
+    };
+    support::wait_until("the agent started", || in_a(&|v| v["status"] == "started"));
+
+    // Reads until told to stop; then says how many it made.
+    let (stop, made) = (dir.path().join("stop"), dir.path().join("made"));
+    let mut burst = support::Reaped::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "n=0; while [ ! -e \"$2\" ]; do head -c1 \"$1\" >/dev/null; n=$((n+1)); done; \
+                 echo $n >\"$3\"",
+            )
+            .arg("sh")
+            .arg(&secret)
+            .arg(&stop)
+            .arg(&made),
+    );
+    let reloaded = |field: &'static str, name: &'static str| {
+        move |v: &Value| {
+            v["status"] == "reloaded" && v["reload"]["outputs"][field] == serde_json::json!([name])
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    write_config(&[("a", &a, ""), ("b", &b, "")]);
+    send(agent.child().id(), Signal::SIGHUP);
+    support::wait_until("b added", || in_a(&reloaded("added", "b")));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    write_config(&[("a", &a, "max_files = 3\n")]);
+    send(agent.child().id(), Signal::SIGHUP);
+    support::wait_until("b removed", || in_a(&reloaded("removed", "b")));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    assert!(burst.child().wait().unwrap().success());
+    let made: u64 = std::fs::read_to_string(&made)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Folded reads go out within a second.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    send(agent.child().id(), Signal::SIGTERM);
+    let done = agent.wait_with_output();
+    let stderr = String::from_utf8(done.stderr).unwrap();
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+
+    let in_a = events_in(std::slice::from_ref(&a));
+    let in_b = events_in(std::slice::from_ref(&b));
+    let counted = |events: &[Value]| -> u64 {
+        events
+            .iter()
+            .filter(|v| v["kind"] == "secret_read" && v["process"]["comm"] == "head")
+            .map(|v| v["access"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(counted(&in_a), made, "reads made vs reads counted in a");
+    let at = |pred: &dyn Fn(&Value) -> bool| in_a.iter().position(pred).unwrap();
+    let (added, removed) = (at(&reloaded("added", "b")), at(&reloaded("removed", "b")));
+    assert_eq!(
+        in_a[added]["reload"]["outputs"]["changed"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        in_a[removed]["reload"]["outputs"]["changed"],
+        serde_json::json!(["a"])
+    );
+    assert_eq!(
+        in_a[added]["reload"]["applied"],
+        serde_json::json!(["output"]),
+        "{}",
+        in_a[added]
+    );
+    let ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(&in_b),
+        ids(&in_a[added..removed]),
+        "b has what was routed while it ran, once each"
+    );
+    assert!(counted(&in_b) > 0, "the burst ran while b did");
+    assert_eq!(in_a.last().unwrap()["status"], "stopped");
+    assert_eq!(mode(&b), 0o600);
+    assert!(
+        stderr.contains("outputs added: b, changed: none, removed: none"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("outputs added: none, changed: a, removed: b"),
+        "{stderr}"
+    );
+    let all = [&in_a[..], &in_b[..]]
+        .concat()
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    support::assert_no_planted(&[&all, &stderr]);
+}
 /// SIGHUP reads the configuration again: a watch list edited in the file
 /// takes effect, a setting that needs a restart is named, a broken file
 /// leaves the running configuration in place; SIGQUIT stops like SIGTERM.

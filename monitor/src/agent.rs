@@ -36,7 +36,7 @@ use crate::{
     ledger::StateLock,
     metrics::Metrics,
     ocsf,
-    outputs::{Outputs, Report},
+    outputs::{Outputs, Report, Staged, Stager},
     pipeline::Pipeline,
     plan::RunPlan,
     preflight,
@@ -272,13 +272,14 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                     reload_again = true;
                 } else {
                     reload_running = true;
-                    start_reload(&reloader, &key, &reload_tx);
+                    start_reload(&reloader, &key, outputs.stager(), &reload_tx);
                 }
             }
             Some(prepared) = reloads.recv() => {
                 reload_running = false;
                 match prepared {
-                    Ok(prepared) => {
+                    Ok(mut prepared) => {
+                        let staged = prepared.outputs.take();
                         let applied = apply_reload(
                             prepared,
                             Reload {
@@ -297,8 +298,11 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                             findings_interval = applied.findings_interval;
                             periodic = tokio::time::interval(findings_interval);
                         }
+                        // The one point where events stop going to the
+                        // replaced outputs and go to the new ones.
                         let summary = ReloadSummary {
                             reopened: std::mem::take(&mut reopened),
+                            outputs: staged.map(|s| outputs.swap(s)).unwrap_or_default(),
                             ..applied.summary
                         };
                         emit_reloaded(&mut outputs, &pipeline.host, &reported, summary);
@@ -322,7 +326,7 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                 if reload_again {
                     reload_again = false;
                     reload_running = true;
-                    start_reload(&reloader, &key, &reload_tx);
+                    start_reload(&reloader, &key, outputs.stager(), &reload_tx);
                 } else {
                     service.ready(&format!("watching {} files", watched_count(&pipeline, &budget)));
                 }
@@ -468,14 +472,22 @@ fn follower(scanner: Scanner, plan: WatchPlan, records: &[Record]) -> std::io::R
 /// A configuration read again and the host scanned with it, ready to apply.
 struct Prepared {
     candidate: Candidate,
+    /// The outputs the new configuration adds or changes, started; taken
+    /// out to be swapped in.
+    outputs: Option<Staged>,
     scanner: Scanner,
     records: Vec<Record>,
     watch_plan: WatchPlan,
 }
 
-/// Read the configuration and rescan in a blocking task; the result comes
-/// back on `done`.
-fn start_reload(reloader: &Reloader, key: &Key, done: &mpsc::Sender<anyhow::Result<Prepared>>) {
+/// Read the configuration, start the outputs it adds or changes and rescan,
+/// in a blocking task; the result comes back on `done`.
+fn start_reload(
+    reloader: &Reloader,
+    key: &Key,
+    outputs: Stager,
+    done: &mpsc::Sender<anyhow::Result<Prepared>>,
+) {
     let reloader = reloader.clone();
     let key = key.clone();
     let done = done.clone();
@@ -484,11 +496,13 @@ fn start_reload(reloader: &Reloader, key: &Key, done: &mpsc::Sender<anyhow::Resu
             .read()
             .map_err(anyhow::Error::from)
             .and_then(|candidate| {
+                let staged = outputs.stage(candidate.plan.outputs.clone())?;
                 let scanner = host_scanner(&candidate.plan, key)?;
                 let (records, stats, watch_plan) = scanner.scan(&indicatif::ProgressBar::hidden());
                 tracing::info!("reload: inventory: {}", listing::summary(&stats));
                 Ok(Prepared {
                     candidate,
+                    outputs: Some(staged),
                     scanner,
                     records,
                     watch_plan,
@@ -526,6 +540,7 @@ fn apply_reload(prepared: Prepared, at: Reload<'_>) -> anyhow::Result<Applied> {
         scanner,
         records,
         watch_plan,
+        ..
     } = prepared;
     let scanned = &*at.scanned;
     let changes = at
@@ -582,13 +597,24 @@ fn emit_reloaded(
             keys.join(", ")
         }
     };
+    let changed = &summary.outputs;
     let message = format!(
-        "reloaded: {}policy read again, inventory rescanned \
+        "reloaded: {}{}policy read again, inventory rescanned \
          ({} watched, {} added, {} removed); changed and applied: {}; \
          changed, applied at the next restart: {}",
         match summary.reopened.as_slice() {
             [] => String::new(),
             files => format!("{} reopened, ", files.join(", ")),
+        },
+        if changed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "outputs added: {}, changed: {}, removed: {}; ",
+                list(&changed.added),
+                list(&changed.changed),
+                list(&changed.removed)
+            )
         },
         summary.watched,
         summary.added,

@@ -46,12 +46,13 @@ Files:
 Signals (secretmon run):
   SIGTERM, SIGINT, SIGQUIT  drain the ring buffer, write the `stopped` event, exit 0
   SIGHUP   reopen the file outputs (after logrotate moved them) and read the
-           configuration again: the watch list, [inventory] (a rescan), [findings]
-           and [ledger] take effect at once; other changed settings (outputs,
-           metrics, fleet, capture...) are named as waiting for a restart (an
-           `agent` event with status `reloaded`); a
-           configuration that does not load leaves the running one in place
-           (status `reload_failed`). No event is lost meanwhile.
+           configuration again: the watch list, [inventory] (a rescan), [findings],
+           [ledger], [[output]] and [events] take effect at once (outputs added,
+           changed or removed; unchanged ones run on); other changed settings
+           (metrics, fleet, capture...) are named as waiting for a restart (an
+           `agent` event with status `reloaded`); a configuration that does not
+           load, or an output that cannot start, leaves the running one in place
+           (status `reload_failed`). No event is lost or written twice meanwhile.
   SIGUSR1  log a status line: files watched, records, secret reads, losses
 
 Under systemd (Type=notify) the agent says READY=1 once the probes are attached and

@@ -220,10 +220,28 @@ pub struct ReloadSummary {
     pub applied: Vec<String>,
     /// Changed settings that take effect only at the next start.
     pub restart_needed: Vec<String>,
+    /// The outputs started, rebuilt and stopped.
+    #[serde(skip_serializing_if = "OutputChanges::is_empty")]
+    pub outputs: OutputChanges,
     /// Secrets watched after the rescan, and how many came and went.
     pub watched: usize,
     pub added: usize,
     pub removed: usize,
+}
+
+/// What a reload did to the outputs, by name.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutputChanges {
+    pub added: Vec<String>,
+    /// Rebuilt with new settings.
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl OutputChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
 }
 
 #[derive(Debug, Serialize)]

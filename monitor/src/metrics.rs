@@ -226,6 +226,20 @@ impl Metrics {
         }
     }
 
+    /// An output a reload removed: its series go, so that a scrape shows
+    /// only the outputs that run.
+    pub fn forget_output(&self, name: &str) {
+        let l = [name];
+        // A series never touched is not there to remove: nothing to do.
+        let _ = self.output_queued.remove_label_values(&l);
+        let _ = self.output_delivered.remove_label_values(&l);
+        let _ = self.output_failed_sends.remove_label_values(&l);
+        let _ = self.output_rejected.remove_label_values(&l);
+        let _ = self.output_dropped.remove_label_values(&l);
+        let _ = self.output_spool_bytes.remove_label_values(&l);
+        let _ = self.output_spool_dropped.remove_label_values(&l);
+    }
+
     /// The probes are attached and events flow.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
@@ -324,6 +338,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("secretmon_output_delivered_events_total{output=\"siem\"} 2"));
+        m.forget_output("siem");
+        assert!(!m.encode().contains("output=\"siem\""));
         assert!(text.contains("secretmon_kernel_errors_total 5"), "{text}");
         assert!(
             text.contains("secretmon_build_info{ocsf_version=\"1.5.0\",version=\""),

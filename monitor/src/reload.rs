@@ -1,10 +1,12 @@
 //! SIGHUP: the configuration read again from the same sources and compared
 //! with the one running. What the agent can take without reattaching probes
 //! or reopening the ledger (the watch list, the inventory's settings, the
-//! findings' windows and policy, the ledger's retention) is applied; what it
-//! cannot (capture, identity, host, state dir, logging, the fleet key) is
-//! named as waiting for a restart. A configuration that does not load or
-//! resolve leaves the running one as it is.
+//! findings' windows and policy, the ledger's retention, the `[[output]]`
+//! list and `[events]`) is applied; what it cannot (capture, identity, host,
+//! state dir, logging, metrics, the fleet and its key) is named as waiting
+//! for a restart. A configuration that does not load or resolve, or an
+//! output that cannot start, leaves the running one as it is. The outputs
+//! are swapped without dropping an event: see `outputs::swap`.
 
 use crate::{
     config::{self, Loaded, Sources, show},
@@ -12,7 +14,14 @@ use crate::{
 };
 
 /// Settings a running agent takes on SIGHUP, as prefixes of dotted keys.
-const RELOADABLE: &[&str] = &["agent.watch", "inventory.", "findings.", "ledger."];
+const RELOADABLE: &[&str] = &[
+    "agent.watch",
+    "inventory.",
+    "findings.",
+    "ledger.",
+    "output",
+    "events.",
+];
 /// Read once at start, though under a reloadable prefix: fingerprints made
 /// with another key would all look rotated.
 const AT_START_ONLY: &[&str] = &["inventory.fleet_key", "inventory.fleet_key_file"];
@@ -142,6 +151,8 @@ mod tests {
             "findings.policy",
             "findings.interval",
             "ledger.retention",
+            "output",
+            "events.format",
         ] {
             assert!(reloadable(key), "{key}");
         }
@@ -156,6 +167,7 @@ mod tests {
             "identity.kubelet_root",
             "process.args",
             "log.level",
+            "metrics.listen",
             "inventory.fleet_key",
             "inventory.fleet_key_file",
         ] {

@@ -5,17 +5,21 @@
 //! full queue drops and counts. Stdout and files write lines; network
 //! outputs (syslog, HTTP) write to an on-disk [`spool`] first and deliver
 //! from it in order, retrying with backoff and jitter while the receiver is
-//! down, and say once when it went away and once when it is back.
+//! down, and say once when it went away and once when it is back. SIGHUP
+//! swaps in a changed set of outputs without dropping an event (see `swap`).
 
 pub mod config;
 pub mod file;
 pub mod http;
 pub mod spool;
+mod swap;
+
+pub use swap::{Staged, Stager};
 pub mod syslog;
 pub mod tls;
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -125,18 +129,38 @@ impl Shared {
 struct Handle {
     spec: OutputSpec,
     tx: SyncSender<Message>,
-    threads: Vec<JoinHandle<()>>,
+    /// Writes the output; joins what it started before it ends.
+    thread: JoinHandle<()>,
     metrics: OutputMetrics,
-    shared: Option<Arc<Shared>>,
     spool_dropped: Arc<AtomicU64>,
     spool_dropped_reported: u64,
     /// When the queue was last found full, so that is said once a minute.
     full_warned: Option<Instant>,
 }
 
+impl Handle {
+    /// Write out what is queued and stop (see [`Outputs::close`]).
+    fn close(self) {
+        drop(self.tx);
+        if self.thread.join().is_err() {
+            tracing::error!("output {}: its thread panicked", self.spec.name);
+        }
+    }
+}
+
+/// What an output needs from the agent to start.
+#[derive(Clone)]
+struct Context {
+    state: PathBuf,
+    metrics: Metrics,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+}
+
 pub struct Outputs {
     outputs: Vec<Handle>,
-    metrics: Metrics,
+    context: Context,
+    /// Outputs a reload replaced, still writing out their queues.
+    retiring: Arc<swap::Retiring>,
 }
 
 impl Outputs {
@@ -149,20 +173,22 @@ impl Outputs {
         metrics: &Metrics,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
     ) -> Result<Self, OutputError> {
-        let mut outputs = Vec::with_capacity(specs.len());
-        for spec in specs {
-            outputs.push(start_one(spec, state, metrics, reports.clone())?);
-        }
-        Ok(Self {
-            outputs,
+        let context = Context {
+            state: state.to_path_buf(),
             metrics: metrics.clone(),
+            reports,
+        };
+        Ok(Self {
+            outputs: start_all(specs, &context)?,
+            context,
+            retiring: Arc::default(),
         })
     }
 
     /// Queue each event to every output that takes it. Never blocks.
     pub fn route(&mut self, events: impl IntoIterator<Item = Event>) {
         for event in events {
-            self.metrics.event(event.kind());
+            self.context.metrics.event(event.kind());
             let severity = event.body.severity();
             let mut encoded: [Option<Arc<Record>>; 2] = [None, None];
             for out in &mut self.outputs {
@@ -175,14 +201,19 @@ impl Outputs {
                     Ok(()) => {
                         out.metrics.queued.inc();
                     }
-                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    Err(e) => {
                         out.metrics.dropped.inc();
                         if out
                             .full_warned
                             .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
                         {
+                            // Not running: a reload could not open its target.
+                            let why = match e {
+                                TrySendError::Full(_) => "queue full",
+                                TrySendError::Disconnected(_) => "not running",
+                            };
                             tracing::warn!(
-                                "output {}: queue full, events dropped (see \
+                                "output {}: {why}, events dropped (see \
                                  secretmon_output_dropped_events_total)",
                                 out.spec.name
                             );
@@ -232,23 +263,11 @@ impl Outputs {
     /// Write out what is queued and stop: files are flushed, network
     /// outputs spool the rest and deliver for a few seconds more while
     /// their receiver takes it; what is left is sent after the next start.
+    /// Outputs a reload replaced finish first.
     pub fn close(self) {
+        self.retiring.wait();
         for h in self.outputs {
-            drop(h.tx);
-            for t in h.threads {
-                if t.join().is_err() {
-                    tracing::error!("output {}: its thread panicked", h.spec.name);
-                }
-            }
-            if let Some(shared) = h.shared {
-                let pending = shared.lock().pending();
-                if pending > 0 {
-                    tracing::info!(
-                        "output {}: {pending} events stay spooled for the next start",
-                        h.spec.name
-                    );
-                }
-            }
+            h.close();
         }
     }
 }
@@ -269,76 +288,143 @@ fn encode(event: &Event, format: Format) -> Record {
     }
 }
 
-fn start_one(
+/// Start every output; on a mistake, close the ones already started.
+fn start_all(specs: Vec<OutputSpec>, context: &Context) -> Result<Vec<Handle>, OutputError> {
+    let mut outputs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match start_one(spec, context) {
+            Ok(h) => outputs.push(h),
+            Err(e) => {
+                outputs.into_iter().for_each(Handle::close);
+                return Err(e);
+            }
+        }
+    }
+    Ok(outputs)
+}
+
+fn start_one(spec: OutputSpec, context: &Context) -> Result<Handle, OutputError> {
+    let sender = Sender::for_output(&spec)?;
+    let m = context.metrics.output(&spec.name);
+    let target = Target::open(&spec, &context.state, sender)?;
+    if let Target::Network { spool, .. } = &target {
+        m.queued.set(spool.pending() as i64);
+        m.spool_bytes.set(spool.bytes() as i64);
+    }
+    launch(spec, m, context, move |run| run(target))
+}
+
+/// Start `spec`'s thread, which gets what it writes to from `open`: at
+/// once, or once the outputs it replaces have let go of it.
+fn launch(
     spec: OutputSpec,
-    state: &Path,
-    metrics: &Metrics,
-    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    m: OutputMetrics,
+    context: &Context,
+    open: impl FnOnce(&dyn Fn(Target)) + Send + 'static,
 ) -> Result<Handle, OutputError> {
     let (tx, rx) = mpsc::sync_channel(QUEUE);
-    let m = metrics.output(&spec.name);
-    let open_err = |what: String| {
-        let name = spec.name.clone();
-        move |err| OutputError::Open { name, what, err }
-    };
-    let spawn_err = open_err("a thread".into());
     let spool_dropped = Arc::new(AtomicU64::new(0));
-    let (threads, shared) = match &spec.destination {
-        Destination::Stdout | Destination::File(_) => {
-            let writer = match &spec.destination {
-                Destination::File(path) => LineWriter::file(path, spec.max_size, spec.max_files)
-                    .map_err(open_err(path.display().to_string()))?,
-                _ => LineWriter::stdout(),
-            };
-            let (name, m2) = (spec.name.clone(), m.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("out-{}", spec.name))
-                .spawn(move || run_local(writer, &rx, &m2, &name))
-                .map_err(spawn_err)?;
-            (vec![t], None)
-        }
-        Destination::Syslog(_) | Destination::Http(_) => {
-            let dir = config::spool_dir(state, &spec.name);
-            let spool = Spool::open(&dir, spec.spool_bytes)
-                .map_err(open_err(format!("its spool {}", dir.display())))?;
-            m.queued.set(spool.pending() as i64);
-            m.spool_bytes.set(spool.bytes() as i64);
-            let sender = Sender::new(&spec)?;
-            let shared = Arc::new(Shared {
-                spool: Mutex::new(spool),
-                wake: Condvar::new(),
-                closing: AtomicBool::new(false),
-            });
-            let framer = Framer::new(&spec);
-            let writer = {
-                let (shared, m, dropped) = (shared.clone(), m.clone(), spool_dropped.clone());
-                let name = spec.name.clone();
-                std::thread::Builder::new()
-                    .name(format!("spool-{}", spec.name))
-                    .spawn(move || run_spooler(&framer, &rx, &shared, &m, &dropped, &name))
-                    .map_err(open_err("a thread".into()))?
-            };
-            let delivery = {
-                let (shared, m) = (shared.clone(), m.clone());
-                let name = spec.name.clone();
-                std::thread::Builder::new()
-                    .name(format!("send-{}", spec.name))
-                    .spawn(move || run_sender(sender, &shared, &m, &name, &reports))
-                    .map_err(open_err("a thread".into()))?
-            };
-            (vec![writer, delivery], Some(shared))
-        }
+    let name = spec.name.clone();
+    let thread = {
+        let (spec, m, dropped) = (spec.clone(), m.clone(), spool_dropped.clone());
+        let reports = context.reports.clone();
+        std::thread::Builder::new()
+            .name(format!("out-{}", spec.name))
+            .spawn(move || open(&|target| run(target, &spec, &rx, &m, &dropped, &reports)))
+            .map_err(|err| OutputError::Open {
+                name: name.clone(),
+                what: "a thread".into(),
+                err,
+            })?
     };
     Ok(Handle {
         spec,
         tx,
-        threads,
+        thread,
         metrics: m,
-        shared,
         spool_dropped,
         spool_dropped_reported: 0,
         full_warned: None,
     })
+}
+
+/// What an output writes to, open.
+enum Target {
+    Local(LineWriter),
+    Network { spool: Spool, sender: Sender },
+}
+
+impl Target {
+    /// Create the file or recover the spool. `sender` is the network
+    /// output's connection, made beforehand.
+    fn open(spec: &OutputSpec, state: &Path, sender: Option<Sender>) -> Result<Self, OutputError> {
+        let open_err = |what: String| {
+            let name = spec.name.clone();
+            move |err| OutputError::Open { name, what, err }
+        };
+        Ok(match (&spec.destination, sender) {
+            (Destination::File(path), _) => Self::Local(
+                LineWriter::file(path, spec.max_size, spec.max_files)
+                    .map_err(open_err(path.display().to_string()))?,
+            ),
+            (Destination::Stdout, _) => Self::Local(LineWriter::stdout()),
+            (_, Some(sender)) => {
+                let dir = config::spool_dir(state, &spec.name);
+                let spool = Spool::open(&dir, spec.spool_bytes)
+                    .map_err(open_err(format!("its spool {}", dir.display())))?;
+                Self::Network { spool, sender }
+            }
+            (_, None) => unreachable!("network outputs are opened with their sender"),
+        })
+    }
+}
+
+/// An output's thread: write what comes on `rx` until the agent lets go of
+/// the queue. A network output spools here and delivers from a thread of
+/// its own, which gets a few seconds more to empty the spool.
+fn run(
+    target: Target,
+    spec: &OutputSpec,
+    rx: &Receiver<Message>,
+    m: &OutputMetrics,
+    dropped: &AtomicU64,
+    reports: &tokio::sync::mpsc::UnboundedSender<Report>,
+) {
+    let name = &spec.name;
+    let (spool, sender) = match target {
+        Target::Local(writer) => return run_local(writer, rx, m, name),
+        Target::Network { spool, sender } => (spool, sender),
+    };
+    let shared = Arc::new(Shared {
+        spool: Mutex::new(spool),
+        wake: Condvar::new(),
+        closing: AtomicBool::new(false),
+    });
+    let delivery = {
+        let (shared, m, name) = (shared.clone(), m.clone(), name.clone());
+        let reports = reports.clone();
+        std::thread::Builder::new()
+            .name(format!("send-{name}"))
+            .spawn(move || run_sender(sender, &shared, &m, &name, &reports))
+    };
+    let delivery = match delivery {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(
+                "output {name}: cannot start a thread, events stay spooled: {}",
+                error_text(&e)
+            );
+            None
+        }
+    };
+    run_spooler(&Framer::new(spec), rx, &shared, m, dropped, name);
+    if delivery.is_some_and(|t| t.join().is_err()) {
+        tracing::error!("output {name}: its delivery thread panicked");
+    }
+    let pending = shared.lock().pending();
+    if pending > 0 {
+        tracing::info!("output {name}: {pending} events stay spooled for the next start");
+    }
 }
 
 fn run_local(mut w: LineWriter, rx: &Receiver<Message>, m: &OutputMetrics, name: &str) {
@@ -412,8 +498,10 @@ enum Sender {
 }
 
 impl Sender {
-    fn new(spec: &OutputSpec) -> Result<Self, OutputError> {
-        Ok(match &spec.destination {
+    /// A network output's connection (TLS settings and tokens read); none
+    /// for a local output.
+    fn for_output(spec: &OutputSpec) -> Result<Option<Self>, OutputError> {
+        Ok(Some(match &spec.destination {
             Destination::Syslog(target) => {
                 let tls = match target {
                     config::SyslogTarget::Tls(..) => Some(tls::client_config(&spec.tls)?),
@@ -432,10 +520,8 @@ impl Sender {
                     spec.http.batch_events,
                 )
             }
-            Destination::Stdout | Destination::File(_) => {
-                unreachable!("local outputs have no sender")
-            }
-        })
+            Destination::Stdout | Destination::File(_) => return Ok(None),
+        }))
     }
 
     fn batch_records(&self) -> usize {
