@@ -24,7 +24,7 @@ use crate::{
         rules::watch_overflow,
     },
     fleet,
-    identity::{CacheStats, IdentityResolver},
+    identity::IdentityResolver,
     inventory::{
         Inventory, InventoryChange, MapEdit, Record,
         catalog::Catalog,
@@ -150,30 +150,30 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
         .with_discoverer(discovery)
         .with_redactor(Redactor::new(plan.process_args, &plan.capture.env_names));
     tracing::info!("watching {watched} files");
+    let message = format!(
+        "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
+         watching {watched} files; {io_uring}",
+        probes.hooks,
+        probes.active.opens(),
+        probes.active.denied_opens(),
+        match (probes.active, probes.from_registers) {
+            (ActiveHooks::Fexit, _) => "",
+            (_, true) => ", arguments from saved registers",
+            (_, false) => ", arguments from enter hooks",
+        }
+    );
+    let capture = Capture {
+        opens: probes.active.opens(),
+        denied_opens: probes.active.denied_opens(),
+        io_uring_opens: io_uring,
+    };
     emit_agent(
         &mut outputs,
         &pipeline.host,
-        AgentStatus::Started,
-        format!(
-            "probes attached ({} hooks; opens seen by {}, denied opens by {}{}); \
-             watching {watched} files; {io_uring}",
-            probes.hooks,
-            probes.active.opens(),
-            probes.active.denied_opens(),
-            match (probes.active, probes.from_registers) {
-                (ActiveHooks::Fexit, _) => "",
-                (_, true) => ", arguments from saved registers",
-                (_, false) => ", arguments from enter hooks",
-            }
-        ),
-        &KernelCounters::default(),
-        None,
-        Some(Capture {
-            opens: probes.active.opens(),
-            denied_opens: probes.active.denied_opens(),
-            io_uring_opens: io_uring,
-        }),
-        None,
+        Agent {
+            capture: Some(capture),
+            ..agent_body(AgentStatus::Started, message, &KernelCounters::default())
+        },
     );
     let mut overflow = Overflow::default();
     report_overflow(
@@ -309,18 +309,12 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
                     }
                     Err(e) => {
                         let why = crate::errors::error_text(e.as_ref());
-                        tracing::warn!("reload failed, the running configuration stays: {why}");
+                        let message =
+                            format!("reload failed, the running configuration stays: {why}");
+                        tracing::warn!("{message}");
                         reopened.clear();
-                        emit_agent(
-                            &mut outputs,
-                            &pipeline.host,
-                            AgentStatus::ReloadFailed,
-                            format!("reload failed, the running configuration stays: {why}"),
-                            &reported,
-                            None,
-                            None,
-                            None,
-                        );
+                        let body = agent_body(AgentStatus::ReloadFailed, message, &reported);
+                        emit_agent(&mut outputs, &pipeline.host, body);
                     }
                 }
                 if reload_again {
@@ -366,30 +360,32 @@ pub async fn run(mut plan: RunPlan, mut reloader: Reloader) -> anyhow::Result<()
     emit_agent(
         &mut outputs,
         &pipeline.host,
-        AgentStatus::Stopped,
-        format!(
-            "stopped on {reason}: {} records, {} secret reads, {} malformed, \
-             {} denied opens unresolved, {} environments partly scanned; \
-             identity cache {}/{} entries, {:.0}% hits; \
-             ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
-            stats.records,
-            stats.secret_reads,
-            stats.malformed,
-            stats.denied_unresolved,
-            stats.env_truncated,
-            cache.size,
-            cache.capacity,
-            cache.hit_rate * 100.0,
-            ledger.rows,
-            ledger.batches,
-            ledger.dropped,
-            ledger.failed,
-            ledger.lost,
-        ),
-        &reported,
-        Some(cache),
-        None,
-        None,
+        Agent {
+            identity_cache: Some(cache),
+            ..agent_body(
+                AgentStatus::Stopped,
+                format!(
+                    "stopped on {reason}: {} records, {} secret reads, {} malformed, \
+                     {} denied opens unresolved, {} environments partly scanned; \
+                     identity cache {}/{} entries, {:.0}% hits; \
+                     ledger {} rows in {} commits, {} dropped, {} failed commits (retried), {} rows lost",
+                    stats.records,
+                    stats.secret_reads,
+                    stats.malformed,
+                    stats.denied_unresolved,
+                    stats.env_truncated,
+                    cache.size,
+                    cache.capacity,
+                    cache.hit_rate * 100.0,
+                    ledger.rows,
+                    ledger.batches,
+                    ledger.dropped,
+                    ledger.failed,
+                    ledger.lost,
+                ),
+                &reported,
+            )
+        },
     );
     outputs.close();
     Ok(())
@@ -630,17 +626,10 @@ fn emit_reloaded(
         );
     }
     let body = Agent {
-        status: AgentStatus::Reloaded,
-        message,
-        lost: counters.lost,
-        kernel_errors: counters.errors_by_program(),
-        output: None,
-        identity_cache: None,
-        capture: None,
-        watch_overflow: None,
         reload: Some(summary),
+        ..agent_body(AgentStatus::Reloaded, message, counters)
     };
-    outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
+    emit_agent(outputs, host, body);
 }
 
 /// Secrets the kernel watches: the inventory less what did not fit.
@@ -757,12 +746,10 @@ fn report_overflow(
         emit_agent(
             outputs,
             &pipeline.host,
-            AgentStatus::WatchOverflow,
-            now.message(),
-            counters,
-            None,
-            None,
-            Some(now.clone()),
+            Agent {
+                watch_overflow: Some(now.clone()),
+                ..agent_body(AgentStatus::WatchOverflow, now.message(), counters)
+            },
         );
     }
     let at = chrono::Utc::now();
@@ -809,12 +796,11 @@ fn report_kernel_counters(
         emit_agent(
             outputs,
             host,
-            AgentStatus::Lost,
-            format!("ring buffer full: {delta} events lost since the last report"),
-            &now,
-            None,
-            None,
-            None,
+            agent_body(
+                AgentStatus::Lost,
+                format!("ring buffer full: {delta} events lost since the last report"),
+                &now,
+            ),
         );
     }
     if now.total_errors() > reported.total_errors() {
@@ -835,12 +821,7 @@ fn report_kernel_counters(
         emit_agent(
             outputs,
             host,
-            AgentStatus::KernelErrors,
-            message,
-            &now,
-            None,
-            None,
-            None,
+            agent_body(AgentStatus::KernelErrors, message, &now),
         );
     }
     Ok(now)
@@ -904,28 +885,22 @@ fn report_output(outputs: &mut Outputs, host: &Host, report: Report) {
     outputs.route([ev]);
 }
 
-// One call per `agent` event, each field named where it is made.
-#[allow(clippy::too_many_arguments)]
-fn emit_agent(
-    outputs: &mut Outputs,
-    host: &Host,
-    status: AgentStatus,
-    message: String,
-    counters: &KernelCounters,
-    identity_cache: Option<CacheStats>,
-    capture: Option<Capture>,
-    watch_overflow: Option<Overflow>,
-) {
-    let body = Agent {
+/// An `agent` event with the kernel's counters; callers add the fields
+/// their status is about.
+fn agent_body(status: AgentStatus, message: String, counters: &KernelCounters) -> Agent {
+    Agent {
         status,
         message,
         lost: counters.lost,
         kernel_errors: counters.errors_by_program(),
         output: None,
-        identity_cache,
-        capture,
-        watch_overflow,
+        identity_cache: None,
+        capture: None,
+        watch_overflow: None,
         reload: None,
-    };
+    }
+}
+
+fn emit_agent(outputs: &mut Outputs, host: &Host, body: Agent) {
     outputs.route([Event::new(chrono::Utc::now(), host, Body::Agent(body))]);
 }
