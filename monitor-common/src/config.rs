@@ -37,6 +37,8 @@ pub struct KernelOffsets {
     /// `dentry.d_name` + `qstr.name`.
     pub dentry_name_ptr: u32,
     pub task_mm: u32,
+    /// Where the new image's `argc` is, with `argv` and `envp` after it.
+    pub mm_start_stack: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
     pub mm_env_start: u32,

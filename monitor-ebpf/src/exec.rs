@@ -112,5 +112,5 @@ unsafe fn exec_args(ev: *mut ExecData) -> kernel::Result<()> {
     // the end would double the paths the verifier walks through the scan.
     run(Program::SchedProcessExec, args);
     let (env_start, env_end) = mm.env()?;
-    unsafe { scan_env(ev, env_start, env_end) }
+    unsafe { scan_env(ev, mm, arg_start, env_start, env_end) }
 }

@@ -62,21 +62,6 @@ pub fn user_str(src: u64, dest: &mut [u8]) -> Result<usize> {
         .map_err(|_| ReadError)
 }
 
-/// A user string of at most `max` bytes into `dest`, which has room for
-/// them; the length read, NUL included.
-///
-/// # Safety
-/// `dest` is valid for `max` bytes.
-#[inline(always)]
-pub unsafe fn user_str_raw(dest: *mut u8, max: u32, src: u64) -> Result<usize> {
-    let n = unsafe { helper::bpf_probe_read_user_str(dest.cast(), max, src as *const _) };
-    if n > 0 {
-        Ok(n as usize)
-    } else {
-        Err(ReadError)
-    }
-}
-
 /// `len` bytes of user memory into `dest`.
 ///
 /// # Safety
@@ -230,6 +215,13 @@ impl UserRegs {
 pub struct Mm(u64);
 
 impl Mm {
+    /// Where the new image's `argc` is, followed by the `argv` and `envp`
+    /// pointers (`start_stack`).
+    #[inline(always)]
+    pub fn start_stack(self) -> Result<u64> {
+        read(self.0 + offset!(mm_start_stack))
+    }
+
     /// `arg_start..arg_end`: argv in the process's memory.
     #[inline(always)]
     pub fn args(self) -> Result<(u64, u64)> {

@@ -24,6 +24,8 @@
 // intrinsic is the kernel's atomic add.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// One unaligned load (`env_scan::load_u64`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod emit;

@@ -87,6 +87,7 @@ pub fn from_btf(btf: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, Offse
         dentry_name_len: field("dentry", "d_name")? + field("qstr", "len")?,
         dentry_name_ptr: field("dentry", "d_name")? + field("qstr", "name")?,
         task_mm: field("task_struct", "mm")?,
+        mm_start_stack: field("mm_struct", "start_stack")?,
         mm_arg_start: field("mm_struct", "arg_start")?,
         mm_arg_end: field("mm_struct", "arg_end")?,
         mm_env_start: field("mm_struct", "env_start")?,
