@@ -220,10 +220,9 @@ fn secret_env_names_are_reported_and_values_never() {
     assert_no_planted(&[&all, &stderr]);
 }
 
-/// Names far into a large environment, after values of almost the 4 KiB an
-/// entry may have, one across the block's first 4 KiB, are found, and
-/// unwatched ones that pass the kernel's pre-test on length and first byte
-/// are not reported.
+/// Names far into a large environment, after values of almost 4 KiB, one
+/// across the block's first 4 KiB, are found, and unwatched ones that pass
+/// the kernel's pre-test on length and first byte are not reported.
 #[test]
 fn secret_env_names_past_the_first_4_kib_are_reported() {
     if !can_load_probes("secret_env_names_past_the_first_4_kib_are_reported") {
@@ -263,6 +262,42 @@ fn secret_env_names_past_the_first_4_kib_are_reported() {
         "an unwatched name was reported"
     );
     assert_no_planted(&[&all, &stderr]);
+}
+
+/// An environment longer than the 16 KiB the kernel reads: the names in
+/// them are found, and the exec is counted as partly scanned.
+#[test]
+fn an_environment_past_16_kib_is_scanned_up_to_there_and_counted() {
+    if !can_load_probes("an_environment_past_16_kib_is_scanned_up_to_there_and_counted") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    let pid = run_ok(
+        Command::new("/bin/true")
+            .env_clear()
+            .env("A_EARLY_TOKEN", PLANTED)
+            .env("B_FILLER", "x".repeat(10_000))
+            .env("C_FILLER", "y".repeat(10_000))
+            .env("D_LATE_TOKEN", PLANTED),
+    );
+    let ev = agent.wait_for(WAIT, |v| {
+        v["kind"] == "secret_in_env" && v["process"]["pid"] == pid
+    });
+    assert_eq!(ev["secret"]["env_name"], "A_EARLY_TOKEN");
+    let (_, lines, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    let stopped = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("\"status\":\"stopped\""))
+        .expect("a stopped event");
+    let partly: u64 = stopped
+        .split(" environments partly scanned")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the count of environments partly scanned");
+    assert!(partly >= 1, "{stopped}");
+    assert_no_planted(&[&lines.join("\n"), &stderr]);
 }
 
 #[test]
