@@ -153,4 +153,7 @@ pub mod maps {
     /// Read-only global of `file_facts.c`: 1 where the kernel has the
     /// `bpf_rdonly_cast` kfunc (`u32`).
     pub const HAS_RDONLY_CAST: &str = "HAS_RDONLY_CAST";
+    /// Read-only global of `file_facts.c`: 1 where tracepoint programs have
+    /// `bpf_get_current_task_btf` (`u32`).
+    pub const HAS_TASK_BTF: &str = "HAS_TASK_BTF";
 }

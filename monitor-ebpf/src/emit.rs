@@ -14,7 +14,7 @@ use aya_ebpf::{
 use monitor_common::{Data, Event, EventHeader, UNSET_LOGINUID, names::Program};
 
 use crate::{
-    kernel::{self, Task},
+    kernel::{self, TaskFacts},
     maps::{ERRORS, EVENTS, LOST, WAKE_UP_BYTES},
 };
 
@@ -97,7 +97,7 @@ unsafe fn fill_header(h: *mut EventHeader, kind: u32) {
     // `boot_ns`, which the reader takes as the loss's time.
     let lost_before = LOST.get(0).copied().unwrap_or(0);
     // A failed read leaves the field at its "unknown" value.
-    let facts = task_facts(Task::current()).unwrap_or(TaskFacts {
+    let facts = kernel::current_task_facts().unwrap_or(TaskFacts {
         ppid: 0,
         loginuid: UNSET_LOGINUID,
         tty: 0,
@@ -119,22 +119,4 @@ unsafe fn fill_header(h: *mut EventHeader, kind: u32) {
         (*h).lost_before = lost_before;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
-}
-
-struct TaskFacts {
-    ppid: u32,
-    loginuid: u32,
-    tty: u32,
-    start_ns: u64,
-}
-
-/// What identity needs from `task`, read here because the process may be
-/// gone by the time userspace could look in /proc.
-fn task_facts(task: Task) -> kernel::Result<TaskFacts> {
-    Ok(TaskFacts {
-        ppid: task.real_parent()?.tgid()?,
-        loginuid: task.loginuid()?,
-        tty: u32::from(task.has_tty()?),
-        start_ns: task.group_leader()?.start_boottime()?,
-    })
 }

@@ -1,14 +1,15 @@
-// What the open hooks need of a file the current task just opened, read by
-// direct loads through pointers the verifier knows the type of
-// (`bpf_get_current_task_btf()` and what it leads to), where
-// `bpf_probe_read_kernel` costs a helper call per field. Rust cannot emit
-// CO-RE relocations: clang does, for the fields declared below, and aya
-// rewrites them to the running kernel's offsets when it loads the
-// programs. Linked into the Rust object as bitcode by bpf-linker
-// (monitor-ebpf/build.rs); called only from `kernel.rs`.
+// What the programs need of the current task (every event header) and of
+// a file it just opened (the open hooks), read by direct loads through
+// pointers the verifier knows the type of (`bpf_get_current_task_btf()` and
+// what it leads to), where `bpf_probe_read_kernel` costs a helper call per
+// field. Rust cannot emit CO-RE relocations: clang does, for the fields
+// declared below, and aya rewrites them to the running kernel's offsets
+// when it loads the programs. Linked into the Rust object as bitcode by
+// bpf-linker (monitor-ebpf/build.rs); called only from `kernel.rs`.
 //
-// Needs `bpf_get_current_task_btf` (5.11+): only programs the agent loads
-// on kernels that have it call this.
+// Needs `bpf_get_current_task_btf` (5.11+): the file's facts are read only
+// by programs the agent loads on kernels that have it; the task's facts
+// only where `HAS_TASK_BTF` says so.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -60,7 +61,21 @@ struct fdtable {
 struct files_struct {
 	struct fdtable *fdt;
 };
+struct tty_struct;
+struct signal_struct {
+	struct tty_struct *tty;
+};
+// `loginuid` exists only with CONFIG_AUDIT.
+typedef struct {
+	u32 val;
+} kuid_t;
 struct task_struct {
+	int tgid;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	u64 start_boottime;
+	struct signal_struct *signal;
+	kuid_t loginuid;
 	struct files_struct *files;
 };
 // Only for its first field, a `struct file *`, at offset 0 on every kernel:
@@ -79,8 +94,41 @@ static long (*bpf_probe_read_kernel)(void *dst, u32 size, const void *src) = (vo
 extern void *bpf_rdonly_cast(const void *obj, u32 btf_id) __attribute__((section(".ksyms"), weak));
 
 // Set by the agent before loading (read-only then, so the verifier drops
-// the branch not taken): whether the kernel has `bpf_rdonly_cast`.
+// the branch not taken): whether the kernel has `bpf_rdonly_cast`, and
+// `bpf_get_current_task_btf` in tracepoint programs.
 volatile const u32 HAS_RDONLY_CAST = 0;
+volatile const u32 HAS_TASK_BTF = 0;
+
+// `__builtin_preserve_field_info`'s question: is the field there?
+#define FIELD_EXISTS 2
+// `monitor_common::UNSET_LOGINUID`.
+#define UNSET_LOGINUID 0xffffffffu
+
+// Mirrors `kernel::TaskFacts`.
+struct task_facts {
+	u64 start_ns;
+	u32 ppid;
+	u32 loginuid;
+	u32 tty;
+};
+
+// What identity needs of the current task into `out`: 1 when read, 0 where
+// the kernel lacks `bpf_get_current_task_btf` and the caller reads them by
+// probe. A load through a typed pointer cannot fail: a bad address reads 0.
+// Not noinline: bpf-linker inlines it into the caller, where the verifier
+// then drops whichever of the two paths `HAS_TASK_BTF` rules out.
+int secretmon_current_task_facts(struct task_facts *out)
+{
+	if (!HAS_TASK_BTF)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	out->ppid = task->real_parent->tgid;
+	out->loginuid = __builtin_preserve_field_info(task->loginuid, FIELD_EXISTS) ? task->loginuid.val : UNSET_LOGINUID;
+	out->tty = task->signal->tty != 0;
+	out->start_ns = task->group_leader->start_boottime;
+	return 1;
+}
 
 // Mirrors `kernel::FileFacts`.
 struct file_facts {
@@ -110,7 +158,7 @@ inline_name(struct dentry *dentry, u32 len, struct file_facts *out)
 {
 	u64 w[5] = {};
 
-	if (__builtin_preserve_field_info(dentry->d_shortname, 2)) {
+	if (__builtin_preserve_field_info(dentry->d_shortname, FIELD_EXISTS)) {
 		if ((void *)dentry->d_name.name != (void *)&dentry->d_shortname || len > 40)
 			return;
 		w[0] = dentry->d_shortname.words[0];

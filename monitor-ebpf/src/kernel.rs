@@ -3,8 +3,9 @@
 //! own. Each type is a kernel pointer; each method reads one field.
 //!
 //! Reads go through `bpf_probe_read_*`, which turns a bad address into an
-//! error instead of a fault, except the hot path of an open: the facts of
-//! the file just opened ([`current_file_facts`]) are loaded directly by
+//! error instead of a fault, except on the hot paths: the current task's
+//! facts every event carries ([`current_task_facts`]) and the facts of the
+//! file just opened ([`current_file_facts`]) are loaded directly by
 //! `file_facts.c`, where CO-RE relocations give the offsets. An error is a
 //! [`ReadError`], counted per program by `emit::run`.
 
@@ -395,6 +396,44 @@ pub fn current_file_facts(fd: u32) -> Result<Option<FileFacts>> {
         }
         _ => Err(ReadError),
     }
+}
+
+/// What identity needs of a task, read in the kernel because the process
+/// may be gone by the time userspace could look in /proc. The layout of
+/// `struct task_facts` in `file_facts.c`.
+#[repr(C)]
+pub struct TaskFacts {
+    /// `group_leader->start_boottime`: the process's start.
+    pub start_ns: u64,
+    /// `real_parent->tgid`.
+    pub ppid: u32,
+    /// The audit login uid; [`UNSET_LOGINUID`] without CONFIG_AUDIT.
+    pub loginuid: u32,
+    /// 1 when the process has a controlling terminal (`signal->tty`).
+    pub tty: u32,
+}
+
+unsafe extern "C" {
+    fn secretmon_current_task_facts(out: *mut TaskFacts) -> i32;
+}
+
+/// The current task's [`TaskFacts`]: loaded directly by `file_facts.c`
+/// where the kernel has `bpf_get_current_task_btf` (5.11+), else read
+/// here by probe.
+#[inline(always)]
+pub fn current_task_facts() -> Result<TaskFacts> {
+    let mut facts = MaybeUninit::<TaskFacts>::uninit();
+    // SAFETY: the C function writes all of `facts` when it returns 1.
+    if unsafe { secretmon_current_task_facts(facts.as_mut_ptr()) } == 1 {
+        return Ok(unsafe { facts.assume_init() });
+    }
+    let task = Task::current();
+    Ok(TaskFacts {
+        ppid: task.real_parent()?.tgid()?,
+        loginuid: task.loginuid()?,
+        tty: u32::from(task.has_tty()?),
+        start_ns: task.group_leader()?.start_boottime()?,
+    })
 }
 
 /// A field of a tracepoint's record at offset `at`, loaded directly (aya's

@@ -133,6 +133,10 @@ pub struct KernelFeatures {
     /// The kfunc `bpf_rdonly_cast` (6.2+), with which the open programs
     /// read the file just opened by direct loads instead of probe reads.
     pub rdonly_cast: bool,
+    /// `bpf_get_current_task_btf` in tracepoint programs (5.11+), with which
+    /// every program reads the current task's facts by direct loads instead
+    /// of probe reads.
+    pub task_btf: bool,
     pub tracefs: Option<PathBuf>,
     pub ring_buffer: Support,
     /// Tracepoint programs load and the syscall tracepoints exist.
@@ -191,11 +195,14 @@ impl KernelFeatures {
             unknown => unknown,
         };
         let x86_regs = offsets.as_ref().is_ok_and(|o| o.regs_di != NO_OFFSET);
+        let helper =
+            |h| is_helper_supported(ProgramType::TracePoint, h).map_err(|e| error_text(&e));
+        let task_btf = probed(privileged, || {
+            helper(BpfHelper::BPF_FUNC_get_current_task_btf)
+        })
+        .is_yes();
         let saved_registers = probed(privileged, || {
-            let helper =
-                |h| is_helper_supported(ProgramType::TracePoint, h).map_err(|e| error_text(&e));
-            Ok(helper(BpfHelper::BPF_FUNC_task_pt_regs)?
-                && helper(BpfHelper::BPF_FUNC_get_current_task_btf)?)
+            Ok(task_btf && helper(BpfHelper::BPF_FUNC_task_pt_regs)?)
         })
         .described(
             "bpf_task_pt_regs",
@@ -223,6 +230,7 @@ impl KernelFeatures {
             missing_caps,
             offsets,
             rdonly_cast,
+            task_btf,
             tracefs,
             ring_buffer,
             tracepoints,
@@ -436,6 +444,7 @@ pub(crate) mod tests {
             missing_caps: vec![],
             offsets: Ok(offsets),
             rdonly_cast: false,
+            task_btf: true,
             tracefs: Some("/sys/kernel/tracing".into()),
             ring_buffer: Support::Yes("BPF_MAP_TYPE_RINGBUF".into()),
             tracepoints: Support::Yes("x".into()),

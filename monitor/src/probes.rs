@@ -155,6 +155,8 @@ impl Probes {
         loader.override_global(maps::IO_URING, &layout, true);
         let rdonly_cast = u32::from(kernel.rdonly_cast);
         loader.override_global(maps::HAS_RDONLY_CAST, &rdonly_cast, true);
+        let task_btf = u32::from(kernel.task_btf);
+        loader.override_global(maps::HAS_TASK_BTF, &task_btf, true);
         // Woken at each eighth of the ring, the reader has 7/8 of it left
         // for what arrives while it wakes up; it polls on a timer besides.
         let wake_up_bytes = u64::from(ring_bytes / 8);
