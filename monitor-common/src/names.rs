@@ -150,6 +150,9 @@ pub mod maps {
     /// Read-only global: pending bytes in [`EVENTS`] at each multiple of
     /// which the reader is woken (`u64`).
     pub const WAKE_UP_BYTES: &str = "WAKE_UP_BYTES";
+    /// Read-only global: 1 where the exec program finds environment entries
+    /// through `envp` (`u32`).
+    pub const ENV_FROM_ENVP: &str = "ENV_FROM_ENVP";
     /// Read-only global of `file_facts.c`: 1 where the kernel has the
     /// `bpf_rdonly_cast` kfunc (`u32`).
     pub const HAS_RDONLY_CAST: &str = "HAS_RDONLY_CAST";

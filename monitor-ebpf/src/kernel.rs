@@ -63,6 +63,21 @@ pub fn user_str(src: u64, dest: &mut [u8]) -> Result<usize> {
         .map_err(|_| ReadError)
 }
 
+/// A user string of at most `max` bytes into `dest`, which has room for
+/// them; the length read, NUL included.
+///
+/// # Safety
+/// `dest` is valid for `max` bytes.
+#[inline(always)]
+pub unsafe fn user_str_raw(dest: *mut u8, max: u32, src: u64) -> Result<usize> {
+    let n = unsafe { helper::bpf_probe_read_user_str(dest.cast(), max, src as *const _) };
+    if n > 0 {
+        Ok(n as usize)
+    } else {
+        Err(ReadError)
+    }
+}
+
 /// `len` bytes of user memory into `dest`.
 ///
 /// # Safety

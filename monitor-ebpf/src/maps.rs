@@ -49,6 +49,14 @@ pub static IO_URING: ReadOnly<IoUringLayout> = ReadOnly::new(IoUringLayout {
     opcode_offset: u32::MAX,
 });
 
+/// 1 where the exec program finds the environment's entries through the
+/// new stack's `envp` pointers and reads the environment at once; 0 where
+/// it reads entry by entry. The first scan needs a verifier that prunes as
+/// 6.18's does (6.1's gives up on it); the agent sets 1 from 6.2 on and
+/// falls back to 0 if the program is refused.
+#[unsafe(no_mangle)]
+pub static ENV_FROM_ENVP: ReadOnly<u32> = ReadOnly::new(0);
+
 /// Pending bytes in `EVENTS` at each multiple of which the reader is
 /// woken; the agent sets an eighth of the ring. The placeholder wakes on
 /// every 64 KiB.

@@ -125,12 +125,53 @@ impl Probes {
     /// open hooks `wanted` asks for. `ring_bytes` is the ring buffer's size
     /// (a power of two multiple of the page size); `watch_entries` sizes the
     /// watch map.
+    ///
+    /// The exec program's environment scan through `envp` is tried where
+    /// the kernel is recent enough to be likely to verify it (6.2+, with
+    /// `bpf_rdonly_cast`); if the exec program is refused, the object is
+    /// loaded again with the scan that reads entry by entry.
     pub fn attach(
         kernel: &KernelFeatures,
         ring_bytes: u32,
         watch_entries: u32,
         name_rules: &CompiledRules,
         wanted: OpenHooks,
+    ) -> Result<Self, ProbeError> {
+        let load = |env_from_envp| {
+            Self::load(
+                kernel,
+                ring_bytes,
+                watch_entries,
+                name_rules,
+                wanted,
+                env_from_envp,
+            )
+        };
+        if !kernel.rdonly_cast {
+            return load(false);
+        }
+        match load(true) {
+            Err(ProbeError::Attach { program, source })
+                if program == Program::SchedProcessExec.name() =>
+            {
+                tracing::warn!(
+                    "the exec program's environment scan through envp was refused ({}); \
+                     reading the environment entry by entry instead",
+                    source
+                );
+                load(false)
+            }
+            loaded => loaded,
+        }
+    }
+
+    fn load(
+        kernel: &KernelFeatures,
+        ring_bytes: u32,
+        watch_entries: u32,
+        name_rules: &CompiledRules,
+        wanted: OpenHooks,
+        env_from_envp: bool,
     ) -> Result<Self, ProbeError> {
         let offsets = kernel
             .offsets
@@ -157,6 +198,8 @@ impl Probes {
         loader.override_global(maps::HAS_RDONLY_CAST, &rdonly_cast, true);
         let task_btf = u32::from(kernel.task_btf);
         loader.override_global(maps::HAS_TASK_BTF, &task_btf, true);
+        let env_from_envp = u32::from(env_from_envp);
+        loader.override_global(maps::ENV_FROM_ENVP, &env_from_envp, true);
         // Woken at each eighth of the ring, the reader has 7/8 of it left
         // for what arrives while it wakes up; it polls on a timer besides.
         let wake_up_bytes = u64::from(ring_bytes / 8);
