@@ -296,13 +296,10 @@ unsafe fn copy_name(scratch: *mut EnvScratch, off: u64) -> (u64, u64, u64, u64) 
         let word = unsafe { load_u64(entry.add(8 * w)) };
         let kept = st.fold(w as u64, word);
         unsafe { core::ptr::write_volatile(name.add(w), kept) };
-        // Launder the state through memory: the verifier forgets the value
-        // ranges it derived, so the states of successive turns compare equal
-        // and are pruned instead of piling up.
-        unsafe {
-            core::ptr::write_volatile(&raw mut (*scratch).state, st);
-            st = core::ptr::read_volatile(&raw const (*scratch).state);
-        }
+        // Laundered: the verifier forgets the value ranges it derived, so
+        // the states of successive turns compare equal and are pruned
+        // instead of piling up.
+        st = unsafe { launder(&raw mut (*scratch).state, st) };
         if st.found != 0 {
             break;
         }
